@@ -1,0 +1,50 @@
+"""Reading a request body under the size limit: a declared Content-Length over the
+limit is refused before a byte is read, and a body that grows past it is refused
+as soon as it does. gzip and deflate bodies are inflated under the same limit."""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import Request
+
+from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes (MLAPI_MAX_BODY_BYTES)")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(declared) > max_bytes:
+            raise _too_large(max_bytes)
+    chunks = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if encoding is None or encoding == "identity":
+        return body
+    if encoding in ("gzip", "deflate"):
+        return _inflate(body, encoding, max_bytes)
+    raise UnsupportedMediaType(f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)")
+
+
+def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, max_bytes + 1)
+    except zlib.error:
+        raise BadRequest(f"body is not valid {encoding} data") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise _too_large(max_bytes)
+    return out

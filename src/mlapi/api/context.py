@@ -1,0 +1,16 @@
+"""What the routes share: settings, the registry and the authenticator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlapi.api.auth import Authenticator
+from mlapi.registry import ModelRegistry
+from mlapi.settings import Settings
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    settings: Settings
+    registry: ModelRegistry
+    auth: Authenticator | None

@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 document of the server's own routes, written once by hand so it
+says exactly what the server does (statuses, error bodies, auth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlapi import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "malformed or invalid request",
+        401: "missing or wrong API key",
+        404: "unknown model or version",
+        413: "body over MLAPI_MAX_BODY_BYTES",
+        415: "unsupported Content-Encoding",
+        503: "model not ready",
+    }
+    return {str(code): _json(_ERROR, text[code]) for code in statuses}
+
+
+_MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_SECURED = [{"bearer": []}, {"apiKey": []}]
+
+
+def _health(summary: str, ok: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {
+                "200": _json({"type": "object"}, ok),
+                "503": _json({"type": "object"}, "not ready; the body names each model's state"),
+            },
+        }
+    }
+
+
+def _infer_op(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Run inference (V2); JSON or binary tensor data extension",
+            "parameters": [
+                *params,
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            ],
+            "security": _SECURED,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}
+                },
+            },
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/InferResponse"}, "inference result"),
+                **_errors(400, 401, 404, 413, 415, 503),
+            },
+        }
+    }
+
+
+def _metadata_op(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": "Model metadata",
+            "parameters": params,
+            "security": _SECURED,
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/ModelMetadata"}, "metadata"),
+                **_errors(401, 404, 503),
+            },
+        }
+    }
+
+
+def _ready_op(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": "Model readiness",
+            "parameters": params,
+            "security": _SECURED,
+            "responses": {
+                "200": _json({"type": "object"}, "ready"),
+                "503": _json({"type": "object"}, "not ready"),
+                **_errors(401, 404),
+            },
+        }
+    }
+
+
+def _repository_op(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": params,
+            "security": _SECURED,
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {"200": _json(ok, "done"), **_errors(400, 401, 404, 413)},
+        }
+    }
+
+
+def _tensor(with_data: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "parameters": {"type": "object"},
+    }
+    if with_data:
+        properties["data"] = {"type": "array"}
+    return {"type": "object", "required": ["name", "datatype", "shape"], "properties": properties}
+
+
+def document() -> dict[str, Any]:
+    both = [_MODEL, _VERSION]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ml-api", "version": __version__},
+        "paths": {
+            "/health": _health("Readiness: 200 when every model is loaded and warmed", "ready"),
+            "/health/ready": _health("Readiness (same as /health)", "ready"),
+            "/health/live": _health("Liveness: 200 while the process answers", "alive"),
+            "/v2/health/ready": _health("V2 server readiness", "ready"),
+            "/v2/health/live": _health("V2 server liveness", "alive"),
+            "/v2": {
+                "get": {
+                    "summary": "Server metadata",
+                    "responses": {"200": _json({"type": "object"}, "metadata")},
+                }
+            },
+            "/v2/models/{model}": _metadata_op([_MODEL]),
+            "/v2/models/{model}/versions/{version}": _metadata_op(both),
+            "/v2/models/{model}/ready": _ready_op([_MODEL]),
+            "/v2/models/{model}/versions/{version}/ready": _ready_op(both),
+            "/v2/models/{model}/infer": _infer_op([_MODEL]),
+            "/v2/models/{model}/versions/{version}/infer": _infer_op(both),
+            "/v2/repository/index": _repository_op(
+                "List the models in the repository", [], {"type": "array"}
+            ),
+            "/v2/repository/models/{model}/load": _repository_op(
+                "Load or reload a model from disk", [_MODEL], {"type": "object"}
+            ),
+            "/v2/repository/models/{model}/unload": _repository_op(
+                "Unload a model", [_MODEL], {"type": "object"}
+            ),
+            "/v1/models/{model}:predict": {
+                "post": {
+                    "summary": "KServe V1 predict",
+                    "parameters": [_MODEL],
+                    "security": _SECURED,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["instances"],
+                                    "properties": {"instances": {"type": "array"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json({"type": "object"}, "predictions"),
+                        **_errors(400, 401, 404, 413, 415, 503),
+                    },
+                }
+            },
+            "/v1/models/{model}": _ready_op([_MODEL]),
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI document")},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "InferRequest": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _tensor(True)},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "InferResponse": {
+                    "type": "object",
+                    "required": ["model_name", "outputs"],
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "id": {"type": "string"},
+                        "outputs": {"type": "array", "items": _tensor(True)},
+                    },
+                },
+                "ModelMetadata": {
+                    "type": "object",
+                    "required": ["name", "platform", "inputs", "outputs"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "versions": {"type": "array", "items": {"type": "string"}},
+                        "platform": {"type": "string"},
+                        "inputs": {"type": "array", "items": _tensor(False)},
+                        "outputs": {"type": "array", "items": _tensor(False)},
+                    },
+                },
+            },
+        },
+    }

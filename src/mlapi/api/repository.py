@@ -1,0 +1,59 @@
+"""The V2 model repository extension: index, load, unload."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlapi.api.body import read_body
+from mlapi.api.codec import loads_json
+from mlapi.api.context import ApiContext
+from mlapi.api.responses import json_response, route
+from mlapi.errors import BadRequest, ModelLoadError
+from mlapi.registry import State
+
+_MAX_CONTROL_BODY = 64 * 1024
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    registry = ctx.registry
+
+    async def _options(request: Request) -> dict[str, object]:
+        body = await read_body(request, _MAX_CONTROL_BODY)
+        if not body.strip():
+            return {}
+        document = loads_json(body)
+        if not isinstance(document, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return document
+
+    async def index(request: Request) -> Response:
+        options = await _options(request)
+        ready_only = options.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise BadRequest("'ready' must be a boolean")
+        items = [item for record in registry.records() for item in record.describe()]
+        if ready_only:
+            items = [item for item in items if item["state"] == State.READY.value]
+        return json_response(items)
+
+    async def load(request: Request) -> Response:
+        await _options(request)
+        record = await registry.load(request.path_params["model"])
+        if record.is_ready:
+            return json_response({"name": record.name, "state": State.READY.value})
+        reasons = "; ".join(str(item.get("reason", item["state"])) for item in record.describe())
+        raise ModelLoadError(f"failed to load '{record.name}': {reasons}")
+
+    async def unload(request: Request) -> Response:
+        await _options(request)
+        await registry.unload(request.path_params["model"])
+        return json_response({"name": request.path_params["model"], "state": State.UNAVAILABLE.value})
+
+    guarded = ctx.auth
+    return [
+        Route("/v2/repository/index", route(index, guarded), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", route(load, guarded), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", route(unload, guarded), methods=["POST"]),
+    ]

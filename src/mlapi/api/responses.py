@@ -1,0 +1,71 @@
+"""JSON responses, the protocol's error body, and the wrapper every route goes
+through: auth, typed errors to their status, anything else to a 500 that carries
+a request id and never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlapi.api.auth import Authenticator
+from mlapi.errors import MlapiError, Unauthorized
+
+log = logging.getLogger("mlapi.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content, option=JSON_OPTIONS),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_response(error: MlapiError) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    return json_response({"error": error.message}, error.status, headers)
+
+
+def internal_error(request: Request, exc: BaseException) -> Response:
+    request_id = uuid.uuid4().hex
+    log.error(
+        "unhandled %s on %s %s (request id %s)",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return json_response(
+        {"error": f"internal server error (request id {request_id})"},
+        500,
+        {"X-Request-ID": request_id},
+    )
+
+
+def route(handler: Handler, auth: Authenticator | None = None) -> Handler:
+    """Wrap a handler: check the API key when ``auth`` is given, render errors."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            if auth is not None:
+                auth.check(request)
+            return await handler(request)
+        except MlapiError as exc:
+            return error_response(exc)
+        except Exception as exc:
+            return internal_error(request, exc)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped

@@ -1,0 +1,95 @@
+"""The KServe V1 predict route: ``{"instances": [...]}`` in, ``{"predictions": [...]}``
+out. Instances are rows of the model's one input, or objects keyed by input name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlapi.api import codec
+from mlapi.api.body import read_body
+from mlapi.api.context import ApiContext
+from mlapi.api.responses import json_response, route
+from mlapi.errors import BadRequest, NotReady
+from mlapi.tensors import Signature, TensorSpec
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    registry, max_body = ctx.registry, ctx.settings.max_body_bytes
+
+    async def predict(request: Request) -> Response:
+        model = registry.get(request.path_params["model"])
+        document = codec.loads_json(await read_body(request, max_body))
+        if not isinstance(document, dict) or set(document) != {"instances"}:
+            raise BadRequest("the request body must be an object with only 'instances'")
+        instances = document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest("'instances' must be a non-empty array")
+        inputs = _inputs(model.signature, instances)
+        names = model.signature.output_names()
+        results = await model.infer(inputs, names)
+        return json_response({"predictions": _predictions(results, len(instances))})
+
+    async def status(request: Request) -> Response:
+        name = request.path_params["model"]
+        try:
+            registry.get(name)
+        except NotReady:
+            return json_response({"name": name, "ready": False}, 503)
+        return json_response({"name": name, "ready": True})
+
+    guarded = ctx.auth
+    return [
+        Route("/v1/models/{model}:predict", route(predict, guarded), methods=["POST"]),
+        Route("/v1/models/{model}", route(status, guarded), methods=["GET"]),
+    ]
+
+
+def _inputs(signature: Signature, instances: list[Any]) -> dict[str, np.ndarray]:
+    if signature.dynamic or not signature.inputs:
+        raise BadRequest("V1 predict needs a model with declared inputs; use the V2 infer route")
+    if len(signature.inputs) == 1 and not isinstance(instances[0], dict):
+        spec = signature.inputs[0]
+        return {spec.name: _rows(spec, instances)}
+    if not all(isinstance(item, dict) for item in instances):
+        raise BadRequest("with several inputs, each instance must be an object keyed by input name")
+    expected = {spec.name for spec in signature.inputs}
+    for index, item in enumerate(instances):
+        if set(item) != expected:
+            raise BadRequest(f"instances[{index}] must have exactly the keys {sorted(expected)}")
+    return {spec.name: _rows(spec, [item[spec.name] for item in instances]) for spec in signature.inputs}
+
+
+def _rows(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
+    try:
+        dims = np.shape(rows) if spec.datatype != "BYTES" else np.asarray(rows, dtype=object).shape
+    except ValueError:
+        raise BadRequest(f"instances for input '{spec.name}' are not a regular array") from None
+    if not spec.accepts_shape(tuple(dims)):
+        raise BadRequest(
+            f"instances for input '{spec.name}' have shape {list(dims)}, the model expects "
+            f"{list(spec.shape)} (-1: any size)"
+        )
+    return codec.array_from_json(spec.name, spec.datatype, tuple(dims), rows)
+
+
+def _predictions(results: dict[str, np.ndarray], count: int) -> Any:
+    listed = {name: _listed(name, array) for name, array in results.items()}
+    if len(listed) == 1:
+        return next(iter(listed.values()))
+    if all(len(array.shape) >= 1 and array.shape[0] == count for array in results.values()):
+        return [{name: values[row] for name, values in listed.items()} for row in range(count)]
+    return listed
+
+
+def _listed(name: str, array: np.ndarray) -> Any:
+    """Rows of an output; numbers stay numpy so orjson writes them at their own
+    precision (an FP32 0.1 is written as 0.1, not 0.10000000149011612)."""
+    if array.dtype.kind in "OUS":
+        flat = [codec.text(name, item) for item in array.ravel().tolist()]
+        return np.asarray(flat, dtype=object).reshape(array.shape).tolist()
+    return np.ascontiguousarray(array)

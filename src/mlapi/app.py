@@ -1,0 +1,70 @@
+"""create_app(settings): the ASGI application, its routes and one lifespan that
+scans the repository, loads the models in the background (so liveness answers at
+once and readiness says what is loading), and unloads them on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlapi.api import health, openapi, repository, v1, v2
+from mlapi.api.auth import Authenticator
+from mlapi.api.context import ApiContext
+from mlapi.api.responses import json_response, route
+from mlapi.registry import ModelRegistry
+from mlapi.settings import Settings
+
+log = logging.getLogger("mlapi.app")
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Starlette:
+    registry = registry or ModelRegistry(settings)
+    auth = Authenticator(settings.api_key) if settings.api_key is not None else None
+    ctx = ApiContext(settings=settings, registry=registry, auth=auth)
+    spec = openapi.document()
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(spec)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry.scan()
+        loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await registry.close()
+
+    app = Starlette(
+        routes=[
+            *health.routes(ctx),
+            *v2.routes(ctx),
+            *repository.routes(ctx),
+            *v1.routes(ctx),
+            Route("/openapi.json", route(openapi_json), methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    return app
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404/405 rendered as the protocol's error body."""
+    messages = {404: f"no route {request.url.path[:200]}", 405: "method not allowed"}
+    headers = dict(exc.headers) if exc.headers else None
+    return json_response({"error": messages.get(exc.status_code, str(exc.detail))},
+                         exc.status_code, headers)

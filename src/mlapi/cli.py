@@ -1,0 +1,158 @@
+"""The ``mlapi`` command: thin. Parse, build Settings once, call into the package.
+Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from mlapi import __version__
+from mlapi.errors import ConfigError
+from mlapi.settings import Settings, load_settings
+
+# Command-line options that override settings: (flag, environment name, type, help).
+SERVE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--host", "API_HOST", str, "address to listen on"),
+    ("--port", "API_PORT", int, "port to listen on"),
+    ("--model-path", "MODEL_PATH", str, "model repository folder"),
+    ("--workers", "WORKERS", int, "worker processes"),
+    ("--log-level", "LOG_LEVEL", str, "debug, info, warning, error"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mlapi: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mlapi", description="A fast, safe model server (Open Inference Protocol V2).")
+    parser.add_argument("--version", action="version", version=f"mlapi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="serve every model under MODEL_PATH")
+    for flag, env, kind, text in SERVE_OPTIONS:
+        serve.add_argument(flag, dest=env, type=kind, help=f"{text} (env {env})")
+
+    health = commands.add_parser("healthcheck", help="exit 0 only if /health answers 200")
+    health.add_argument("--url", help="full URL (default: http://API_HOST:API_PORT/health)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+
+    models = commands.add_parser("models", help="inspect model repositories")
+    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    model_commands.add_parser("list", help="list the models under MODEL_PATH")
+    validate = model_commands.add_parser("validate", help="load and warm up every model under PATH")
+    validate.add_argument("path", type=Path)
+
+    config = commands.add_parser("config", help="show the effective settings")
+    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    config_commands.add_parser("show", help="print the settings, secrets redacted")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {env: getattr(args, env) for _, env, _, _ in SERVE_OPTIONS
+                     if getattr(args, env, None) is not None}
+        settings = load_settings(**overrides)
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "healthcheck":
+            return _healthcheck(settings, args.url, args.timeout)
+        if args.command == "models":
+            if args.models_command == "list":
+                return _models_list(settings)
+            return _models_validate(settings, args.path)
+        sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    except ConfigError as exc:
+        sys.stderr.write(f"mlapi: error: {exc}\n")
+        return 2
+
+
+def _serve(settings: Settings) -> int:
+    if not settings.model_path.is_dir():
+        raise ConfigError(f"invalid setting MODEL_PATH: {settings.model_path} is not a folder")
+    from mlapi import server
+
+    return server.run(settings)
+
+
+def _healthcheck(settings: Settings, url: str | None, timeout: float) -> int:
+    if url is None:
+        host = settings.api_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{settings.api_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local URL
+            ok = response.status == 200
+    except urllib.error.HTTPError as exc:
+        sys.stderr.write(f"mlapi: not ready: {url} answered {exc.code}\n")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        sys.stderr.write(f"mlapi: not ready: {url} unreachable ({exc})\n")
+        return 1
+    return 0 if ok else 1
+
+
+def _models_list(settings: Settings) -> int:
+    from mlapi.repository import scan
+    from mlapi.runtimes import catalog
+
+    try:
+        entries = scan.scan(settings.model_path, settings.pinned_version)
+    except Exception as exc:
+        raise ConfigError(f"invalid setting MODEL_PATH: {settings.model_path}: {exc}") from None
+    print(f"{'MODEL':24} {'VERSION':8} {'RUNTIME':8} FILE / PROBLEM")
+    for entry in entries:
+        if entry.error:
+            print(f"{entry.name:24} {'-':8} {'-':8} {entry.error}")
+        for version in entry.versions:
+            if version.config is None:
+                print(f"{entry.name:24} {version.version:<8} {'-':8} {version.error}")
+                continue
+            try:
+                runtime, model_file = catalog.choose(version.path, version.config)
+                detail = model_file.name
+            except Exception as exc:
+                runtime, detail = "-", str(getattr(exc, "message", exc))
+            print(f"{entry.name:24} {version.version:<8} {runtime:8} {detail}")
+    return 0
+
+
+def _models_validate(settings: Settings, path: Path) -> int:
+    from mlapi.registry import ModelRegistry, State
+
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a folder")
+    checked = settings.model_copy(update={"model_path": path})
+    registry = ModelRegistry(checked)
+
+    async def load() -> None:
+        registry.scan()
+        await registry.load_all()
+        await registry.close()
+
+    asyncio.run(load())
+    ok, details = registry.readiness()
+    for item in details:
+        reason = f"  {item['reason']}" if "reason" in item else ""
+        print(f"{item['name']:24} {item.get('version', '-'):8} {item['state']}{reason}")
+    if not details:
+        print(f"no models under {path}" if not registry.scan_error else registry.scan_error)
+    failed = [item for item in details if item["state"] != State.READY.value]
+    return 0 if ok and not failed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

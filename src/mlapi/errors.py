@@ -1,0 +1,70 @@
+"""One error hierarchy: every error the server raises on purpose carries an HTTP
+status and a stable machine-readable code, and renders as the protocol's
+``{"error": "..."}`` body."""
+
+from __future__ import annotations
+
+
+class MlapiError(Exception):
+    """Base of every deliberate error. ``message`` is safe to show a client."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(MlapiError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(MlapiError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(MlapiError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(MlapiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(MlapiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(MlapiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotReady(MlapiError):
+    status = 503
+    code = "not_ready"
+
+
+class ModelLoadError(MlapiError):
+    """A model could not be loaded. The message is shown in readiness bodies and
+    must not contain host paths or secrets (the caller names files relative to
+    the model's version folder)."""
+
+    status = 400
+    code = "model_load_failed"
+
+
+class UnsafeModelFile(ModelLoadError):
+    """A file would be deserialised with pickle, which can run arbitrary code."""
+
+    code = "unsafe_model_file"
+
+
+class ConfigError(Exception):
+    """A setting or a model config is invalid. Rendered as one line, exit code 2."""

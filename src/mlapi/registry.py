@@ -1,0 +1,339 @@
+"""Loaded models and their life: LOADING -> WARMING -> READY, or FAILED with a
+reason; UNLOADING -> UNAVAILABLE when removed. One model failing never touches the
+others. Loading runs in threads, at most ``load_concurrency`` at once, so the
+event loop keeps answering health checks while models load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from mlapi.errors import MlapiError, ModelLoadError, NotFound, NotReady
+from mlapi.repository import scan
+from mlapi.repository.config import ModelConfig
+from mlapi.runtimes import catalog, safety
+from mlapi.runtimes.base import LoadContext, Runtime
+from mlapi.settings import Settings, available_cpus
+from mlapi.tensors import DATATYPES, Signature
+
+log = logging.getLogger("mlapi.registry")
+
+
+class State(StrEnum):
+    LOADING = "LOADING"
+    WARMING = "WARMING"
+    READY = "READY"
+    FAILED = "FAILED"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One loaded (or loading, or failed) version of a model."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig | None
+    state: State = State.LOADING
+    reason: str | None = None
+    runtime: Runtime | None = None
+    runtime_name: str | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+    executor: ThreadPoolExecutor | None = None
+
+    @property
+    def signature(self) -> Signature:
+        assert self.runtime is not None, "signature of a model that is not loaded"
+        return self.runtime.signature
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run the model on its own worker thread (off the event loop)."""
+        runtime, executor = self.runtime, self.executor
+        if runtime is None or executor is None or self.state is not State.READY:
+            raise NotReady(f"model '{self.name}' version {self.version} is not ready")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, runtime.predict, inputs, output_names)
+
+    def describe(self) -> dict[str, object]:
+        shown: dict[str, object] = {
+            "name": self.name,
+            "version": str(self.version),
+            "state": self.state.value,
+        }
+        if self.reason:
+            shown["reason"] = self.reason
+        return shown
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
+
+@dataclass(eq=False)
+class ModelRecord:
+    """A model folder and the versions its policy selects."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    error: str | None = None  # a model-level problem: no versions, pinned version missing
+    unloaded: bool = False  # explicitly unloaded through the repository API
+
+    def ready_version(self, version: int | None) -> ModelVersion:
+        if version is not None:
+            found = self.versions.get(version)
+            if found is None:
+                raise NotFound(f"model '{self.name}' has no version {version}")
+            if found.state is not State.READY:
+                raise NotReady(_not_ready(found))
+            return found
+        ready = [v for v in self.versions.values() if v.state is State.READY]
+        if not ready:
+            if self.error:
+                raise NotReady(f"model '{self.name}' is not ready: {self.error}")
+            newest = max(self.versions.values(), key=lambda v: v.version, default=None)
+            raise NotReady(_not_ready(newest) if newest else f"model '{self.name}' is not ready")
+        return max(ready, key=lambda v: v.version)
+
+    @property
+    def is_ready(self) -> bool:
+        return (
+            self.error is None
+            and bool(self.versions)
+            and all(v.state is State.READY for v in self.versions.values())
+        )
+
+    def describe(self) -> list[dict[str, object]]:
+        if self.unloaded:
+            return [{"name": self.name, "state": State.UNAVAILABLE.value, "reason": "unloaded"}]
+        if self.error:
+            return [{"name": self.name, "state": State.FAILED.value, "reason": self.error}]
+        return [v.describe() for v in sorted(self.versions.values(), key=lambda v: v.version)]
+
+
+def _not_ready(version: ModelVersion) -> str:
+    text = f"model '{version.name}' version {version.version} is {version.state.value}"
+    return f"{text}: {version.reason}" if version.reason else text
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._records: dict[str, ModelRecord] = {}
+        self._load_slots = asyncio.Semaphore(settings.load_concurrency)
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        self.scan_error: str | None = None
+        threads = settings.intra_op_threads
+        if not threads:
+            threads = max(1, int(available_cpus() // settings.workers))
+        self.intra_op_threads = threads
+
+    # ----- queries -------------------------------------------------------------
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The READY version to serve; NotFound for unknown names, NotReady otherwise."""
+        record = self._records.get(name)
+        if record is None or record.unloaded:
+            raise NotFound(f"unknown model '{name}'")
+        wanted = None
+        if version is not None:
+            if not version.isdigit():
+                raise NotFound(f"model '{name}' has no version '{version[:64]}'")
+            wanted = int(version)
+        return record.ready_version(wanted)
+
+    def record(self, name: str) -> ModelRecord:
+        record = self._records.get(name)
+        if record is None or record.unloaded:
+            raise NotFound(f"unknown model '{name}'")
+        return record
+
+    def records(self) -> list[ModelRecord]:
+        return [self._records[name] for name in sorted(self._records)]
+
+    def readiness(self) -> tuple[bool, list[dict[str, object]]]:
+        """(ready, details): ready only when every model that should be served is READY
+        and there is at least one such model."""
+        served = [r for r in self.records() if not r.unloaded]
+        details = [item for r in served for item in r.describe()]
+        if self.scan_error:
+            return False, [{"name": "*", "state": "FAILED", "reason": self.scan_error}]
+        return bool(served) and all(r.is_ready for r in served), details
+
+    # ----- life cycle ----------------------------------------------------------
+    def scan(self) -> list[scan.ModelEntry]:
+        """Scan MODEL_PATH and create LOADING records for what will be loaded."""
+        try:
+            entries = scan.scan(self._settings.model_path, self._settings.pinned_version)
+        except ModelLoadError as exc:
+            self.scan_error = exc.message
+            log.error("model repository cannot be read: %s", exc.message)
+            return []
+        for entry in entries:
+            self._records[entry.name] = self._record_for(entry)
+        return entries
+
+    async def load_all(self) -> None:
+        """Load every scanned model; returns when all have settled."""
+        await asyncio.gather(*(self._load_versions(r, list(r.versions.values()))
+                               for r in self.records()))
+
+    async def load(self, name: str) -> ModelRecord:
+        """(Re)load one model from disk. New versions are swapped in only once READY;
+        a version that fails to reload keeps serving its old copy."""
+        model_dir = self._settings.model_path / name
+        if not scan.MODEL_NAME.match(name) or not model_dir.is_dir():
+            raise NotFound(f"no model '{name[:128]}' in the model repository")
+        async with self._model_locks.setdefault(name, asyncio.Lock()):
+            entry = scan.scan_model(model_dir, self._settings.pinned_version)
+            fresh = self._record_for(entry)
+            old = self._records.get(name)
+            await self._load_versions(fresh, list(fresh.versions.values()))
+            if old is None or old.unloaded:
+                self._records[name] = fresh
+                return fresh
+            for number, version in fresh.versions.items():
+                previous = old.versions.get(number)
+                if version.state is State.READY or previous is None:
+                    old.versions[number] = version
+                    if previous is not None:
+                        await asyncio.to_thread(previous.close)
+                elif previous.state is State.READY:
+                    log.warning("reload of %s v%d failed; old copy keeps serving: %s",
+                                name, number, version.reason)
+                else:
+                    old.versions[number] = version
+            for number in set(old.versions) - set(fresh.versions):
+                await asyncio.to_thread(old.versions.pop(number).close)
+            old.error = fresh.error
+            return old
+
+    async def unload(self, name: str) -> None:
+        record = self.record(name)
+        async with self._model_locks.setdefault(name, asyncio.Lock()):
+            record.unloaded = True
+            for version in record.versions.values():
+                version.state = State.UNLOADING
+            for version in list(record.versions.values()):
+                await asyncio.to_thread(version.close)
+                version.state = State.UNAVAILABLE
+            record.versions.clear()
+
+    async def close(self) -> None:
+        for record in self.records():
+            for version in record.versions.values():
+                await asyncio.to_thread(version.close)
+
+    # ----- internals -----------------------------------------------------------
+    def _record_for(self, entry: scan.ModelEntry) -> ModelRecord:
+        record = ModelRecord(entry.name, error=entry.error)
+        for note in entry.notes:
+            log.warning("model %s: %s", entry.name, note)
+        for item in entry.versions:
+            version = ModelVersion(item.name, item.version, item.path, item.config)
+            if item.error:
+                version.state, version.reason = State.FAILED, item.error
+            record.versions[item.version] = version
+        if entry.error:
+            log.error("model %s cannot be served: %s", entry.name, entry.error)
+        return record
+
+    async def _load_versions(self, record: ModelRecord, versions: list[ModelVersion]) -> None:
+        await asyncio.gather(*(self._load_one(v) for v in versions if v.state is State.LOADING))
+
+    async def _load_one(self, version: ModelVersion) -> None:
+        async with self._load_slots:
+            try:
+                await asyncio.to_thread(self._load_and_warm, version)
+            except MlapiError as exc:
+                version.state, version.reason = State.FAILED, exc.message
+            except Exception as exc:  # a runtime bug must not kill the other models
+                version.state = State.FAILED
+                version.reason = f"unexpected {type(exc).__name__} while loading"
+                log.exception("model %s v%d: unexpected error", version.name, version.version)
+        if version.state is State.FAILED:
+            log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
+            version.close()
+        else:
+            log.info("model %s v%d READY (%s, load %.3fs, warm-up %.3fs)", version.name,
+                     version.version, version.runtime_name, version.load_seconds or 0.0,
+                     version.warmup_seconds or 0.0)
+
+    def _load_and_warm(self, version: ModelVersion) -> None:
+        assert version.config is not None
+        started = time.perf_counter()
+        safety.check_folder(version.path, self._settings.allow_pickle)
+        runtime_name, model_file = catalog.choose(version.path, version.config)
+        ctx = LoadContext(
+            model_dir=version.path,
+            model_file=model_file,
+            config=version.config,
+            allow_pickle=self._settings.allow_pickle,
+            intra_op_threads=self.intra_op_threads,
+        )
+        runtime = catalog.factory(runtime_name)(ctx)
+        version.runtime, version.runtime_name = runtime, runtime_name
+        version.load_seconds = time.perf_counter() - started
+        version.state = State.WARMING
+        started = time.perf_counter()
+        _warm_up(version.name, runtime, version.config)
+        version.warmup_seconds = time.perf_counter() - started
+        version.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
+        )
+        version.state = State.READY
+
+
+def _warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
+    """One real inference: on the configured warm-up inputs, else on zeros shaped
+    like the signature (any-size dimensions as 1)."""
+    if not config.warmup.enabled:
+        return
+    signature = runtime.signature
+    given = config.warmup.inputs
+    if given is None and signature.dynamic:
+        log.info("model %s: no signature and no [warmup] inputs; warm-up skipped", name)
+        return
+    try:
+        if given is not None:
+            inputs = {key: _warmup_array(key, value, signature) for key, value in given.items()}
+        else:
+            inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in signature.inputs}
+        runtime.predict(inputs, signature.output_names())
+    except MlapiError as exc:
+        raise ModelLoadError(f"warm-up inference failed: {exc.message}") from None
+    except Exception as exc:
+        raise ModelLoadError(
+            f"warm-up inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if str(exc) else f"warm-up inference failed: {type(exc).__name__}"
+        ) from None
+
+
+def _zeros(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    concrete = tuple(1 if dim < 1 else dim for dim in shape)
+    if datatype == "BYTES":
+        return np.full(concrete, "", dtype=object)
+    return np.zeros(concrete, dtype=DATATYPES[datatype])
+
+
+def _warmup_array(name: str, value: object, signature: Signature) -> np.ndarray:
+    spec = signature.input(name)
+    if spec is None and not signature.dynamic:
+        raise ModelLoadError(f"[warmup] names unknown input '{name}'")
+    dtype = DATATYPES[spec.datatype] if spec else None
+    return np.asarray(value, dtype=dtype)

@@ -1,0 +1,1 @@
+"""The model repository on disk: ``MODEL_PATH/<name>/<version>/`` folders."""

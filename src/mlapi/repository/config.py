@@ -1,0 +1,205 @@
+"""``model.toml``: the optional per-model (``<name>/model.toml``) and per-version
+(``<name>/<version>/model.toml``) config. The version file's keys override the
+model file's. Unknown keys are errors: a typo must not silently change nothing."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlapi.errors import ModelLoadError
+from mlapi.tensors import DATATYPES, TensorSpec
+
+CONFIG_FILE = "model.toml"
+_TOP_KEYS = {
+    "runtime",
+    "file",
+    "inputs",
+    "outputs",
+    "labels",
+    "batching",
+    "warmup",
+    "version_policy",
+    "python_class",
+    "trusted_types",
+    "platform",
+}
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 64
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    enabled: bool = True
+    inputs: dict[str, Any] | None = None  # input name -> nested data for one request
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    latest: int | None = 1
+    versions: tuple[int, ...] | None = None
+
+    def select(self, available: list[int]) -> list[int]:
+        if self.versions is not None:
+            return sorted(v for v in self.versions if v in available)
+        newest_first = sorted(available, reverse=True)
+        return sorted(newest_first[: self.latest]) if self.latest else newest_first
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    runtime: str | None = None
+    file: str | None = None
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    labels: tuple[str, ...] | None = None
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    python_class: str | None = None
+    trusted_types: tuple[str, ...] = ()
+    platform: str | None = None
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    """The TOML table in ``path``, or {} if there is no such file."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelLoadError(f"{path.parent.name}/{path.name} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path.name} cannot be read ({type(exc).__name__})") from None
+
+
+def merge(model_level: dict[str, Any], version_level: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(model_level)
+    for key, value in version_level.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse(raw: dict[str, Any]) -> ModelConfig:
+    """Validate a merged raw table into a ModelConfig; ModelLoadError names the key."""
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ModelLoadError(f"model.toml: unknown key(s) {sorted(unknown)}")
+    return ModelConfig(
+        runtime=_opt_str(raw, "runtime"),
+        file=_opt_str(raw, "file"),
+        inputs=_tensor_specs(raw, "inputs"),
+        outputs=_tensor_specs(raw, "outputs"),
+        labels=_opt_str_tuple(raw, "labels"),
+        batching=_batching(raw.get("batching", {})),
+        warmup=_warmup(raw.get("warmup", {})),
+        version_policy=_version_policy(raw.get("version_policy", {})),
+        python_class=_opt_str(raw, "python_class"),
+        trusted_types=_opt_str_tuple(raw, "trusted_types") or (),
+        platform=_opt_str(raw, "platform"),
+    )
+
+
+def _opt_str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ModelLoadError(f"model.toml: '{key}' must be a string")
+    return value
+
+
+def _opt_str_tuple(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ModelLoadError(f"model.toml: '{key}' must be a list of strings")
+    return tuple(value)
+
+
+def _tensor_specs(raw: dict[str, Any], key: str) -> tuple[TensorSpec, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ModelLoadError(f"model.toml: '{key}' must be a non-empty array of tables")
+    specs = []
+    for index, item in enumerate(value):
+        where = f"model.toml: {key}[{index}]"
+        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"}:
+            raise ModelLoadError(f"{where} takes only name, datatype and shape")
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ModelLoadError(f"{where}: 'name' must be a non-empty string")
+        if datatype not in DATATYPES:
+            raise ModelLoadError(f"{where}: 'datatype' must be one of {sorted(DATATYPES)}")
+        if not isinstance(shape, list) or not all(
+            isinstance(dim, int) and not isinstance(dim, bool) and (dim == -1 or dim > 0)
+            for dim in shape
+        ):
+            raise ModelLoadError(f"{where}: 'shape' must be a list of positive ints or -1")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ModelLoadError(f"model.toml: '{key}' has duplicate names")
+    return tuple(specs)
+
+
+def _table(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"model.toml: [{key}] must be a table")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ModelLoadError(f"model.toml: [{key}] unknown key(s) {sorted(unknown)}")
+    return value
+
+
+def _positive(table: dict[str, Any], key: str, section: str, default: Any) -> Any:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ModelLoadError(f"model.toml: [{section}] {key} must be a number >= 0")
+    return value
+
+
+def _batching(value: Any) -> BatchingConfig:
+    table = _table(value, "batching", {"max_batch_size", "max_delay_ms", "max_queue", "enabled"})
+    defaults = BatchingConfig()
+    return BatchingConfig(
+        max_batch_size=max(1, int(_positive(table, "max_batch_size", "batching", 64))),
+        max_delay_ms=float(_positive(table, "max_delay_ms", "batching", defaults.max_delay_ms)),
+        max_queue=max(1, int(_positive(table, "max_queue", "batching", defaults.max_queue))),
+        enabled=bool(table.get("enabled", True)),
+    )
+
+
+def _warmup(value: Any) -> WarmupConfig:
+    table = _table(value, "warmup", {"enabled", "inputs"})
+    inputs = table.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict):
+        raise ModelLoadError("model.toml: [warmup] inputs must be a table of input name = data")
+    return WarmupConfig(enabled=bool(table.get("enabled", True)), inputs=inputs)
+
+
+def _version_policy(value: Any) -> VersionPolicy:
+    table = _table(value, "version_policy", {"latest", "versions"})
+    if "versions" in table:
+        versions = table["versions"]
+        if not isinstance(versions, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions
+        ):
+            raise ModelLoadError("model.toml: [version_policy] versions must be positive ints")
+        return VersionPolicy(latest=None, versions=tuple(versions))
+    latest = table.get("latest", 1)
+    if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:
+        raise ModelLoadError("model.toml: [version_policy] latest must be an int >= 1")
+    return VersionPolicy(latest=latest)

@@ -1,0 +1,93 @@
+"""Scan ``MODEL_PATH``: every folder is a model, every all-digit folder under it a
+version. Problems are recorded on the entry, never raised, so one broken model
+cannot stop the others from loading."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlapi.errors import ModelLoadError
+from mlapi.repository import config as model_config
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    name: str
+    version: int
+    path: Path
+    config: model_config.ModelConfig | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    available: tuple[int, ...]
+    versions: tuple[VersionEntry, ...] = ()
+    error: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def scan(root: Path, pinned_version: int | None = None) -> list[ModelEntry]:
+    """Every model under ``root``, sorted by name. ``root`` must be a folder."""
+    if not root.is_dir():
+        raise ModelLoadError("MODEL_PATH is not a folder")
+    entries = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and MODEL_NAME.match(child.name):
+            entries.append(scan_model(child, pinned_version))
+    return entries
+
+
+def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry:
+    name = model_dir.name
+    notes = []
+    available = []
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            available.append(int(child.name))
+        elif child.is_dir() and not child.name.startswith((".", "_")):
+            notes.append(f"ignored folder '{child.name}': version folders are positive integers")
+    available.sort()
+    if not available:
+        return ModelEntry(name, model_dir, (), error="no version folders (expected <name>/1/)")
+    try:
+        model_raw = model_config.read_raw(model_dir / model_config.CONFIG_FILE)
+        newest_raw = model_config.read_raw(model_dir / str(available[-1]) / model_config.CONFIG_FILE)
+        policy = model_config.parse(model_config.merge(model_raw, newest_raw)).version_policy
+    except ModelLoadError as exc:
+        return ModelEntry(name, model_dir, tuple(available), error=exc.message)
+
+    if pinned_version is not None:
+        if pinned_version not in available:
+            listed = ", ".join(map(str, available))
+            return ModelEntry(
+                name,
+                model_dir,
+                tuple(available),
+                error=f"MODEL_VERSION={pinned_version} not found (available: {listed})",
+            )
+        selected = [pinned_version]
+    else:
+        selected = policy.select(available)
+        if not selected:
+            return ModelEntry(
+                name, model_dir, tuple(available), error="version_policy selects no version"
+            )
+    versions = tuple(_version_entry(name, model_dir, v, model_raw) for v in selected)
+    return ModelEntry(name, model_dir, tuple(available), versions, notes=tuple(notes))
+
+
+def _version_entry(name: str, model_dir: Path, version: int, model_raw: dict) -> VersionEntry:  # type: ignore[type-arg]
+    path = model_dir / str(version)
+    try:
+        raw = model_config.read_raw(path / model_config.CONFIG_FILE)
+        parsed = model_config.parse(model_config.merge(model_raw, raw))
+    except ModelLoadError as exc:
+        return VersionEntry(name, version, path, None, error=exc.message)
+    return VersionEntry(name, version, path, parsed)

@@ -1,0 +1,49 @@
+"""The runtime protocol and what a runtime is given to load a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mlapi.repository.config import ModelConfig
+from mlapi.tensors import Signature
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """Everything a runtime may use to load one model version."""
+
+    model_dir: Path  # the version folder
+    model_file: Path
+    config: ModelConfig
+    allow_pickle: bool
+    intra_op_threads: int  # 0: the runtime's own default
+
+    def relative(self, path: Path) -> str:
+        """A path as shown to clients: relative to the version folder, never absolute."""
+        try:
+            return str(path.relative_to(self.model_dir))
+        except ValueError:
+            return path.name
+
+
+class Runtime(Protocol):
+    """A loaded model. ``predict`` may be called from one worker thread at a time."""
+
+    platform: str
+    signature: Signature
+
+    def predict(
+        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run the model; return exactly the named outputs."""
+        ...
+
+    def close(self) -> None: ...
+
+
+RuntimeFactory = Callable[[LoadContext], Runtime]

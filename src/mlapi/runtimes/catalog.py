@@ -1,0 +1,74 @@
+"""Runtimes by name, and the choice of runtime and model file for a version folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlapi.errors import ModelLoadError
+from mlapi.repository.config import ModelConfig
+from mlapi.runtimes.base import RuntimeFactory
+from mlapi.runtimes.safety import PICKLE_SUFFIXES
+
+_BY_SUFFIX = {".onnx": "onnx", ".skops": "sklearn", ".py": "python"}
+_PREFERRED = ("model.onnx", "model.skops", "model.py")
+
+
+def factory(name: str) -> RuntimeFactory:
+    """The runtime class for a name; imported lazily so an unused runtime's
+    libraries are never loaded."""
+    if name == "onnx":
+        from mlapi.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime
+    if name == "sklearn":
+        from mlapi.runtimes.sklearn import SklearnRuntime
+
+        return SklearnRuntime
+    if name == "python":
+        from mlapi.runtimes.python import PythonRuntime
+
+        return PythonRuntime
+    raise ModelLoadError(f"unknown runtime '{name}' (known: onnx, sklearn, python)")
+
+
+def choose(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
+    """(runtime name, model file) for a version folder."""
+    if config.file:
+        model_file = (version_dir / config.file).resolve()
+        if version_dir.resolve() not in model_file.parents:
+            raise ModelLoadError("model.toml 'file' must name a file inside the version folder")
+        if not model_file.is_file():
+            raise ModelLoadError(f"model file '{config.file}' is missing")
+    else:
+        model_file = _find_model_file(version_dir)
+    runtime = config.runtime or _runtime_for(model_file)
+    return runtime, model_file
+
+
+def _find_model_file(version_dir: Path) -> Path:
+    for name in _PREFERRED:
+        if (version_dir / name).is_file():
+            return version_dir / name
+    files = sorted(p for p in version_dir.iterdir() if p.is_file())
+    known = [p for p in files if p.suffix in _BY_SUFFIX or p.suffix in PICKLE_SUFFIXES]
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise ModelLoadError(
+            "no model file in the version folder (expected model.onnx, model.skops or model.py)"
+        )
+    raise ModelLoadError(
+        f"several model files {[p.name for p in known]}: name one with 'file' in model.toml"
+    )
+
+
+def _runtime_for(model_file: Path) -> str:
+    suffix = model_file.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return "sklearn"
+    try:
+        return _BY_SUFFIX[suffix]
+    except KeyError:
+        raise ModelLoadError(
+            f"cannot tell the runtime of '{model_file.name}': set runtime in model.toml"
+        ) from None

@@ -1,0 +1,74 @@
+"""run(settings): serve the app with uvicorn, in one process or ``WORKERS``
+processes sharing one listening socket (each worker loads its own models and
+gets CPUs / WORKERS threads for inference)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.supervisors import ChangeReload, Multiprocess
+
+from mlapi import logs
+from mlapi.app import create_app
+from mlapi.settings import Settings
+
+log = logging.getLogger("mlapi.server")
+SOURCE_DIR = Path(__file__).resolve().parent
+
+
+class AppFactory:
+    """Builds the app inside each worker process. Picklable, so the settings built
+    once by the CLI travel to spawned workers instead of being re-read there."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> Starlette:
+        logs.configure(self.settings.log_level, self.settings.log_format == "json")
+        return create_app(self.settings)
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        AppFactory(settings),
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.workers,
+        reload=settings.reload,
+        reload_dirs=[str(SOURCE_DIR)] if settings.reload else None,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+
+
+def run(settings: Settings) -> int:
+    """Serve until stopped; the process exit code."""
+    logs.configure(settings.log_level, settings.log_format == "json")
+    config = uvicorn_config(settings)
+    log.info(
+        "serving models from %s on http://%s:%d (workers=%d, auth=%s)",
+        settings.model_path,
+        settings.api_host,
+        settings.api_port,
+        settings.workers,
+        "on" if settings.auth_enabled else "off",
+    )
+    if settings.reload:
+        sock = config.bind_socket()
+        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        return 0
+    if settings.workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,178 @@
+"""One typed settings object, read from the environment, then a ``.env`` file
+(dev), then secret files. Built once by the CLI and passed down; nothing else in
+the package reads ``os.environ``.
+
+The deployment guide's names are unprefixed (``API_PORT``, ``MODEL_PATH``,
+``MODEL_VERSION``, ``LOG_LEVEL``, ``WORKERS``, ``API_KEY``); everything else is
+``MLAPI_*``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlapi.errors import ConfigError
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "default_models"
+API_KEY_SECRET_NAME = "api_key"
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    api_host: str = Field("127.0.0.1", alias="API_HOST")
+    api_port: int = Field(8000, alias="API_PORT", ge=1, le=65535)
+    model_path: Path = Field(DEFAULT_MODEL_PATH, alias="MODEL_PATH")
+    model_version: str | None = Field(None, alias="MODEL_VERSION")
+    log_level: LogLevel = Field("info", alias="LOG_LEVEL")
+    log_format: Literal["text", "json"] = Field("text", alias="MLAPI_LOG_FORMAT")
+    workers: int = Field(1, alias="WORKERS", ge=1, le=64)
+    api_key: SecretStr | None = Field(None, alias="API_KEY")
+    api_key_file: Path | None = Field(None, alias="API_KEY_FILE")
+
+    secrets_dir: Path = Field(Path("/run/secrets"), alias="MLAPI_SECRETS_DIR")
+    require_auth: bool = Field(False, alias="MLAPI_REQUIRE_AUTH")
+    max_body_bytes: int = Field(32 * 1024 * 1024, alias="MLAPI_MAX_BODY_BYTES", ge=1024)
+    allow_pickle: bool = Field(False, alias="MLAPI_ALLOW_PICKLE")
+    load_concurrency: int = Field(2, alias="MLAPI_LOAD_CONCURRENCY", ge=1, le=64)
+    intra_op_threads: int = Field(0, alias="MLAPI_INTRA_OP_THREADS", ge=0, le=256)
+    shutdown_timeout_s: float = Field(30.0, alias="MLAPI_SHUTDOWN_TIMEOUT_S", gt=0, le=3600)
+    reload: bool = Field(False, alias="RELOAD")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _blank_version_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("model_version")
+    @classmethod
+    def _version_is_a_number(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"v?[1-9][0-9]*", value):
+            raise ValueError("must be a positive version number such as 1 or v1")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_api_key(self) -> Settings:
+        """API_KEY_FILE wins over API_KEY; then ``<secrets_dir>/api_key`` if present.
+        A named file that is missing, unreadable or empty is an error: the server
+        never starts unauthenticated when the operator asked for a key."""
+        if self.api_key_file is not None:
+            self.api_key = _read_secret_file(self.api_key_file, "API_KEY_FILE")
+        elif self.api_key is None:
+            docker_secret = self.secrets_dir / API_KEY_SECRET_NAME
+            if docker_secret.exists():
+                self.api_key = _read_secret_file(docker_secret, "MLAPI_SECRETS_DIR/api_key")
+        if self.require_auth and self.api_key is None:
+            raise ValueError(
+                "MLAPI_REQUIRE_AUTH is set but no API key is configured "
+                "(set API_KEY_FILE, API_KEY or the secret file /run/secrets/api_key)"
+            )
+        return self
+
+    @property
+    def pinned_version(self) -> int | None:
+        return int(self.model_version.lstrip("v")) if self.model_version else None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_key is not None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as ``{ENV_NAME: value}``, secrets replaced by a marker."""
+        shown: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[field.alias or name] = value
+        return shown
+
+
+def _read_secret_file(path: Path, variable: str) -> SecretStr:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{variable}: secret file {path} does not exist") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{variable}: secret file {path} cannot be read ({type(exc).__name__})"
+        ) from None
+    key = text.strip()
+    if not key:
+        raise ValueError(f"{variable}: secret file {path} is empty")
+    return SecretStr(key)
+
+
+def load_settings(env_file: str | None = ".env", **overrides: Any) -> Settings:
+    """Build and validate the settings; raise ConfigError with one line naming the
+    variable on any bad value. The value itself is never echoed (it may be a secret)."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(item) for item in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(message if not error["loc"] else f"{loc}: {message}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def available_cpus() -> float:
+    """CPUs this process may use: the smaller of its affinity mask and its cgroup
+    CPU quota (cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``)."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    quota = _cgroup_cpu_quota()
+    return min(cpus, quota) if quota else cpus
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
