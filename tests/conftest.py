@@ -1,0 +1,61 @@
+"""Shared fixtures: settings for a model repository, an in-process client that runs
+the app's lifespan, and polling with deadlines (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from mlapi.app import create_app
+from mlapi.settings import Settings, load_settings
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def make_settings(model_path: Path, **overrides: Any) -> Settings:
+    return load_settings(env_file=None, MODEL_PATH=str(model_path), **overrides)
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., TestClient]]:
+    """Start the app in-process for a model repository; wait for readiness unless
+    told not to."""
+    clients: list[TestClient] = []
+
+    def start(model_path: Path, wait_ready: bool = True, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(model_path, **overrides)),
+                            raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if wait_ready:
+            wait_for(lambda: client.get("/health").status_code == 200, what="readiness")
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ml-api variable from the developer's shell leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MLAPI_") or name in {
+            "API_HOST", "API_PORT", "MODEL_PATH", "MODEL_VERSION", "LOG_LEVEL", "WORKERS",
+            "API_KEY", "API_KEY_FILE", "RELOAD",
+        }:
+            monkeypatch.delenv(name)

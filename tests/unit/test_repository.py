@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlapi.errors import ModelLoadError
+from mlapi.repository import config, scan
+from mlapi.tensors import TensorSpec
+
+
+def _version(root: Path, name: str, version: int | str, toml: str | None = None) -> Path:
+    folder = root / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"x")
+    if toml is not None:
+        (folder / "model.toml").write_text(toml)
+    return folder
+
+
+def test_newest_version_is_served_by_default(tmp_path: Path) -> None:
+    for v in (1, 3, 2):
+        _version(tmp_path, "m", v)
+    (entry,) = scan.scan(tmp_path)
+    assert entry.available == (1, 2, 3)
+    assert [v.version for v in entry.versions] == [3]
+
+
+def test_policy_latest_n_and_pinned_versions(tmp_path: Path) -> None:
+    for v in (1, 2, 3):
+        _version(tmp_path, "m", v)
+    (tmp_path / "m" / "model.toml").write_text("[version_policy]\nlatest = 2\n")
+    assert [v.version for v in scan.scan(tmp_path)[0].versions] == [2, 3]
+    (tmp_path / "m" / "model.toml").write_text("[version_policy]\nversions = [1, 3, 9]\n")
+    assert [v.version for v in scan.scan(tmp_path)[0].versions] == [1, 3]
+
+
+def test_model_version_pin_overrides_policy_and_reports_a_missing_version(tmp_path: Path) -> None:
+    for v in (1, 2):
+        _version(tmp_path, "m", v)
+    assert [v.version for v in scan.scan(tmp_path, pinned_version=1)[0].versions] == [1]
+    (entry,) = scan.scan(tmp_path, pinned_version=7)
+    assert entry.error is not None and "MODEL_VERSION=7" in entry.error and "1, 2" in entry.error
+
+
+def test_problems_are_recorded_per_model_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _version(tmp_path, "bad_toml", 1, "runtime = \n")
+    _version(tmp_path, "good", 1)
+    (tmp_path / "not-a-model.txt").write_text("ignored")
+    entries = {e.name: e for e in scan.scan(tmp_path)}
+    assert set(entries) == {"empty", "bad_toml", "good"}
+    assert entries["empty"].error is not None and "no version folders" in entries["empty"].error
+    assert entries["bad_toml"].error is not None and "TOML" in entries["bad_toml"].error
+    assert entries["good"].error is None and entries["good"].versions[0].error is None
+
+
+def test_version_config_overrides_model_config(tmp_path: Path) -> None:
+    _version(tmp_path, "m", 1, '[batching]\nmax_delay_ms = 5\n')
+    (tmp_path / "m" / "model.toml").write_text(
+        'runtime = "onnx"\n[batching]\nmax_batch_size = 8\nmax_delay_ms = 1\n'
+    )
+    parsed = scan.scan(tmp_path)[0].versions[0].config
+    assert parsed is not None
+    assert parsed.runtime == "onnx"
+    assert (parsed.batching.max_batch_size, parsed.batching.max_delay_ms) == (8, 5.0)
+
+
+def test_full_config_parses_into_typed_values() -> None:
+    parsed = config.parse(
+        {
+            "runtime": "python",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+            "labels": ["a", "b"],
+            "warmup": {"inputs": {"x": [[1, 2, 3, 4]]}},
+        }
+    )
+    assert parsed.inputs == (TensorSpec("x", "FP32", (-1, 4)),)
+    assert parsed.outputs == (TensorSpec("y", "INT64", (-1,)),)
+    assert parsed.labels == ("a", "b")
+    assert parsed.warmup.inputs == {"x": [[1, 2, 3, 4]]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"runtme": "onnx"}, "unknown key"),
+        ({"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [1]}]}, "datatype"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [0]}]}, "shape"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}] * 2}, "duplicate"),
+        ({"batching": {"max_delay_ms": -1}}, "max_delay_ms"),
+        ({"batching": {"size": 3}}, "unknown key"),
+        ({"version_policy": {"latest": 0}}, "latest"),
+        ({"labels": "a,b"}, "labels"),
+    ],
+)
+def test_bad_config_names_the_key(raw: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ModelLoadError, match=fragment):
+        config.parse(raw)
