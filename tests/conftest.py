@@ -35,8 +35,9 @@ def serve_app() -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def start(model_path: Path, wait_ready: bool = True, **overrides: Any) -> TestClient:
-        client = TestClient(create_app(make_settings(model_path, **overrides)),
-                            raise_server_exceptions=False)
+        client = TestClient(
+            create_app(make_settings(model_path, **overrides)), raise_server_exceptions=False
+        )
         client.__enter__()
         clients.append(client)
         if wait_ready:
@@ -55,7 +56,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in list(os.environ):
         if name.startswith("MLAPI_") or name in {
-            "API_HOST", "API_PORT", "MODEL_PATH", "MODEL_VERSION", "LOG_LEVEL", "WORKERS",
-            "API_KEY", "API_KEY_FILE", "RELOAD",
+            "API_HOST",
+            "API_PORT",
+            "MODEL_PATH",
+            "MODEL_VERSION",
+            "LOG_LEVEL",
+            "WORKERS",
+            "API_KEY",
+            "API_KEY_FILE",
+            "RELOAD",
         }:
             monkeypatch.delenv(name)

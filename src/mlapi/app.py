@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
@@ -39,6 +41,11 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
         app.state.loading = loading
+        if settings.workers > 1:
+            # Workers share one socket: a worker that accepted connections while
+            # still loading would answer 503 beside ready siblings. So each worker
+            # joins the pool only once its models have settled (ready or failed).
+            await asyncio.shield(loading)
         try:
             yield
         finally:
@@ -56,15 +63,39 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
             Route("/openapi.json", route(openapi_json), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
+        middleware=[Middleware(HeaderLimit, max_bytes=settings.max_header_bytes)],
         lifespan=lifespan,
     )
     app.state.registry = registry
     return app
 
 
+class HeaderLimit:
+    """Refuse requests whose headers add up to more than ``max_bytes`` with 431.
+    (The HTTP parser has read them by then; this keeps them out of the app.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            total = 0
+            for name, value in scope["headers"]:
+                total += len(name) + len(value)
+            if total > self.max_bytes:
+                response = json_response(
+                    {"error": f"request headers are over {self.max_bytes} bytes"}, 431
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own 404/405 rendered as the protocol's error body."""
     messages = {404: f"no route {request.url.path[:200]}", 405: "method not allowed"}
     headers = dict(exc.headers) if exc.headers else None
-    return json_response({"error": messages.get(exc.status_code, str(exc.detail))},
-                         exc.status_code, headers)
+    return json_response(
+        {"error": messages.get(exc.status_code, str(exc.detail))}, exc.status_code, headers
+    )

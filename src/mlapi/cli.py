@@ -34,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mlapi", description="A fast, safe model server (Open Inference Protocol V2).")
+    parser = _Parser(
+        prog="mlapi", description="A fast, safe model server (Open Inference Protocol V2)."
+    )
     parser.add_argument("--version", action="version", version=f"mlapi {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -47,13 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
 
     models = commands.add_parser("models", help="inspect model repositories")
-    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    model_commands = models.add_subparsers(
+        dest="models_command", required=True, parser_class=_Parser
+    )
     model_commands.add_parser("list", help="list the models under MODEL_PATH")
     validate = model_commands.add_parser("validate", help="load and warm up every model under PATH")
     validate.add_argument("path", type=Path)
 
     config = commands.add_parser("config", help="show the effective settings")
-    config_commands = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    config_commands = config.add_subparsers(
+        dest="config_command", required=True, parser_class=_Parser
+    )
     config_commands.add_parser("show", help="print the settings, secrets redacted")
     return parser
 
@@ -61,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = {env: getattr(args, env) for _, env, _, _ in SERVE_OPTIONS
-                     if getattr(args, env, None) is not None}
+        overrides = {
+            env: getattr(args, env)
+            for _, env, _, _ in SERVE_OPTIONS
+            if getattr(args, env, None) is not None
+        }
         settings = load_settings(**overrides)
         if args.command == "serve":
             return _serve(settings)
@@ -72,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.models_command == "list":
                 return _models_list(settings)
             return _models_validate(settings, args.path)
-        sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
         return 0
     except ConfigError as exc:
         sys.stderr.write(f"mlapi: error: {exc}\n")
@@ -94,7 +105,7 @@ def _healthcheck(settings: Settings, url: str | None, timeout: float) -> int:
         host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{settings.api_port}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             ok = response.status == 200
     except urllib.error.HTTPError as exc:
         sys.stderr.write(f"mlapi: not ready: {url} answered {exc.code}\n")

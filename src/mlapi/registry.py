@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mlapi.errors import MlapiError, ModelLoadError, NotFound, NotReady
-from mlapi.repository import scan
+from mlapi.repository import scan as repo_scan
 from mlapi.repository.config import ModelConfig
 from mlapi.runtimes import catalog, safety
 from mlapi.runtimes.base import LoadContext, Runtime
@@ -176,10 +176,10 @@ class ModelRegistry:
         return bool(served) and all(r.is_ready for r in served), details
 
     # ----- life cycle ----------------------------------------------------------
-    def scan(self) -> list[scan.ModelEntry]:
+    def scan(self) -> list[repo_scan.ModelEntry]:
         """Scan MODEL_PATH and create LOADING records for what will be loaded."""
         try:
-            entries = scan.scan(self._settings.model_path, self._settings.pinned_version)
+            entries = repo_scan.scan(self._settings.model_path, self._settings.pinned_version)
         except ModelLoadError as exc:
             self.scan_error = exc.message
             log.error("model repository cannot be read: %s", exc.message)
@@ -190,17 +190,18 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load every scanned model; returns when all have settled."""
-        await asyncio.gather(*(self._load_versions(r, list(r.versions.values()))
-                               for r in self.records()))
+        await asyncio.gather(
+            *(self._load_versions(r, list(r.versions.values())) for r in self.records())
+        )
 
     async def load(self, name: str) -> ModelRecord:
         """(Re)load one model from disk. New versions are swapped in only once READY;
         a version that fails to reload keeps serving its old copy."""
         model_dir = self._settings.model_path / name
-        if not scan.MODEL_NAME.match(name) or not model_dir.is_dir():
+        if not repo_scan.MODEL_NAME.match(name) or not model_dir.is_dir():
             raise NotFound(f"no model '{name[:128]}' in the model repository")
         async with self._model_locks.setdefault(name, asyncio.Lock()):
-            entry = scan.scan_model(model_dir, self._settings.pinned_version)
+            entry = repo_scan.scan_model(model_dir, self._settings.pinned_version)
             fresh = self._record_for(entry)
             old = self._records.get(name)
             await self._load_versions(fresh, list(fresh.versions.values()))
@@ -214,8 +215,12 @@ class ModelRegistry:
                     if previous is not None:
                         await asyncio.to_thread(previous.close)
                 elif previous.state is State.READY:
-                    log.warning("reload of %s v%d failed; old copy keeps serving: %s",
-                                name, number, version.reason)
+                    log.warning(
+                        "reload of %s v%d failed; old copy keeps serving: %s",
+                        name,
+                        number,
+                        version.reason,
+                    )
                 else:
                     old.versions[number] = version
             for number in set(old.versions) - set(fresh.versions):
@@ -240,7 +245,7 @@ class ModelRegistry:
                 await asyncio.to_thread(version.close)
 
     # ----- internals -----------------------------------------------------------
-    def _record_for(self, entry: scan.ModelEntry) -> ModelRecord:
+    def _record_for(self, entry: repo_scan.ModelEntry) -> ModelRecord:
         record = ModelRecord(entry.name, error=entry.error)
         for note in entry.notes:
             log.warning("model %s: %s", entry.name, note)
@@ -270,9 +275,14 @@ class ModelRegistry:
             log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
             version.close()
         else:
-            log.info("model %s v%d READY (%s, load %.3fs, warm-up %.3fs)", version.name,
-                     version.version, version.runtime_name, version.load_seconds or 0.0,
-                     version.warmup_seconds or 0.0)
+            log.info(
+                "model %s v%d READY (%s, load %.3fs, warm-up %.3fs)",
+                version.name,
+                version.version,
+                version.runtime_name,
+                version.load_seconds or 0.0,
+                version.warmup_seconds or 0.0,
+            )
 
     def _load_and_warm(self, version: ModelVersion) -> None:
         assert version.config is not None
@@ -320,7 +330,8 @@ def _warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
     except Exception as exc:
         raise ModelLoadError(
             f"warm-up inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            if str(exc) else f"warm-up inference failed: {type(exc).__name__}"
+            if str(exc)
+            else f"warm-up inference failed: {type(exc).__name__}"
         ) from None
 
 

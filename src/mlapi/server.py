@@ -5,7 +5,9 @@ gets CPUs / WORKERS threads for inference)."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -29,6 +31,16 @@ class AppFactory:
     def __call__(self) -> Starlette:
         logs.configure(self.settings.log_level, self.settings.log_format == "json")
         return create_app(self.settings)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM that ended in a clean shutdown exits
+    0 (uvicorn re-raises the signal, so the process would die by it: 143 in Docker)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -69,6 +81,6 @@ def run(settings: Settings) -> int:
         sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()
         return 0
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     return 0 if server.started else 1

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     secrets_dir: Path = Field(Path("/run/secrets"), alias="MLAPI_SECRETS_DIR")
     require_auth: bool = Field(False, alias="MLAPI_REQUIRE_AUTH")
     max_body_bytes: int = Field(32 * 1024 * 1024, alias="MLAPI_MAX_BODY_BYTES", ge=1024)
+    max_header_bytes: int = Field(64 * 1024, alias="MLAPI_MAX_HEADER_BYTES", ge=1024)
     allow_pickle: bool = Field(False, alias="MLAPI_ALLOW_PICKLE")
     load_concurrency: int = Field(2, alias="MLAPI_LOAD_CONCURRENCY", ge=1, le=64)
     intra_op_threads: int = Field(0, alias="MLAPI_INTRA_OP_THREADS", ge=0, le=256)

@@ -4,11 +4,12 @@ signature a model declares (names, datatypes, shapes with -1 for "any")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 # V2 datatype name -> numpy dtype (little-endian, as the binary extension sends).
-DATATYPES: dict[str, np.dtype[object]] = {
+DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("bool"),
     "UINT8": np.dtype("<u1"),
     "UINT16": np.dtype("<u2"),

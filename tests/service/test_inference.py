@@ -28,8 +28,17 @@ def _reference(path: Path, rows: np.ndarray) -> dict[str, Any]:
 
 
 def _v2(rows: np.ndarray, name: str = "input", **extra: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": name, "datatype": "FP32", "shape": list(rows.shape),
-                        "data": rows.ravel().tolist()}], **extra}
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": "FP32",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
 
 
 def _assert_serving(client: TestClient) -> None:
@@ -48,7 +57,9 @@ def test_v2_json_infer_equals_onnxruntime(serve_app: Start) -> None:
     assert outputs["label"]["data"] == list(expected["label"])
     assert outputs["label"]["datatype"] == "BYTES"
     np.testing.assert_allclose(
-        np.array(outputs["probabilities"]["data"]).reshape(3, 3), expected["probabilities"], rtol=1e-6
+        np.array(outputs["probabilities"]["data"]).reshape(3, 3),
+        expected["probabilities"],
+        rtol=1e-6,
     )
     versioned = client.post("/v2/models/iris/versions/1/infer", json=_v2(ROWS)).json()
     assert "id" not in versioned
@@ -57,8 +68,9 @@ def test_v2_json_infer_equals_onnxruntime(serve_app: Start) -> None:
 
 def test_v2_requests_without_content_type_are_read_as_json(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH)
-    response = client.post("/v2/models/iris/infer", content=orjson.dumps(_v2(ROWS)),
-                           headers={"content-type": ""})
+    response = client.post(
+        "/v2/models/iris/infer", content=orjson.dumps(_v2(ROWS)), headers={"content-type": ""}
+    )
     assert response.status_code == 200
 
 
@@ -82,8 +94,9 @@ def test_v1_predict(serve_app: Start) -> None:
     predictions = response.json()["predictions"]
     expected = _reference(DEFAULT_ONNX, ROWS)
     assert [p["label"] for p in predictions] == list(expected["label"])
-    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected["probabilities"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in predictions], expected["probabilities"], rtol=1e-6
+    )
     assert client.get("/v1/models/iris").json() == {"name": "iris", "ready": True}
 
 
@@ -96,7 +109,9 @@ def test_metadata_and_server_routes(serve_app: Start) -> None:
     assert client.get("/v2/models/iris/versions/1").status_code == 200
     assert client.get("/v2/models/iris/ready").status_code == 200
     server = client.get("/v2").json()
-    assert "binary_tensor_data" in server["extensions"] and "model_repository" in server["extensions"]
+    assert (
+        "binary_tensor_data" in server["extensions"] and "model_repository" in server["extensions"]
+    )
     spec = client.get("/openapi.json").json()
     assert "/v2/models/{model}/infer" in spec["paths"]
 
@@ -112,14 +127,23 @@ def test_onnx_model_without_config_and_skops_model(serve_app: Start, tmp_path: P
     expected = _reference(onnx_path, rows)
     by_name = {o["name"]: o["data"] for o in body["outputs"]}
     assert by_name["label"] == expected["label"].tolist()
-    np.testing.assert_allclose(np.array(by_name["probabilities"]).reshape(5, 3),
-                               expected["probabilities"], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array(by_name["probabilities"]).reshape(5, 3), expected["probabilities"], rtol=1e-5
+    )
 
     skl_meta = client.get("/v2/models/skl").json()
     assert skl_meta["platform"] == "scikit-learn"
     assert skl_meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 8]}]
-    request = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [5, 8],
-                           "data": rows.astype(np.float64).ravel().tolist()}]}
+    request = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP64",
+                "shape": [5, 8],
+                "data": rows.astype(np.float64).ravel().tolist(),
+            }
+        ]
+    }
     skl_body = client.post("/v2/models/skl/infer", json=request).json()
     skl_labels = {o["name"]: o["data"] for o in skl_body["outputs"]}["label"]
     import skops.io as sio
@@ -132,16 +156,23 @@ def test_api_key_guards_inference_but_not_health(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH, API_KEY="s3cret-key")
     assert client.get("/health").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
-    for headers in ({}, {"authorization": "Bearer wrong"}, {"x-api-key": "s3cret-keyX"},
-                    {"authorization": "Basic czNjcmV0LWtleQ=="}):
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"x-api-key": "s3cret-keyX"},
+        {"authorization": "Basic czNjcmV0LWtleQ=="},
+    ):
         response = client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=headers)
         assert response.status_code == 401
         assert "error" in response.json() and "s3cret" not in response.text
     assert client.post("/v2/repository/index").status_code == 401
     assert client.get("/v2/models/iris").status_code == 401
-    ok_bearer = client.post("/v2/models/iris/infer", json=_v2(ROWS),
-                            headers={"authorization": "Bearer s3cret-key"})
-    ok_header = client.post("/v2/models/iris/infer", json=_v2(ROWS), headers={"x-api-key": "s3cret-key"})
+    ok_bearer = client.post(
+        "/v2/models/iris/infer", json=_v2(ROWS), headers={"authorization": "Bearer s3cret-key"}
+    )
+    ok_header = client.post(
+        "/v2/models/iris/infer", json=_v2(ROWS), headers={"x-api-key": "s3cret-key"}
+    )
     assert ok_bearer.status_code == ok_header.status_code == 200
 
 
@@ -154,29 +185,95 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("GET", "/v2/models/iris/infer", {}, 405),
     ("POST", "/v2/models/iris/infer", {"content": b"{not json"}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"\xff\xfe\xfd"}, 400),
-    ("POST", "/v2/models/iris/infer", {"content": b"\xff\xfe\xfd",
-                                       "headers": {"content-type": "application/json"}}, 400),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"content": b"\xff\xfe\xfd", "headers": {"content-type": "application/json"}},
+        400,
+    ),
     ("POST", "/v2/models/iris/infer", {"content": b""}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"null"}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"[]"}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"[" * 100_000}, 400),
     ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS, name="wrong")}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32",
-                                                             "shape": [1, 3], "data": [1, 2, 3]}]}}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32",
-                                                             "shape": [10**12, 4], "data": [1] * 4}]}}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32",
-                                                             "shape": [1, 4], "data": ["a"] * 4}]}}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": {"inputs": [{"name": "input", "datatype": "INT64",
-                                                             "shape": [1, 4], "data": [1] * 4}]}}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32",
-                                                             "shape": [1, 4], "data": [1e39] * 4}]}}, 400),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}
+                ]
+            }
+        },
+        400,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [10**12, 4], "data": [1] * 4}
+                ]
+            }
+        },
+        400,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ["a"] * 4}
+                ]
+            }
+        },
+        400,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {
+            "json": {
+                "inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 4], "data": [1] * 4}]
+            }
+        },
+        400,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1e39] * 4}
+                ]
+            }
+        },
+        400,
+    ),
     ("POST", "/v2/models/iris/infer", {"json": {**_v2(ROWS), "surprise": True}}, 400),
     ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS, outputs=[{"name": "nope"}])}, 400),
-    ("POST", "/v2/models/iris/infer", {"content": b"{}", "headers": {"content-encoding": "br"}}, 415),
-    ("POST", "/v2/models/iris/infer", {"content": b"garbage", "headers": {"content-encoding": "gzip"}}, 400),
-    ("POST", "/v2/models/iris/infer", {"content": b"{}",
-                                       "headers": {"inference-header-content-length": "99"}}, 400),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"content": b"{}", "headers": {"content-encoding": "br"}},
+        415,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"content": b"garbage", "headers": {"content-encoding": "gzip"}},
+        400,
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"content": b"{}", "headers": {"inference-header-content-length": "99"}},
+        400,
+    ),
     ("POST", "/v1/models/iris:predict", {"json": {"instances": [[1, 2, 3]]}}, 400),
     ("POST", "/v1/models/iris:predict", {"json": {"instances": []}}, 400),
     ("POST", "/v1/models/iris:predict", {"json": {"instances": [[1, 2], [1, 2, 3]]}}, 400),
@@ -188,8 +285,11 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status"), BAD_REQUESTS,
-                         ids=[f"{m} {p} {s}" for m, p, _, s in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    BAD_REQUESTS,
+    ids=[f"{m} {p} {s}" for m, p, _, s in BAD_REQUESTS],
+)
 def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(
     serve_app: Start, method: str, path: str, kwargs: dict[str, Any], status: int
 ) -> None:
@@ -211,8 +311,13 @@ def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
     import gzip
 
     bomb = gzip.compress(b" " * 1_000_000)
-    response = client.post("/v2/models/iris/infer", content=bomb, headers={"content-encoding": "gzip"})
+    response = client.post(
+        "/v2/models/iris/infer", content=bomb, headers={"content-encoding": "gzip"}
+    )
     assert response.status_code == 413
-    small = client.post("/v2/models/iris/infer", content=gzip.compress(orjson.dumps(_v2(ROWS))),
-                        headers={"content-encoding": "gzip"})
+    small = client.post(
+        "/v2/models/iris/infer",
+        content=gzip.compress(orjson.dumps(_v2(ROWS))),
+        headers={"content-encoding": "gzip"},
+    )
     assert small.status_code == 200

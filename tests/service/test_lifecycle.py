@@ -24,7 +24,9 @@ from tests.fixtures.models import (
 )
 
 Start = Callable[..., TestClient]
-IRIS = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+IRIS = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+}
 
 
 def _repo_with_iris(tmp_path: Path) -> Path:
@@ -36,7 +38,9 @@ def _states(client: TestClient) -> dict[str, dict[str, object]]:
     return {m["name"]: m for m in client.get("/health").json()["models"]}
 
 
-def test_health_is_503_while_a_slow_model_loads_and_200_after(serve_app: Start, tmp_path: Path) -> None:
+def test_health_is_503_while_a_slow_model_loads_and_200_after(
+    serve_app: Start, tmp_path: Path
+) -> None:
     folder = write_python_model(_repo_with_iris(tmp_path), "slow", GATED_MODEL, GATED_TOML)
     client = serve_app(tmp_path, wait_ready=False)
     assert client.get("/health/live").status_code == 200
@@ -47,22 +51,30 @@ def test_health_is_503_while_a_slow_model_loads_and_200_after(serve_app: Start, 
     assert client.get("/v2/health/ready").status_code == 503
     assert client.get("/v2/models/slow/ready").status_code == 503
     assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200  # others serve
-    infer_slow = client.post("/v2/models/slow/infer", json={"inputs": [
-        {"name": "x", "datatype": "FP64", "shape": [2], "data": [1.5, 2]}]})
+    infer_slow = client.post(
+        "/v2/models/slow/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.5, 2]}]},
+    )
     assert infer_slow.status_code == 503 and "LOADING" in infer_slow.json()["error"]
     (folder / "release").touch()
     wait_for(lambda: client.get("/health").status_code == 200, what="readiness after load")
-    doubled = client.post("/v2/models/slow/infer", json={"inputs": [
-        {"name": "x", "datatype": "FP64", "shape": [2], "data": [1.5, 2]}]})
+    doubled = client.post(
+        "/v2/models/slow/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1.5, 2]}]},
+    )
     assert doubled.json()["outputs"][0]["data"] == [3.0, 4.0]
 
 
-def test_a_broken_model_is_named_and_the_others_keep_serving(serve_app: Start, tmp_path: Path) -> None:
+def test_a_broken_model_is_named_and_the_others_keep_serving(
+    serve_app: Start, tmp_path: Path
+) -> None:
     _repo_with_iris(tmp_path)
     write_broken_onnx(tmp_path, "broken")
     (tmp_path / "empty").mkdir()
     client = serve_app(tmp_path, wait_ready=False)
-    wait_for(lambda: _states(client).get("broken", {}).get("state") == "FAILED", what="broken fails")
+    wait_for(
+        lambda: _states(client).get("broken", {}).get("state") == "FAILED", what="broken fails"
+    )
     wait_for(lambda: _states(client).get("iris", {}).get("state") == "READY", what="iris ready")
     response = client.get("/health")
     assert response.status_code == 503
@@ -76,7 +88,9 @@ def test_a_broken_model_is_named_and_the_others_keep_serving(serve_app: Start, t
     assert failed.status_code == 503 and "FAILED" in failed.json()["error"]
 
 
-def test_fixing_a_model_and_loading_it_again_makes_it_ready(serve_app: Start, tmp_path: Path) -> None:
+def test_fixing_a_model_and_loading_it_again_makes_it_ready(
+    serve_app: Start, tmp_path: Path
+) -> None:
     _repo_with_iris(tmp_path)
     broken = write_broken_onnx(tmp_path, "second")
     client = serve_app(tmp_path, wait_ready=False)
@@ -93,7 +107,8 @@ def test_repository_index_load_and_unload(serve_app: Start, tmp_path: Path) -> N
     _repo_with_iris(tmp_path)
     client = serve_app(tmp_path)
     assert client.post("/v2/repository/index").json() == [
-        {"name": "iris", "version": "1", "state": "READY"}]
+        {"name": "iris", "version": "1", "state": "READY"}
+    ]
     assert client.post("/v2/repository/models/iris/unload").status_code == 200
     assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 404
     assert client.post("/v2/repository/index").json()[0]["state"] == "UNAVAILABLE"
@@ -109,7 +124,9 @@ def test_repository_index_load_and_unload(serve_app: Start, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("layout", ["renamed_onnx", "joblib_file", "pickle_beside_python"])
-def test_pickles_are_refused_under_every_runtime(serve_app: Start, tmp_path: Path, layout: str) -> None:
+def test_pickles_are_refused_under_every_runtime(
+    serve_app: Start, tmp_path: Path, layout: str
+) -> None:
     _repo_with_iris(tmp_path)
     if layout == "renamed_onnx":
         write_pickle(tmp_path / "evil" / "1" / "model.onnx")
@@ -118,8 +135,9 @@ def test_pickles_are_refused_under_every_runtime(serve_app: Start, tmp_path: Pat
         folder.mkdir(parents=True)
         joblib.dump(fresh_classifier(4), folder / "model.joblib")
     else:
-        folder = write_python_model(tmp_path, "evil", "class M:\n    def predict(self, inputs):\n"
-                                    "        return inputs\n")
+        folder = write_python_model(
+            tmp_path, "evil", "class M:\n    def predict(self, inputs):\n        return inputs\n"
+        )
         write_pickle(folder / "weights.pkl")
     client = serve_app(tmp_path, wait_ready=False)
     wait_for(lambda: _states(client).get("evil", {}).get("state") == "FAILED", what="refusal")
@@ -135,14 +153,30 @@ def test_trusted_joblib_loads_when_the_operator_allows_it(serve_app: Start, tmp_
     joblib.dump(model, folder / "model.joblib")
     client = serve_app(tmp_path, MLAPI_ALLOW_PICKLE="true")
     rows = np.array([[0.1, 0.2, 0.3, 0.4]])
-    body = client.post("/v2/models/trusted/infer", json={"inputs": [
-        {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": rows.ravel().tolist()}]}).json()
+    body = client.post(
+        "/v2/models/trusted/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP64",
+                    "shape": [1, 4],
+                    "data": rows.ravel().tolist(),
+                }
+            ]
+        },
+    ).json()
     labels = {o["name"]: o["data"] for o in body["outputs"]}["label"]
     assert labels == model.predict(rows).tolist()
 
 
-def test_python_model_without_a_signature_takes_what_it_is_given(serve_app: Start, tmp_path: Path) -> None:
-    write_python_model(tmp_path, "echo", """
+def test_python_model_without_a_signature_takes_what_it_is_given(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    write_python_model(
+        tmp_path,
+        "echo",
+        """
         import numpy as np
 
         class Echo:
@@ -151,29 +185,42 @@ def test_python_model_without_a_signature_takes_what_it_is_given(serve_app: Star
 
             def predict(self, inputs):
                 return {"sum": inputs["a"] + self.offset, "text": np.array(["ok"], dtype=object)}
-    """)
+    """,
+    )
     client = serve_app(tmp_path)
-    body = client.post("/v2/models/echo/infer", json={"inputs": [
-        {"name": "a", "datatype": "INT32", "shape": [3], "data": [1, 2, 3]}]}).json()
+    body = client.post(
+        "/v2/models/echo/infer",
+        json={"inputs": [{"name": "a", "datatype": "INT32", "shape": [3], "data": [1, 2, 3]}]},
+    ).json()
     outputs = {o["name"]: o for o in body["outputs"]}
     assert outputs["sum"]["data"] == [11, 12, 13] and outputs["sum"]["datatype"] == "INT32"
     assert outputs["text"]["data"] == ["ok"]
 
 
-def test_python_model_that_fails_to_import_or_load_is_reported(serve_app: Start, tmp_path: Path) -> None:
+def test_python_model_that_fails_to_import_or_load_is_reported(
+    serve_app: Start, tmp_path: Path
+) -> None:
     _repo_with_iris(tmp_path)
     write_python_model(tmp_path, "syntax", "class M(:\n")
-    write_python_model(tmp_path, "raises", """
+    write_python_model(
+        tmp_path,
+        "raises",
+        """
         class M:
             def load(self):
                 raise RuntimeError("weights not found")
 
             def predict(self, inputs):
                 return inputs
-    """)
+    """,
+    )
     client = serve_app(tmp_path, wait_ready=False)
-    wait_for(lambda: all(_states(client).get(n, {}).get("state") == "FAILED" for n in ("syntax", "raises")),
-             what="both fail")
+    wait_for(
+        lambda: all(
+            _states(client).get(n, {}).get("state") == "FAILED" for n in ("syntax", "raises")
+        ),
+        what="both fail",
+    )
     states = _states(client)
     assert "SyntaxError" in str(states["syntax"]["reason"])
     assert "weights not found" in str(states["raises"]["reason"])
@@ -181,13 +228,20 @@ def test_python_model_that_fails_to_import_or_load_is_reported(serve_app: Start,
 
 
 def test_a_model_that_fails_its_warm_up_is_failed(serve_app: Start, tmp_path: Path) -> None:
-    write_python_model(tmp_path, "cold", """
+    write_python_model(
+        tmp_path,
+        "cold",
+        """
         class M:
             def predict(self, inputs):
                 raise ValueError("cannot predict")
-    """, GATED_TOML)
+    """,
+        GATED_TOML,
+    )
     client = serve_app(tmp_path, wait_ready=False)
-    wait_for(lambda: _states(client).get("cold", {}).get("state") == "FAILED", what="warm-up failure")
+    wait_for(
+        lambda: _states(client).get("cold", {}).get("state") == "FAILED", what="warm-up failure"
+    )
     assert "warm-up inference failed" in str(_states(client)["cold"]["reason"])
 
 

@@ -38,8 +38,16 @@ def _sample(datatype: str, count: int) -> np.ndarray:
 def test_json_round_trip_every_numeric_datatype(datatype: str) -> None:
     expected = _sample(datatype, 6).reshape(2, 3)
     body = orjson.dumps(
-        {"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3],
-                     "data": expected.ravel().tolist()}]}
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": datatype,
+                    "shape": [2, 3],
+                    "data": expected.ravel().tolist(),
+                }
+            ]
+        }
     )
     parsed = codec.parse_infer(body, None, _signature(datatype, (-1, 3)))
     array = parsed.inputs["x"]
@@ -51,9 +59,17 @@ def test_json_round_trip_every_numeric_datatype(datatype: str) -> None:
 def test_binary_round_trip_every_numeric_datatype(datatype: str) -> None:
     expected = _sample(datatype, 8).reshape(2, 4)
     header = orjson.dumps(
-        {"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 4],
-                     "parameters": {"binary_data_size": expected.nbytes}}],
-         "parameters": {"binary_data_output": True}}
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": datatype,
+                    "shape": [2, 4],
+                    "parameters": {"binary_data_size": expected.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
     )
     parsed = codec.parse_infer(header + expected.tobytes(), str(len(header)), _signature(datatype))
     np.testing.assert_array_equal(parsed.inputs["x"], expected)
@@ -71,13 +87,31 @@ def test_bytes_tensors_both_ways() -> None:
     words = [b"a", b"", "é".encode(), b"long" * 10]
     raw = b"".join(struct.pack("<I", len(w)) + w for w in words)
     header = orjson.dumps(
-        {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [4],
-                     "parameters": {"binary_data_size": len(raw)}}]}
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BYTES",
+                    "shape": [4],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
     )
     parsed = codec.parse_infer(header + raw, str(len(header)), _signature("BYTES", (-1,)))
     assert parsed.inputs["x"].tolist() == words
-    json_body = orjson.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2, 2],
-                                          "data": [["a", "b"], ["c", "d"]]}]})
+    json_body = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BYTES",
+                    "shape": [2, 2],
+                    "data": [["a", "b"], ["c", "d"]],
+                }
+            ]
+        }
+    )
     parsed = codec.parse_infer(json_body, None, _signature("BYTES", (-1, 2)))
     assert parsed.inputs["x"].tolist() == [["a", "b"], ["c", "d"]]
     body, length = codec.render_infer("m", 1, parsed, {"y": np.array(["x", "é"], dtype=object)})
@@ -87,15 +121,26 @@ def test_bytes_tensors_both_ways() -> None:
 
 def test_nested_data_and_selected_outputs() -> None:
     body = orjson.dumps(
-        {"id": "r1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
-                                 "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}],
-         "outputs": [{"name": "z", "parameters": {"binary_data": True}}, {"name": "y"}]}
+        {
+            "id": "r1",
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2, 4],
+                    "data": [[1, 2, 3, 4], [5, 6, 7, 8]],
+                }
+            ],
+            "outputs": [{"name": "z", "parameters": {"binary_data": True}}, {"name": "y"}],
+        }
     )
     parsed = codec.parse_infer(body, None, _signature())
     assert parsed.id == "r1"
     assert parsed.output_names == ("z", "y")
     assert parsed.binary_outputs == {"z"}
-    np.testing.assert_array_equal(parsed.inputs["x"], np.arange(1, 9, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_array_equal(
+        parsed.inputs["x"], np.arange(1, 9, dtype=np.float32).reshape(2, 4)
+    )
 
 
 def test_json_output_keeps_fp32_precision_and_nan_does_not_break_encoding() -> None:
@@ -114,8 +159,11 @@ def test_json_output_keeps_fp32_precision_and_nan_does_not_break_encoding() -> N
         (b"[]", "JSON object"),
         (b"\xff\xfe{}", "not valid JSON"),
         (b"{" * 100_000, "not valid JSON"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [NaN, 1, 2, 3]}]}',
-         "not valid JSON"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], '
+            b'"data": [NaN, 1, 2, 3]}]}',
+            "not valid JSON",
+        ),
         (orjson.dumps({"inputs": []}), "non-empty"),
         (orjson.dumps({"inputs": [{}], "extra": 1}), "unknown field"),
         (_request(name="y"), "unknown input"),
@@ -137,16 +185,47 @@ def test_json_output_keeps_fp32_precision_and_nan_does_not_break_encoding() -> N
         (_request(data=[True] * 8), "not FP32"),
         (_request(data=5), "must be an array"),
         (_request(unknown=1), "unknown field"),
-        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4]}]}), "no 'data'"),
+        (
+            orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4]}]}),
+            "no 'data'",
+        ),
         (orjson.dumps({"id": 5, "inputs": [{}]}), "'id'"),
-        (orjson.dumps({"inputs": [_ for _ in [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                               "data": [1, 2, 3, 4]}] * 2]}), "more than once"),
-        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                   "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}),
-         "unknown output"),
-        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                   "data": [1, 2, 3, 4]}], "outputs": [{"name": "y"}, {"name": "y"}]}),
-         "more than once"),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        _
+                        for _ in [
+                            {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+                        ]
+                        * 2
+                    ]
+                }
+            ),
+            "more than once",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+                    ],
+                    "outputs": [{"name": "nope"}],
+                }
+            ),
+            "unknown output",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+                    ],
+                    "outputs": [{"name": "y"}, {"name": "y"}],
+                }
+            ),
+            "more than once",
+        ),
     ],
 )
 def test_bad_json_input_is_a_bad_request(body: bytes, fragment: str) -> None:
@@ -157,12 +236,14 @@ def test_bad_json_input_is_a_bad_request(body: bytes, fragment: str) -> None:
 
 
 def test_integer_range_is_checked() -> None:
-    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 4],
-                                     "data": [1, 2, 3, 300]}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 4], "data": [1, 2, 3, 300]}]}
+    )
     with pytest.raises(BadRequest, match="out of range for INT8"):
         codec.parse_infer(body, None, _signature("INT8"))
-    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 4],
-                                     "data": [1, 2, 3, 4.5]}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "INT8", "shape": [1, 4], "data": [1, 2, 3, 4.5]}]}
+    )
     with pytest.raises(BadRequest):
         codec.parse_infer(body, None, _signature("INT8"))
 
@@ -178,10 +259,21 @@ def test_integer_range_is_checked() -> None:
         (32, b"", "999999", "Inference-Header-Content-Length"),
     ],
 )
-def test_bad_binary_input_is_a_bad_request(size: int, extra: bytes, header_length: str | None,
-                                           fragment: str) -> None:
-    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
-                                       "parameters": {"binary_data_size": size}}]})
+def test_bad_binary_input_is_a_bad_request(
+    size: int, extra: bytes, header_length: str | None, fragment: str
+) -> None:
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2, 4],
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    )
     data = np.zeros(8, dtype=np.float32).tobytes()[:size] + extra
     with pytest.raises(BadRequest, match=fragment):
         codec.parse_infer(header + data, header_length or str(len(header)), _signature())
@@ -189,7 +281,17 @@ def test_bad_binary_input_is_a_bad_request(size: int, extra: bytes, header_lengt
 
 def test_malformed_bytes_binary_is_a_bad_request() -> None:
     raw = struct.pack("<I", 100) + b"short"
-    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
-                                       "parameters": {"binary_data_size": len(raw)}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
     with pytest.raises(BadRequest, match="malformed"):
         codec.parse_infer(header + raw, str(len(header)), _signature("BYTES", (-1,)))

@@ -56,7 +56,7 @@ def test_problems_are_recorded_per_model_not_raised(tmp_path: Path) -> None:
 
 
 def test_version_config_overrides_model_config(tmp_path: Path) -> None:
-    _version(tmp_path, "m", 1, '[batching]\nmax_delay_ms = 5\n')
+    _version(tmp_path, "m", 1, "[batching]\nmax_delay_ms = 5\n")
     (tmp_path / "m" / "model.toml").write_text(
         'runtime = "onnx"\n[batching]\nmax_batch_size = 8\nmax_delay_ms = 1\n'
     )

@@ -59,7 +59,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert settings.api_port == 8123 and settings.log_level == "warning"
 
 
-def test_api_key_file_wins_and_is_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_file_wins_and_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("file-key-123\n")
     monkeypatch.setenv("API_KEY", "env-key-456")
@@ -94,7 +96,9 @@ def test_a_named_key_file_that_cannot_give_a_key_stops_the_start(
         load_settings(env_file=None)
 
 
-def test_require_auth_without_a_key_stops_the_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_require_auth_without_a_key_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MLAPI_REQUIRE_AUTH", "true")
     monkeypatch.setenv("MLAPI_SECRETS_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match="MLAPI_REQUIRE_AUTH"):

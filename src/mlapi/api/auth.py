@@ -24,7 +24,9 @@ class Authenticator:
         if presented is None:
             authorization = headers.get("authorization")
             if authorization is None:
-                raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+                raise Unauthorized(
+                    "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+                )
             scheme, _, presented = authorization.partition(" ")
             if scheme.lower() != "bearer":
                 raise Unauthorized("unsupported Authorization scheme: use 'Bearer <key>'")

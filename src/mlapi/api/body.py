@@ -12,7 +12,9 @@ from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes (MLAPI_MAX_BODY_BYTES)")
+    return PayloadTooLarge(
+        f"request body is over the limit of {max_bytes} bytes (MLAPI_MAX_BODY_BYTES)"
+    )
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -35,7 +37,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         return body
     if encoding in ("gzip", "deflate"):
         return _inflate(body, encoding, max_bytes)
-    raise UnsupportedMediaType(f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)")
+    raise UnsupportedMediaType(
+        f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)"
+    )
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

@@ -50,7 +50,9 @@ def parse_infer(body: bytes, header_length: str | None, signature: Signature) ->
     binary = b""
     if header_length is not None:
         if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
-            raise BadRequest("Inference-Header-Content-Length must be between 1 and the body length")
+            raise BadRequest(
+                "Inference-Header-Content-Length must be between 1 and the body length"
+            )
         cut = int(header_length)
         document = loads_json(memoryview(body)[:cut])
         binary = body[cut:]
@@ -93,7 +95,8 @@ def _decode_inputs(items: Any, signature: Signature, binary: bytes) -> dict[str,
         inputs[name] = array
     if offset != len(binary):
         raise BadRequest(
-            f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
+            f"binary data is {len(binary)} bytes but the inputs' binary_data_size "
+            f"add up to {offset}"
         )
     if not signature.dynamic and len(inputs) != len(signature.inputs):
         missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
@@ -108,7 +111,9 @@ def _decode_input(
         raise BadRequest(f"inputs[{index}] must be an object")
     unknown = item.keys() - _INPUT_KEYS
     if unknown:
-        raise BadRequest(f"unknown field(s) in inputs[{index}]: {sorted(shown(k) for k in unknown)}")
+        raise BadRequest(
+            f"unknown field(s) in inputs[{index}]: {sorted(shown(k) for k in unknown)}"
+        )
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{index}].name must be a non-empty string")
@@ -119,7 +124,9 @@ def _decode_input(
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"input '{shown(name)}': unknown datatype '{shown(datatype)}'")
     if spec is not None and datatype != spec.datatype:
-        raise BadRequest(f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}")
+        raise BadRequest(
+            f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
+        )
     dims = _shape(name, shape, spec)
     count = math.prod(dims)
     parameters = _parameters(item, f"input '{shown(name)}'")
@@ -130,7 +137,9 @@ def _decode_input(
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise BadRequest(f"input '{shown(name)}': binary_data_size must be an int >= 0")
         if offset + size > len(binary):
-            raise BadRequest(f"input '{shown(name)}': binary_data_size runs past the end of the body")
+            raise BadRequest(
+                f"input '{shown(name)}': binary_data_size runs past the end of the body"
+            )
         chunk = binary[offset : offset + size]
         return name, _from_binary(name, datatype, dims, count, chunk), offset + size
     if "data" not in item:
@@ -140,7 +149,9 @@ def _decode_input(
 
 def _shape(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-        raise BadRequest(f"input '{shown(name)}': 'shape' must be an array of at most {MAX_DIMS} ints")
+        raise BadRequest(
+            f"input '{shown(name)}': 'shape' must be an array of at most {MAX_DIMS} ints"
+        )
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise BadRequest(f"input '{shown(name)}': shape {shape[:MAX_DIMS]} must hold ints >= 1")
@@ -163,7 +174,9 @@ def array_from_json(name: str, datatype: str, dims: tuple[int, ...], data: Any) 
     try:
         parsed = np.asarray(data)
     except (ValueError, OverflowError, TypeError):
-        raise BadRequest(f"input '{shown(name)}': 'data' is not a regular array of numbers") from None
+        raise BadRequest(
+            f"input '{shown(name)}': 'data' is not a regular array of numbers"
+        ) from None
     target = DATATYPES[datatype]
     if parsed.dtype.kind not in _NUMBER_KINDS[target.kind]:
         kind = "strings" if parsed.dtype.kind in "US" else "values that are not " + datatype
@@ -191,7 +204,9 @@ def _bytes_from_json(name: str, dims: tuple[int, ...], count: int, data: list[An
         except ValueError:
             raise BadRequest(f"input '{shown(name)}': 'data' is not a regular array") from None
     if len(flat) != count:
-        raise BadRequest(f"input '{shown(name)}' has {len(flat)} values but shape {list(dims)} needs {count}")
+        raise BadRequest(
+            f"input '{shown(name)}' has {len(flat)} values but shape {list(dims)} needs {count}"
+        )
     if not all(isinstance(item, str) for item in flat):
         raise BadRequest(f"input '{shown(name)}': BYTES data must be strings")
     array = np.empty(count, dtype=object)
@@ -199,7 +214,9 @@ def _bytes_from_json(name: str, dims: tuple[int, ...], count: int, data: list[An
     return array.reshape(dims)
 
 
-def _from_binary(name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes) -> np.ndarray:
+def _from_binary(
+    name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes
+) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_from_binary(name, dims, count, chunk)
     dtype = DATATYPES[datatype]
@@ -212,7 +229,7 @@ def _from_binary(name: str, datatype: str, dims: tuple[int, ...], count: int, ch
 
 
 def _bytes_from_binary(name: str, dims: tuple[int, ...], count: int, chunk: bytes) -> np.ndarray:
-    items = []
+    items: list[bytes] = []
     position = 0
     while position < len(chunk):
         if position + 4 > len(chunk) or len(items) >= count:
@@ -224,23 +241,30 @@ def _bytes_from_binary(name: str, dims: tuple[int, ...], count: int, chunk: byte
         items.append(chunk[position : position + length])
         position += length
     if len(items) != count:
-        raise BadRequest(f"input '{shown(name)}' has {len(items)} values but shape {list(dims)} needs {count}")
+        raise BadRequest(
+            f"input '{shown(name)}' has {len(items)} values but shape {list(dims)} needs {count}"
+        )
     array = np.empty(count, dtype=object)
     array[:] = items
     return array.reshape(dims)
 
 
-def _outputs(items: Any, signature: Signature, binary_default: bool) -> tuple[tuple[str, ...], frozenset[str]]:
+def _outputs(
+    items: Any, signature: Signature, binary_default: bool
+) -> tuple[tuple[str, ...], frozenset[str]]:
     if items is None:
-        names = signature.output_names()
-        return names, frozenset(names) if binary_default else frozenset()
+        every = signature.output_names()
+        return every, frozenset(every) if binary_default else frozenset()
     if not isinstance(items, list):
         raise BadRequest("'outputs' must be an array")
     known = set(signature.output_names())
-    names, binary = [], set()
+    names: list[str] = []
+    binary: set[str] = set()
     for index, item in enumerate(items):
         if not isinstance(item, dict) or item.keys() - _OUTPUT_KEYS:
-            raise BadRequest(f"outputs[{index}] must be an object with 'name' and optional 'parameters'")
+            raise BadRequest(
+                f"outputs[{index}] must be an object with 'name' and optional 'parameters'"
+            )
         name = item.get("name")
         if not isinstance(name, str):
             raise BadRequest(f"outputs[{index}].name must be a string")
@@ -264,7 +288,11 @@ def render_infer(
     outputs = []
     chunks = []
     for name, array in results.items():
-        entry: dict[str, Any] = {"name": name, "datatype": _datatype(name, array), "shape": array.shape}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": _datatype(name, array),
+            "shape": array.shape,
+        }
         if name in request.binary_outputs:
             chunk = _to_binary(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}

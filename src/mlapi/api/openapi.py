@@ -28,7 +28,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_SECURED = [{"bearer": []}, {"apiKey": []}]
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
 
 def _health(summary: str, ok: str) -> dict[str, Any]:
@@ -100,7 +100,9 @@ def _ready_op(params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _repository_op(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+def _repository_op(
+    summary: str, params: list[dict[str, Any]], ok: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,

@@ -49,7 +49,9 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def unload(request: Request) -> Response:
         await _options(request)
         await registry.unload(request.path_params["model"])
-        return json_response({"name": request.path_params["model"], "state": State.UNAVAILABLE.value})
+        return json_response(
+            {"name": request.path_params["model"], "state": State.UNAVAILABLE.value}
+        )
 
     guarded = ctx.auth
     return [

@@ -22,7 +22,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         orjson.dumps(content, option=JSON_OPTIONS),
         status_code=status,

@@ -61,7 +61,9 @@ def _inputs(signature: Signature, instances: list[Any]) -> dict[str, np.ndarray]
     for index, item in enumerate(instances):
         if set(item) != expected:
             raise BadRequest(f"instances[{index}] must have exactly the keys {sorted(expected)}")
-    return {spec.name: _rows(spec, [item[spec.name] for item in instances]) for spec in signature.inputs}
+    return {
+        spec.name: _rows(spec, [item[spec.name] for item in instances]) for spec in signature.inputs
+    }
 
 
 def _rows(spec: TensorSpec, rows: list[Any]) -> np.ndarray:

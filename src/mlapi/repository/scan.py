@@ -58,7 +58,9 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
         return ModelEntry(name, model_dir, (), error="no version folders (expected <name>/1/)")
     try:
         model_raw = model_config.read_raw(model_dir / model_config.CONFIG_FILE)
-        newest_raw = model_config.read_raw(model_dir / str(available[-1]) / model_config.CONFIG_FILE)
+        newest_raw = model_config.read_raw(
+            model_dir / str(available[-1]) / model_config.CONFIG_FILE
+        )
         policy = model_config.parse(model_config.merge(model_raw, newest_raw)).version_policy
     except ModelLoadError as exc:
         return ModelEntry(name, model_dir, tuple(available), error=exc.message)

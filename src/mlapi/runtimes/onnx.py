@@ -106,8 +106,7 @@ def _declared(
         actual = by_name.get(spec.name)
         if actual is None:
             raise ModelLoadError(
-                f"model.toml declares {kind} '{spec.name}' but the graph has "
-                f"{sorted(by_name)}"
+                f"model.toml declares {kind} '{spec.name}' but the graph has {sorted(by_name)}"
             )
         if actual.datatype != spec.datatype or len(actual.shape) != len(spec.shape):
             raise ModelLoadError(
@@ -120,6 +119,8 @@ def _declared(
 
 
 def _as_str(array: np.ndarray) -> np.ndarray:
-    flat = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-            for item in array.ravel()]
+    flat = [
+        item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+        for item in array.ravel()
+    ]
     return np.array(flat, dtype=object).reshape(array.shape)

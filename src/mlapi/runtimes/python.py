@@ -17,7 +17,7 @@ import numpy as np
 
 from mlapi.errors import BadRequest, ModelLoadError
 from mlapi.runtimes.base import LoadContext
-from mlapi.tensors import Signature, TensorSpec
+from mlapi.tensors import Signature
 
 _counter = 0
 
@@ -118,5 +118,3 @@ def _find_class(module: ModuleType, wanted: str | None) -> type[Any]:
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else ""
-
-

@@ -71,14 +71,18 @@ def _load(ctx: LoadContext) -> Any:
         try:
             return joblib.load(ctx.model_file)
         except Exception as exc:
-            raise ModelLoadError(f"'{shown}' could not be unpickled ({type(exc).__name__})") from None
+            raise ModelLoadError(
+                f"'{shown}' could not be unpickled ({type(exc).__name__})"
+            ) from None
 
     import skops.io as sio
 
     try:
         untrusted = sio.get_untrusted_types(file=ctx.model_file)
     except Exception as exc:
-        raise ModelLoadError(f"'{shown}' is not a valid skops file ({type(exc).__name__})") from None
+        raise ModelLoadError(
+            f"'{shown}' is not a valid skops file ({type(exc).__name__})"
+        ) from None
     refused = sorted(set(untrusted) - set(ctx.config.trusted_types))
     if refused:
         raise ModelLoadError(
@@ -88,4 +92,6 @@ def _load(ctx: LoadContext) -> Any:
     try:
         return sio.load(ctx.model_file, trusted=list(untrusted))
     except Exception as exc:
-        raise ModelLoadError(f"'{shown}' could not be loaded by skops ({type(exc).__name__})") from None
+        raise ModelLoadError(
+            f"'{shown}' could not be loaded by skops ({type(exc).__name__})"
+        ) from None

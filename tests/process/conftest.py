@@ -1,0 +1,101 @@
+"""`mlapi serve` as a subprocess on a free loopback port, as a user starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+MLAPI = str(Path(sys.executable).parent / "mlapi")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status_of(url: str, timeout_s: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MLAPI_")
+        and k
+        not in {"API_KEY", "API_KEY_FILE", "MODEL_PATH", "API_PORT", "WORKERS", "MODEL_VERSION"}
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(wait_ready: bool = True, args: tuple[str, ...] = (), **env: str) -> Server:
+        port = free_port()
+        log_path = tmp_path / f"server-{port}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [MLAPI, "serve", "--port", str(port), *args],
+                env=base_env(**env),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        servers.append(server)
+        wanted = 200 if wait_ready else None
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited {process.returncode}:\n{server.log()}")
+            code = status_of(server.url + "/health")
+            return code == 200 if wanted else code is not None
+
+        wait_for(up, timeout_s=60, what="server start")
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,136 @@
+"""`mlapi serve` as a process: concurrency, raw-socket abuse, workers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2 as httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mlapi.settings import DEFAULT_MODEL_PATH
+from tests.fixtures.models import DEFAULT_ONNX
+from tests.process.conftest import Server, status_of
+
+pytestmark = pytest.mark.process
+
+
+def _request(rows: np.ndarray) -> dict[str, object]:
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ]
+    }
+
+
+def test_400_concurrent_mixed_batches_each_get_their_own_answer(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH))
+    session = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(11)
+    batches = [
+        (rng.normal(size=(int(rng.integers(1, 65)), 4)) * 2 + 4).astype(np.float32)
+        for _ in range(400)
+    ]
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    start = threading.Barrier(32)
+
+    def call(index: int) -> tuple[int, int, dict[str, object]]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=server.url, timeout=30)
+            clients.append(local.client)
+            start.wait(timeout=30)  # all 32 threads fire together
+        response = local.client.post("/v2/models/iris/infer", json=_request(batches[index]))
+        return index, response.status_code, response.json()
+
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(call, range(400)))
+    finally:
+        for client in clients:
+            client.close()
+    assert len(results) == 400
+    for index, status, body in results:
+        assert status == 200, body
+        labels, probabilities = session.run(["label", "probabilities"], {"input": batches[index]})
+        outputs = {o["name"]: o for o in body["outputs"]}  # type: ignore[union-attr]
+        assert outputs["label"]["data"] == labels.tolist(), index
+        got = np.array(outputs["probabilities"]["data"], np.float32).reshape(probabilities.shape)
+        np.testing.assert_allclose(got, probabilities, rtol=1e-6, atol=1e-7)
+
+
+def _raw(server: Server, payload: bytes, read_timeout_s: float = 5.0) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=read_timeout_s) as sock:
+        sock.sendall(payload)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_a_huge_declared_body_is_refused_before_it_is_sent(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH), MLAPI_MAX_BODY_BYTES="65536")
+    started = time.monotonic()
+    reply = _raw(
+        server,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n{",
+    )
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert time.monotonic() - started < 3
+    assert status_of(server.url + "/health") == 200
+
+
+def test_lying_content_length_and_oversized_headers_do_not_break_the_server(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH))
+    short = b'{"inputs": []}'
+    # declares more than it sends, then the client goes quiet: the server must not hang others
+    _raw(
+        server,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + short,
+        read_timeout_s=1.0,
+    )
+    # declares less than it sends: the rest is garbage on the connection
+    reply = _raw(
+        server,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n" + short,
+    )
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    huge_header = b"X-Big: " + b"a" * 200_000 + b"\r\n"
+    reply = _raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\n" + huge_header + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+    assert status_of(server.url + "/health") == 200
+    body = _request(np.ones((1, 4), np.float32))
+    assert httpx.post(server.url + "/v2/models/iris/infer", json=body).status_code == 200
+
+
+def test_two_workers_serve_on_one_port(start_server: Callable[..., Server]) -> None:
+    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH), WORKERS="2")
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(20):
+            response = client.post(
+                "/v2/models/iris/infer", json=_request(np.ones((2, 4), np.float32))
+            )
+            assert response.status_code == 200
+    assert server.stop() == 0
