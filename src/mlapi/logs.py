@@ -4,8 +4,10 @@ production (``MLAPI_LOG_FORMAT=json``). Called once per process, never at import
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,18 +33,54 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure(level: str, json_format: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if json_format:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+class WriteErrors:
+    """How many log records could not be written to the log files (a full or
+    read-only logs volume). Logging never raises into the request path."""
+
+    count = 0
+
+
+class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        WriteErrors.count += 1
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except (OSError, ValueError):
+            WriteErrors.count += 1
+
+
+def configure(
+    level: str, json_format: bool, log_dir: Path | None = None, file_name: str = "mlapi.log"
+) -> None:
+    """Log to stderr, and to ``log_dir/file_name`` (rotated at 10 MB, 5 kept) when a
+    log folder is given. A folder that cannot be written is reported once, not fatal."""
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    problem = None
+    if log_dir is not None:
+        try:
+            handlers.append(
+                SafeRotatingFileHandler(
+                    log_dir / file_name, maxBytes=10_000_000, backupCount=5, delay=False
+                )
+            )
+        except OSError as exc:
+            problem = f"log folder {log_dir} is not writable ({type(exc).__name__}); stderr only"
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    if problem:
+        WriteErrors.count += 1
+        logging.getLogger("mlapi.logs").warning(problem)

@@ -295,6 +295,8 @@ class ModelRegistry:
             config=version.config,
             allow_pickle=self._settings.allow_pickle,
             intra_op_threads=self.intra_op_threads,
+            cache_dir=self._settings.cache_dir,
+            device=self._settings.device,
         )
         runtime = catalog.factory(runtime_name)(ctx)
         version.runtime, version.runtime_name = runtime, runtime_name

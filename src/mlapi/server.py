@@ -5,6 +5,7 @@ gets CPUs / WORKERS threads for inference)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -29,8 +30,13 @@ class AppFactory:
         self.settings = settings
 
     def __call__(self) -> Starlette:
-        logs.configure(self.settings.log_level, self.settings.log_format == "json")
+        configure_logging(self.settings)
         return create_app(self.settings)
+
+
+def configure_logging(settings: Settings) -> None:
+    file_name = "mlapi.log" if settings.workers == 1 else f"mlapi.{os.getpid()}.log"
+    logs.configure(settings.log_level, settings.log_format == "json", settings.log_dir, file_name)
 
 
 class Server(uvicorn.Server):
@@ -63,7 +69,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 def run(settings: Settings) -> int:
     """Serve until stopped; the process exit code."""
-    logs.configure(settings.log_level, settings.log_format == "json")
+    configure_logging(settings)
     config = uvicorn_config(settings)
     log.info(
         "serving models from %s on http://%s:%d (workers=%d, auth=%s)",

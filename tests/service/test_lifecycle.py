@@ -256,3 +256,28 @@ def test_model_version_pin(serve_app: Start, tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "iris" / "1", tmp_path / "iris" / "2")
     client = serve_app(tmp_path, MODEL_VERSION="1")
     assert client.post("/v2/models/iris/infer", json=IRIS).json()["model_version"] == "1"
+
+
+def test_optimised_onnx_graphs_are_cached_and_reused(serve_app: Start, tmp_path: Path) -> None:
+    repo = _repo_with_iris(tmp_path / "repo")
+    cache = tmp_path / "cache"
+    first = serve_app(repo, MLAPI_CACHE_DIR=str(cache))
+    cached = list((cache / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 0
+    runtime = first.app.state.registry.get("iris").runtime  # type: ignore[attr-defined]
+    assert runtime.from_cache is False
+    second = serve_app(repo, MLAPI_CACHE_DIR=str(cache))
+    runtime = second.app.state.registry.get("iris").runtime  # type: ignore[attr-defined]
+    assert runtime.from_cache is True
+    assert (
+        second.post("/v2/models/iris/infer", json=IRIS).json()
+        == first.post("/v2/models/iris/infer", json=IRIS).json()
+    )
+    assert list((cache / "onnx").glob("*.partial")) == []
+
+
+def test_an_unwritable_cache_is_not_fatal(serve_app: Start, tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    client = serve_app(_repo_with_iris(tmp_path / "repo"), MLAPI_CACHE_DIR=str(blocker))
+    assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200

@@ -22,6 +22,8 @@ class LoadContext:
     config: ModelConfig
     allow_pickle: bool
     intra_op_threads: int  # 0: the runtime's own default
+    cache_dir: Path | None = None  # where a runtime may keep derived artefacts
+    device: str = "auto"  # auto | cpu | cuda
 
     def relative(self, path: Path) -> str:
         """A path as shown to clients: relative to the version folder, never absolute."""

@@ -3,8 +3,12 @@ graph unless ``model.toml`` declares one."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import platform
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -40,9 +44,9 @@ def _spec(node: ort.NodeArg) -> TensorSpec | None:
     return TensorSpec(node.name, datatype, shape)
 
 
-def _providers() -> list[str]:
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
+def _providers(device: str) -> list[str]:
+    """CUDA first when asked for (or on auto, when this onnxruntime build has it)."""
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -58,9 +62,10 @@ class OnnxRuntime:
         if ctx.intra_op_threads:
             options.intra_op_num_threads = ctx.intra_op_threads
         options.log_severity_level = 3
+        providers = _providers(ctx.device)
         try:
             data = ctx.model_file.read_bytes()
-            self._session = ort.InferenceSession(data, options, providers=_providers())
+            self._session, self.from_cache = _session(data, options, providers, ctx.cache_dir)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = first_line.replace(str(ctx.model_dir), "<model>")[:300]
@@ -68,6 +73,11 @@ class OnnxRuntime:
                 f"'{ctx.relative(ctx.model_file)}' is not a valid ONNX model: {detail}"
             ) from None
         self.providers = self._session.get_providers()
+        if ctx.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            log.warning(
+                "MLAPI_DEVICE=cuda but CUDA is not available to onnxruntime "
+                "(needs onnxruntime-gpu and a GPU): falling back to CPU"
+            )
         graph_inputs = [_spec(node) for node in self._session.get_inputs()]
         if any(spec is None for spec in graph_inputs):
             raise ModelLoadError("the ONNX graph has a non-tensor input; only tensors are served")
@@ -93,6 +103,41 @@ class OnnxRuntime:
 
     def close(self) -> None:
         del self._session
+
+
+def _session(
+    data: bytes, options: ort.SessionOptions, providers: list[str], cache_dir: Path | None
+) -> tuple[ort.InferenceSession, bool]:
+    """A session for the model bytes. With a cache folder, the graph optimised on
+    first load is kept there (keyed by the model's hash, the onnxruntime version,
+    the providers and the machine) and later loads skip the optimisation passes."""
+    if cache_dir is None:
+        return ort.InferenceSession(data, options, providers=providers), False
+    key = hashlib.sha256(data)
+    key.update(f"|{ort.__version__}|{','.join(providers)}|{platform.machine()}".encode())
+    cached = cache_dir / "onnx" / f"{key.hexdigest()[:40]}.onnx"
+    if cached.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cached), options, providers=providers), True
+        except Exception:
+            log.warning("cached optimised graph %s is unusable; rebuilding it", cached.name)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        options.optimized_model_filepath = str(partial)
+        session = ort.InferenceSession(data, options, providers=providers)
+        os.replace(partial, cached)  # atomic: a reader never sees half a file
+    except OSError as exc:
+        log.warning(
+            "model cache %s is not writable (%s); continuing without it",
+            cache_dir,
+            type(exc).__name__,
+        )
+        options.optimized_model_filepath = ""
+        session = ort.InferenceSession(data, options, providers=providers)
+    return session, False
 
 
 def _declared(
