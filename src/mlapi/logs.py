@@ -41,7 +41,7 @@ class WriteErrors:
 
 
 class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         WriteErrors.count += 1
 
     def flush(self) -> None:
