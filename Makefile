@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint check default-model clean
+.PHONY: serve test test-fast engine lint check default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed
 	$(BIN)/mlapi serve
 
-test: $(VENV)/.installed-test
+# Every tier, the e2e tier on a real Docker engine included (scripts/test-engine.sh
+# starts one, and builds the local images it needs, when there is none).
+test: $(VENV)/.installed-test engine
 	$(BIN)/python -m pytest
+
+# unit, service and process tiers only: no Docker needed.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not e2e"
+
+engine: $(VENV)/.installed-test
+	scripts/test-engine.sh $(BIN)/python
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests scripts

@@ -16,7 +16,7 @@ from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from mlapi import logs
 from mlapi.app import create_app
-from mlapi.settings import Settings
+from mlapi.settings import Settings, load_settings
 
 log = logging.getLogger("mlapi.server")
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -56,8 +56,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         host=settings.api_host,
         port=settings.api_port,
         workers=settings.workers,
-        reload=settings.reload,
-        reload_dirs=[str(SOURCE_DIR)] if settings.reload else None,
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
@@ -65,6 +63,34 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
     )
+
+
+def reloaded_app() -> Starlette:
+    """The app of a reloaded dev server: uvicorn re-imports the code in a fresh
+    process and can only do that from an import string, so the settings are
+    rebuilt there from the environment (where _run_reloading put them)."""
+    return AppFactory(load_settings())()
+
+
+def _run_reloading(settings: Settings) -> int:
+    for name, value in settings.redacted().items():
+        if value is not None and name != "API_KEY":  # the key stays where it came from
+            os.environ[name] = str(value)
+    config = uvicorn.Config(
+        "mlapi.server:reloaded_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        reload=True,
+        reload_dirs=[str(SOURCE_DIR)],
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+    sock = config.bind_socket()
+    ChangeReload(config, target=Server(config).run, sockets=[sock]).run()
+    return 0
 
 
 def run(settings: Settings) -> int:
@@ -80,9 +106,7 @@ def run(settings: Settings) -> int:
         "on" if settings.auth_enabled else "off",
     )
     if settings.reload:
-        sock = config.bind_socket()
-        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
-        return 0
+        return _run_reloading(settings)
     if settings.workers > 1:
         sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()

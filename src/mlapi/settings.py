@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, alias="MLAPI_INTRA_OP_THREADS", ge=0, le=256)
     shutdown_timeout_s: float = Field(30.0, alias="MLAPI_SHUTDOWN_TIMEOUT_S", gt=0, le=3600)
     reload: bool = Field(False, alias="RELOAD")
+    debug: bool = Field(False, alias="DEBUG")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -84,6 +85,12 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _debug_means_debug_logs(self) -> Settings:
+        if self.debug:
+            self.log_level = "debug"
+        return self
 
     @model_validator(mode="after")
     def _resolve_api_key(self) -> Settings:

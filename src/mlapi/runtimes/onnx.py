@@ -111,6 +111,7 @@ def _session(
     """A session for the model bytes. With a cache folder, the graph optimised on
     first load is kept there (keyed by the model's hash, the onnxruntime version,
     the providers and the machine) and later loads skip the optimisation passes."""
+    ort.set_default_logger_severity(3)  # warnings such as telemetry on a read-only disk
     if cache_dir is None:
         return ort.InferenceSession(data, options, providers=providers), False
     key = hashlib.sha256(data)

@@ -1,0 +1,164 @@
+"""docker-compose.yml + docker-compose.prod.yml on a real engine: two replicas
+behind nginx on one loopback address, the key as a Docker secret, hardening and
+limits applied, a crashed replica restarted, the models volume kept by `down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until
+
+pytestmark = pytest.mark.e2e
+IRIS = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+}
+PROD = ["docker-compose.yml", "docker-compose.prod.yml"]
+
+
+def _infer(stack: Stack, key: str | None, model: str = "iris") -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(
+        f"{stack.url}/v2/models/{model}/infer", json=IRIS, headers=headers, timeout=10
+    )
+
+
+def _healthy(stack: Stack, count: int) -> bool:
+    states = [c["State"].get("Health", {}).get("Status") for c in stack.containers("ml-api")]  # type: ignore[union-attr]
+    return states.count("healthy") == count
+
+
+def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, PROD)
+    stack_factory.append(stack)
+    key = "e2e-" + os.urandom(16).hex()
+    secret = stack.folder / "secrets" / "api_key.txt"
+    secret.write_text(key + "\n")
+    os.chown(secret, 1000, 1000)
+    secret.chmod(0o400)
+
+    stack.compose("build")
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+
+    # health on the one loopback address, nothing published anywhere else
+    assert httpx.get(f"{stack.url}/health", timeout=10).status_code == 200
+    replicas = stack.containers("ml-api")
+    assert len(replicas) == 2
+    everything = replicas + stack.containers("proxy")
+    for container in everything:
+        bindings = container["HostConfig"]["PortBindings"] or {}  # type: ignore[index]
+        for port_bindings in bindings.values():
+            assert all(b["HostIp"] == "127.0.0.1" for b in port_bindings), bindings
+    assert all(not (c["HostConfig"]["PortBindings"] or {}) for c in replicas)  # type: ignore[index]
+
+    # auth with the key from the secret file
+    assert _infer(stack, None).status_code == 401
+    assert _infer(stack, "wrong").status_code == 401
+    ok = _infer(stack, key)
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == ["setosa"]
+
+    # the key is in no inspect output, environment or image history
+    for container in everything:
+        assert key not in json.dumps(container)
+    image = replicas[0]["Image"]
+    assert key not in docker("image", "inspect", str(image)).stdout
+    assert key not in docker("history", "--no-trunc", str(image)).stdout
+    assert key not in stack.compose("logs", "--no-color").stdout
+
+    # uid 1000, hardening and limits
+    for container in replicas:
+        cid = str(container["Id"])
+        assert docker("exec", cid, "id", "-u").stdout.strip() == "1000"
+        host = container["HostConfig"]
+        assert host["ReadonlyRootfs"] is True  # type: ignore[index]
+        assert host["CapDrop"] == ["ALL"]  # type: ignore[index]
+        assert "no-new-privileges:true" in host["SecurityOpt"]  # type: ignore[index]
+        assert host["NanoCpus"] == 2_000_000_000  # type: ignore[index]
+        assert host["Memory"] == 1024**3  # type: ignore[index]
+        assert host["PidsLimit"] == 256  # type: ignore[index]
+        assert host["RestartPolicy"]["Name"] == "always"  # type: ignore[index]
+        env = container["Config"]["Env"]  # type: ignore[index]
+        assert "OMP_NUM_THREADS=2" in env and "API_KEY_FILE=/run/secrets/api_key" in env
+
+    # both replicas answer traffic sent to the one address
+    with httpx.Client(base_url=stack.url, headers={"X-API-Key": key}, timeout=10) as client:
+        for _ in range(40):
+            assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200
+    replica_ips = {
+        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        for c in replicas  # type: ignore[index]
+    }
+    proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
+    served_by = set(re.findall(r"upstream=([0-9.]+):8000", proxy_log))
+    assert served_by == replica_ips, (served_by, replica_ips)
+
+    # a replica whose server process is SIGKILLed is restarted and healthy again
+    victim = replicas[0]
+    os.kill(int(victim["State"]["Pid"]), signal.SIGKILL)  # type: ignore[index]
+
+    def restarted() -> bool:
+        (now,) = json.loads(docker("inspect", str(victim["Id"])).stdout)
+        return bool(
+            now["RestartCount"] >= 1 and now["State"].get("Health", {}).get("Status") == "healthy"
+        )
+
+    wait_until(restarted, 120, "the killed replica to restart and be healthy")
+    wait_until(lambda: _infer(stack, key).status_code == 200, 30, "service through the proxy")
+
+    # the models volume survives down/up, and goes with down -v
+    volume = f"{stack.project}_ml_models_v1"
+    docker(
+        "run",
+        "--rm",
+        "-u",
+        "1000:1000",
+        "-v",
+        f"{volume}:/models",
+        "--entrypoint",
+        "cp",
+        str(image),
+        "-r",
+        "/models/iris",
+        "/models/iris_copy",
+    )
+    stack.compose("down", "-t", "10")
+    assert volume in docker("volume", "ls", "-q").stdout.split()
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    assert _infer(stack, key, model="iris_copy").status_code == 200
+    stack.compose("down", "-v", "-t", "10")
+    assert volume not in docker("volume", "ls", "-q").stdout.split()
+
+
+def test_the_ci_secret_form_reads_the_key_from_the_environment(
+    stack_factory: list[Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, [*PROD, "docker-compose.ci.yml"])
+    stack_factory.append(stack)
+    key = "ci-" + os.urandom(16).hex()
+    stack.env["ML_API_KEY"] = key
+    stack.env["ML_API_REPLICAS"] = "1"
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    assert _infer(stack, None).status_code == 401
+    assert _infer(stack, key).status_code == 200
+    for container in stack.containers("ml-api"):
+        assert key not in json.dumps(container)
+
+
+def test_models_on_a_host_folder_through_the_named_volume(
+    stack_factory: list[Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, ["docker-compose.yml", "docker-compose.host-models.yml"])
+    stack_factory.append(stack)
+    host_models = tmp_path / "host-models"
+    shutil.copytree(ROOT / "src" / "mlapi" / "default_models" / "iris", host_models / "flowers")
+    stack.env["ML_MODELS_HOST_PATH"] = str(host_models)
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    assert _infer(stack, None, model="flowers").status_code == 200
+    assert _infer(stack, None, model="iris").status_code == 404  # the host folder, not the image's
