@@ -51,6 +51,14 @@ class NotReady(MlapiError):
     code = "not_ready"
 
 
+class Overloaded(MlapiError):
+    """The model's queue is full: shed load fast, the client retries."""
+
+    status = 503
+    code = "overloaded"
+    retry_after_s = 1
+
+
 class ModelLoadError(MlapiError):
     """A model could not be loaded. The message is shown in readiness bodies and
     must not contain host paths or secrets (the caller names files relative to

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlapi.batching import Batcher
 from mlapi.errors import MlapiError, ModelLoadError, NotFound, NotReady
 from mlapi.repository import scan as repo_scan
 from mlapi.repository.config import ModelConfig
@@ -51,6 +52,7 @@ class ModelVersion:
     load_seconds: float | None = None
     warmup_seconds: float | None = None
     executor: ThreadPoolExecutor | None = None
+    batcher: Batcher | None = None
 
     @property
     def signature(self) -> Signature:
@@ -60,12 +62,11 @@ class ModelVersion:
     async def infer(
         self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """Run the model on its own worker thread (off the event loop)."""
-        runtime, executor = self.runtime, self.executor
-        if runtime is None or executor is None or self.state is not State.READY:
+        """Run the model through its batcher, on its own worker thread."""
+        batcher = self.batcher
+        if batcher is None or self.state is not State.READY:
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, runtime.predict, inputs, output_names)
+        return await batcher.submit(inputs, tuple(output_names))
 
     def describe(self) -> dict[str, object]:
         shown: dict[str, object] = {
@@ -76,6 +77,13 @@ class ModelVersion:
         if self.reason:
             shown["reason"] = self.reason
         return shown
+
+    async def aclose(self) -> None:
+        """Stop the batcher (queued requests get a 503), then free the model."""
+        if self.batcher is not None:
+            await self.batcher.close()
+            self.batcher = None
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         if self.executor is not None:
@@ -213,7 +221,7 @@ class ModelRegistry:
                 if version.state is State.READY or previous is None:
                     old.versions[number] = version
                     if previous is not None:
-                        await asyncio.to_thread(previous.close)
+                        await previous.aclose()
                 elif previous.state is State.READY:
                     log.warning(
                         "reload of %s v%d failed; old copy keeps serving: %s",
@@ -224,7 +232,7 @@ class ModelRegistry:
                 else:
                     old.versions[number] = version
             for number in set(old.versions) - set(fresh.versions):
-                await asyncio.to_thread(old.versions.pop(number).close)
+                await old.versions.pop(number).aclose()
             old.error = fresh.error
             return old
 
@@ -235,14 +243,14 @@ class ModelRegistry:
             for version in record.versions.values():
                 version.state = State.UNLOADING
             for version in list(record.versions.values()):
-                await asyncio.to_thread(version.close)
+                await version.aclose()
                 version.state = State.UNAVAILABLE
             record.versions.clear()
 
     async def close(self) -> None:
         for record in self.records():
             for version in record.versions.values():
-                await asyncio.to_thread(version.close)
+                await version.aclose()
 
     # ----- internals -----------------------------------------------------------
     def _record_for(self, entry: repo_scan.ModelEntry) -> ModelRecord:
@@ -308,6 +316,16 @@ class ModelRegistry:
         version.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )
+        batching = version.config.batching
+        version.batcher = Batcher(
+            f"{version.name}:{version.version}",
+            runtime.predict,
+            version.executor,
+            batchable=batching.enabled and _stackable(runtime.signature),
+            max_batch_size=batching.max_batch_size,
+            max_delay_ms=batching.max_delay_ms,
+            max_queue=batching.max_queue,
+        )
         version.state = State.READY
 
 
@@ -335,6 +353,18 @@ def _warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
             if str(exc)
             else f"warm-up inference failed: {type(exc).__name__}"
         ) from None
+
+
+def _stackable(signature: Signature) -> bool:
+    """Requests can be stacked along the first dimension when every input and
+    output has a batch dimension of any size."""
+    return (
+        not signature.dynamic
+        and bool(signature.inputs)
+        and all(spec.has_batch_dim for spec in signature.inputs)
+        and bool(signature.outputs)
+        and all(spec.has_batch_dim for spec in signature.outputs)
+    )
 
 
 def _zeros(datatype: str, shape: tuple[int, ...]) -> np.ndarray:

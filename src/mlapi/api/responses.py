@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlapi.api.auth import Authenticator
-from mlapi.errors import MlapiError, Unauthorized
+from mlapi.errors import MlapiError, Overloaded, Unauthorized
 
 log = logging.getLogger("mlapi.api")
 
@@ -34,7 +34,11 @@ def json_response(
 
 
 def error_response(error: MlapiError) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    headers = None
+    if isinstance(error, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(error, Overloaded):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return json_response({"error": error.message}, error.status, headers)
 
 

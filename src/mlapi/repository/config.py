@@ -31,7 +31,7 @@ _TOP_KEYS = {
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 64
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_queue: int = 256
     enabled: bool = True
 

@@ -1,0 +1,210 @@
+"""One batcher per model version: requests queue (bounded), and whenever the
+model's worker thread is free, everything waiting that fits in ``max_batch_size``
+rows runs as one batch and is split back. An idle server therefore sends a lone
+request at once; under load, requests that arrive while a batch runs ride on the
+next one. ``max_delay_ms`` adds a short wait for more rows, but only while the
+model is seeing concurrent traffic, so it never taxes the idle case.
+
+Requests are batched together only when they can be stacked: same requested
+outputs, same trailing dimensions and dtypes. A batch that fails is retried one
+request at a time, so one bad request cannot fail its neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlapi.errors import Overloaded
+
+Predict = Callable[[dict[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    rows: int
+    key: tuple[object, ...]
+    future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
+
+
+class Batcher:
+    """Runs ``predict`` on one worker thread, batching compatible requests."""
+
+    def __init__(
+        self,
+        name: str,
+        predict: Predict,
+        executor: ThreadPoolExecutor,
+        *,
+        batchable: bool,
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queue: int,
+    ) -> None:
+        self.name = name
+        self._predict = predict
+        self._executor = executor
+        self._batchable = batchable and max_batch_size > 1
+        self._max_rows = max_batch_size
+        self._max_delay_s = max_delay_ms / 1000.0
+        self._max_queue = max_queue
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch_requests = 0
+        self.batches = 0
+        self.batched_requests = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        if len(self._queue) >= self._max_queue:
+            raise Overloaded(
+                f"model '{self.name}' has {len(self._queue)} requests queued; retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
+        rows, key = self._shape_key(inputs, output_names)
+        pending = _Pending(inputs, output_names, rows, key, loop.create_future())
+        self._queue.append(pending)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            # the client went away: drop the work if it has not started
+            if pending in self._queue:
+                self._queue.remove(pending)
+            raise
+
+    def _shape_key(
+        self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+    ) -> tuple[int, tuple[object, ...]]:
+        if not self._batchable:
+            return 0, ()
+        rows = -1
+        parts: list[object] = [output_names]
+        for name, array in inputs.items():
+            if array.ndim == 0 or (rows != -1 and array.shape[0] != rows):
+                return 0, ()
+            rows = array.shape[0]
+            parts.append((name, array.shape[1:], array.dtype.str))
+        return max(rows, 0), tuple(parts)
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._max_delay_s and self._last_batch_requests > 1:
+                await self._gather_more()
+            batch = self._take()
+            self._last_batch_requests = len(batch)
+            try:
+                results = await loop.run_in_executor(self._executor, self._execute, batch)
+            except BaseException as exc:  # the executor itself failed or we are cancelled
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+
+    async def _gather_more(self) -> None:
+        deadline = time.monotonic() + self._max_delay_s
+        while sum(p.rows for p in self._queue) < self._max_rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            assert self._wakeup is not None
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        first = self._queue.popleft()
+        batch = [first]
+        if not first.key:
+            return batch
+        rows = first.rows
+        skipped: list[_Pending] = []
+        while self._queue and rows < self._max_rows:
+            candidate = self._queue.popleft()
+            if candidate.key == first.key and rows + candidate.rows <= self._max_rows:
+                batch.append(candidate)
+                rows += candidate.rows
+            else:
+                skipped.append(candidate)
+                if len(skipped) > 8:  # keep order fair: stop looking far ahead
+                    break
+        self._queue.extendleft(reversed(skipped))
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> list[dict[str, np.ndarray] | BaseException]:
+        """On the worker thread: run the batch, split it back per request."""
+        if len(batch) == 1:
+            return [self._one(batch[0])]
+        names = batch[0].output_names
+        stacked = {
+            name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+        }
+        try:
+            outputs = self._predict(stacked, names)
+            total = sum(p.rows for p in batch)
+            if any(out.ndim == 0 or out.shape[0] != total for out in outputs.values()):
+                raise ValueError("outputs do not follow the batch dimension")
+        except Exception:
+            return [self._one(p) for p in batch]  # isolate the request that fails
+        self.batches += 1
+        self.batched_requests += len(batch)
+        results: list[dict[str, np.ndarray] | BaseException] = []
+        start = 0
+        for pending in batch:
+            end = start + pending.rows
+            results.append({name: out[start:end] for name, out in outputs.items()})
+            start = end
+        return results
+
+    def _one(self, pending: _Pending) -> dict[str, np.ndarray] | BaseException:
+        try:
+            return self._predict(pending.inputs, pending.output_names)
+        except BaseException as exc:
+            return exc
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(Overloaded(f"model '{self.name}' is unloading"))
+        self._queue.clear()

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from mlapi.batching import Batcher
+from mlapi.errors import Overloaded
+
+
+class Model:
+    """Doubles its input; records every batch; can be held to build a queue."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def predict(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.gate.wait(timeout=10)
+        x = inputs["x"]
+        if (x < 0).any():
+            raise ValueError("negative input")
+        self.calls.append(x.shape[0])
+        return {"y": x * 2}
+
+
+def _batcher(model: Model, executor: ThreadPoolExecutor, **options: object) -> Batcher:
+    settings: dict[str, object] = {
+        "batchable": True,
+        "max_batch_size": 8,
+        "max_delay_ms": 0.0,
+        "max_queue": 16,
+    }
+    settings.update(options)
+    return Batcher("m", model.predict, executor, **settings)  # type: ignore[arg-type]
+
+
+def _rows(value: float, rows: int = 1, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((rows, width), value, dtype=np.float32)}
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_a_lone_request_runs_at_once_unbatched() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_delay_ms=50.0)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            result = await batcher.submit(_rows(3.0), ("y",))
+            assert loop.time() - started < 0.04  # the 50 ms delay does not apply when idle
+            np.testing.assert_array_equal(result["y"], np.full((1, 2), 6.0))
+            await batcher.close()
+
+    run(scenario())
+    assert model.calls == [1]
+
+
+def test_requests_that_arrive_while_busy_ride_one_batch_and_split_back() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_batch_size=16)
+            model.gate.clear()
+            first = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            rest = [
+                asyncio.ensure_future(batcher.submit(_rows(float(i), rows=i), ("y",)))
+                for i in range(2, 5)
+            ]
+            await asyncio.sleep(0.01)
+            assert batcher.queue_depth == 3
+            model.gate.set()
+            results = await asyncio.gather(first, *rest)
+            for i, result in enumerate(results, start=1):
+                np.testing.assert_array_equal(result["y"], np.full((i, 2), 2.0 * i))
+            await batcher.close()
+
+    run(scenario())
+    assert model.calls == [1, 2 + 3 + 4]
+
+
+def test_batches_respect_max_rows_and_compatible_shapes() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_batch_size=4)
+            model.gate.clear()
+            blocker = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            queued = [
+                asyncio.ensure_future(batcher.submit(_rows(1.0, rows=3), ("y",))),
+                asyncio.ensure_future(batcher.submit(_rows(1.0, rows=3), ("y",))),
+                asyncio.ensure_future(batcher.submit(_rows(1.0, width=5), ("y",))),
+            ]
+            await asyncio.sleep(0.01)
+            model.gate.set()
+            results = await asyncio.gather(blocker, *queued)
+            assert [r["y"].shape for r in results] == [(1, 2), (3, 2), (3, 2), (1, 5)]
+            await batcher.close()
+
+    run(scenario())
+    assert sorted(model.calls) == [1, 1, 3, 3]  # 3+3 > 4 rows, width 5 never stacks with 2
+
+
+def test_a_failing_request_does_not_fail_its_batch_neighbours() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool)
+            model.gate.clear()
+            blocker = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            good = asyncio.ensure_future(batcher.submit(_rows(2.0), ("y",)))
+            bad = asyncio.ensure_future(batcher.submit(_rows(-1.0), ("y",)))
+            also_good = asyncio.ensure_future(batcher.submit(_rows(3.0), ("y",)))
+            await asyncio.sleep(0.01)
+            model.gate.set()
+            await blocker
+            assert (await good)["y"][0, 0] == 4.0
+            assert (await also_good)["y"][0, 0] == 6.0
+            with pytest.raises(ValueError, match="negative"):
+                await bad
+            await batcher.close()
+
+    run(scenario())
+
+
+def test_a_full_queue_sheds_load_and_a_cancelled_request_leaves_it() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_queue=2)
+            model.gate.clear()
+            blocker = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            queued = [asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",))) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded):
+                await batcher.submit(_rows(1.0), ("y",))
+            queued[0].cancel()
+            await asyncio.sleep(0.01)
+            assert batcher.queue_depth == 1
+            model.gate.set()
+            await blocker
+            assert (await queued[1])["y"].shape == (1, 2)
+            await batcher.close()
+
+    run(scenario())
+    assert sum(model.calls) == 2  # the cancelled request never ran
+
+
+def test_unbatchable_models_run_one_request_at_a_time() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, batchable=False)
+            results = await asyncio.gather(
+                *(batcher.submit(_rows(1.0, rows=2), ("y",)) for _ in range(5))
+            )
+            assert all(r["y"].shape == (2, 2) for r in results)
+            await batcher.close()
+
+    run(scenario())
+    assert model.calls == [2] * 5
