@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
 from mlapi.api.context import ApiContext
+from mlapi.api.fastpath import FastInfer
 from mlapi.api.responses import json_response, route
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
@@ -63,7 +64,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
             Route("/openapi.json", route(openapi_json), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
-        middleware=[Middleware(HeaderLimit, max_bytes=settings.max_header_bytes)],
+        middleware=[
+            Middleware(FastInfer, ctx=ctx, max_header_bytes=settings.max_header_bytes),
+            Middleware(HeaderLimit, max_bytes=settings.max_header_bytes),
+        ],
         lifespan=lifespan,
     )
     app.state.registry = registry

@@ -55,7 +55,10 @@ class TensorSpec:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        return all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+        for want, got in zip(self.shape, shape, strict=True):
+            if want != -1 and want != got:
+                return False
+        return True
 
     @property
     def has_batch_dim(self) -> bool:

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
@@ -14,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
-from tests.fixtures.models import DEFAULT_ONNX
+from tests.fixtures.models import DEFAULT_ONNX, write_python_model
 from tests.process.conftest import Server, status_of
 
 pytestmark = pytest.mark.process
@@ -134,3 +135,60 @@ def test_two_workers_serve_on_one_port(start_server: Callable[..., Server]) -> N
             )
             assert response.status_code == 200
     assert server.stop() == 0
+
+
+HELD_MODEL = """
+    import time
+    from pathlib import Path
+
+    class Held:
+        def load(self, path):
+            self.gate = Path(path) / "release"
+
+        def predict(self, inputs):
+            deadline = time.monotonic() + 30
+            while not self.gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return {"y": inputs["x"] + 1}
+"""
+HELD_TOML = """
+    [[inputs]]
+    name = "x"
+    datatype = "FP32"
+    shape = [-1]
+
+    [[outputs]]
+    name = "y"
+    datatype = "FP32"
+    shape = [-1]
+
+    [warmup]
+    enabled = false
+
+    [batching]
+    max_queue = 2
+"""
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    folder = write_python_model(tmp_path / "repo", "held", HELD_MODEL, HELD_TOML)
+    server = start_server(MODEL_PATH=str(tmp_path / "repo"))
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    url = server.url + "/v2/models/held/infer"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        running = pool.submit(httpx.post, url, json=body, timeout=30)
+        time.sleep(0.3)  # the first request now holds the model's thread
+        queued = [pool.submit(httpx.post, url, json=body, timeout=30) for _ in range(2)]
+        time.sleep(0.3)  # both are in the model's queue (max_queue = 2)
+        started = time.monotonic()
+        shed = httpx.post(url, json=body, timeout=10)
+        assert shed.status_code == 503, shed.text
+        assert time.monotonic() - started < 0.1 * 10  # refused at once, not after waiting
+        assert shed.headers["retry-after"] == "1" and "queued" in shed.json()["error"]
+        assert status_of(server.url + "/health/live") == 200
+        (folder / "release").touch()
+        for future in [running, *queued]:
+            response = future.result(timeout=30)
+            assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0]

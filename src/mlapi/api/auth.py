@@ -20,9 +20,11 @@ class Authenticator:
 
     def check(self, request: Request) -> None:
         headers = request.headers
-        presented = headers.get("x-api-key")
+        self.check_values(headers.get("authorization"), headers.get("x-api-key"))
+
+    def check_values(self, authorization: str | None, api_key: str | None) -> None:
+        presented = api_key
         if presented is None:
-            authorization = headers.get("authorization")
             if authorization is None:
                 raise Unauthorized(
                     "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import zlib
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -18,28 +19,46 @@ def _too_large(max_bytes: int) -> PayloadTooLarge:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
+    headers = request.headers
+    return await receive_body(
+        request.receive,
+        headers.get("content-length"),
+        headers.get("content-encoding"),
+        max_bytes,
+    )
+
+
+async def receive_body(
+    receive: Receive, declared: str | None, encoding: str | None, max_bytes: int
+) -> bytes:
+    """The whole body from the ASGI ``receive`` channel, within ``max_bytes``."""
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest("Content-Length is not a number")
         if int(declared) > max_bytes:
             raise _too_large(max_bytes)
+    if encoding is not None and encoding not in ("identity", "gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)"
+        )
     chunks = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
     if encoding is None or encoding == "identity":
         return body
-    if encoding in ("gzip", "deflate"):
-        return _inflate(body, encoding, max_bytes)
-    raise UnsupportedMediaType(
-        f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)"
-    )
+    return _inflate(body, encoding, max_bytes)
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

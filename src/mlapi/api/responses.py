@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from mlapi.api.auth import Authenticator
@@ -69,6 +69,8 @@ def route(handler: Handler, auth: Authenticator | None = None) -> Handler:
             return await handler(request)
         except MlapiError as exc:
             return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening; nothing to log
         except Exception as exc:
             return internal_error(request, exc)
 

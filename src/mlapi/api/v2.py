@@ -9,7 +9,6 @@ from starlette.routing import Route
 
 from mlapi import __version__
 from mlapi.api import codec
-from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
 from mlapi.errors import NotReady
@@ -18,8 +17,18 @@ from mlapi.registry import ModelVersion
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
+async def run_infer(
+    model: ModelVersion, body: bytes, header_length: str | None
+) -> tuple[bytes, int | None]:
+    """Decode, infer, encode: the one infer path behind every V2 infer route. Returns
+    the body and, when binary outputs follow the JSON, the JSON header's length."""
+    parsed = codec.parse_infer(body, header_length, model.signature)
+    results = await model.infer(parsed.inputs, parsed.output_names)
+    return codec.render_infer(model.name, model.version, parsed, results)
+
+
 def routes(ctx: ApiContext) -> list[Route]:
-    registry, max_body = ctx.registry, ctx.settings.max_body_bytes
+    registry = ctx.registry
 
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "mlapi", "version": __version__, "extensions": EXTENSIONS})
@@ -50,23 +59,6 @@ def routes(ctx: ApiContext) -> list[Route]:
             return json_response({"ready": False, "error": exc.message}, 503)
         return json_response({"ready": True})
 
-    async def infer(request: Request) -> Response:
-        params = request.path_params
-        model: ModelVersion = registry.get(params["model"], params.get("version"))
-        body = await read_body(request, max_body)
-        parsed = codec.parse_infer(
-            body, request.headers.get("inference-header-content-length"), model.signature
-        )
-        results = await model.infer(parsed.inputs, parsed.output_names)
-        content, header_length = codec.render_infer(model.name, model.version, parsed, results)
-        if header_length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
-        )
-
     guarded = ctx.auth
     base = "/v2/models/{model}"
     versioned = base + "/versions/{version}"
@@ -76,6 +68,5 @@ def routes(ctx: ApiContext) -> list[Route]:
         Route(versioned, route(model_metadata, guarded), methods=["GET"]),
         Route(base + "/ready", route(model_ready, guarded), methods=["GET"]),
         Route(versioned + "/ready", route(model_ready, guarded), methods=["GET"]),
-        Route(base + "/infer", route(infer, guarded), methods=["POST"]),
-        Route(versioned + "/infer", route(infer, guarded), methods=["POST"]),
+        # .../infer is answered by api.fastpath.FastInfer, in front of the router.
     ]

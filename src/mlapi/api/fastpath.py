@@ -1,0 +1,133 @@
+"""The hot path: ``POST /v2/models/{m}[/versions/{v}]/infer`` answered straight
+from ASGI, in front of the Starlette app. It does everything the routed version
+does (header limit, API key, body limit and encodings, the same decode/infer/
+encode through ``v2.run_infer``, the same error bodies) without the framework's
+per-request middleware, routing, Request and Response objects, which cost more
+than decoding and predicting a small request. Anything else goes to the app."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlapi.api.body import receive_body
+from mlapi.api.context import ApiContext
+from mlapi.api.v2 import run_infer
+from mlapi.errors import MlapiError, Overloaded, Unauthorized
+
+log = logging.getLogger("mlapi.api")
+
+_PREFIX = "/v2/models/"
+_SUFFIX = "/infer"
+_JSON = [(b"content-type", b"application/json")]
+_BINARY = [(b"content-type", b"application/octet-stream")]
+
+
+class FastInfer:
+    def __init__(self, app: ASGIApp, ctx: ApiContext, max_header_bytes: int) -> None:
+        self.app = app
+        self._registry = ctx.registry
+        self._auth = ctx.auth
+        self._max_body = ctx.settings.max_body_bytes
+        self._max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+                parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
+                version = None
+                if len(parts) == 3 and parts[1] == "versions" and parts[2]:
+                    version = parts[2]
+                if parts[0] and (len(parts) == 1 or version is not None):
+                    if scope["method"] != "POST":
+                        await _send_json(
+                            send,
+                            405,
+                            {"error": "method not allowed: use POST"},
+                            [(b"allow", b"POST")],
+                        )
+                        return
+                    await self._infer(scope, receive, send, parts[0], version)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        length = encoding = header_length = authorization = api_key = None
+        header_bytes = 0
+        for key, value in scope["headers"]:
+            header_bytes += len(key) + len(value)
+            if key == b"content-length":
+                length = value.decode("latin-1")
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == b"x-api-key":
+                api_key = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
+        if header_bytes > self._max_header_bytes:
+            await _send_json(
+                send, 431, {"error": f"request headers are over {self._max_header_bytes} bytes"}
+            )
+            return
+        try:
+            if self._auth is not None:
+                self._auth.check_values(authorization, api_key)
+            model = self._registry.get(name, version)
+            body = await receive_body(receive, length, encoding, self._max_body)
+            content, binary_header = await run_infer(model, body, header_length)
+        except MlapiError as exc:
+            await _send_error(send, exc)
+            return
+        except ClientDisconnect:
+            return
+        except Exception as exc:
+            request_id = uuid.uuid4().hex
+            log.error(
+                "unhandled %s on POST %s (request id %s)",
+                type(exc).__name__,
+                scope["path"],
+                request_id,
+                exc_info=exc,
+            )
+            await _send_json(
+                send, 500, {"error": f"internal server error (request id {request_id})"}
+            )
+            return
+        if binary_header is None:
+            headers = [*_JSON, (b"content-length", str(len(content)).encode())]
+        else:
+            headers = [
+                *_BINARY,
+                (b"content-length", str(len(content)).encode()),
+                (b"inference-header-content-length", str(binary_header).encode()),
+            ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+async def _send_error(send: Send, error: MlapiError) -> None:
+    extra: list[tuple[bytes, bytes]] = []
+    if isinstance(error, Unauthorized):
+        extra.append((b"www-authenticate", b"Bearer"))
+    elif isinstance(error, Overloaded):
+        extra.append((b"retry-after", str(error.retry_after_s).encode()))
+    await _send_json(send, error.status, {"error": error.message}, extra)
+
+
+async def _send_json(
+    send: Send, status: int, document: object, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = orjson.dumps(document)
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
