@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast engine lint check default-model clean
+.PHONY: serve test test-fast engine lint check bench default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,18 @@ engine: $(VENV)/.installed-test
 	scripts/test-engine.sh $(BIN)/python
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
 
 check: test lint
+
+# The side-by-side benchmark (not a test): needs wrk; peers' venvs come from
+# bench/setup_peers.sh. Writes bench/results/.
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q matplotlib
+	bench/setup_peers.sh
+	$(BIN)/python bench/run.py
 
 default-model: $(VENV)/.installed-test
 	$(BIN)/python scripts/make_default_model.py

@@ -65,12 +65,17 @@ def make_models(folder: Path) -> Models:
     features = features.astype(np.float32)
     fitted = {
         "logreg": LogisticRegression(max_iter=1000).fit(features, target),
-        "forest": RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0,
-                                         n_jobs=1).fit(features, target),
+        "forest": RandomForestClassifier(
+            n_estimators=100, max_depth=12, random_state=0, n_jobs=1
+        ).fit(features, target),
     }
     for name, model in fitted.items():
-        onnx_model = to_onnx(model, initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
-                             options={id(model): {"zipmap": False}}, target_opset=17)
+        onnx_model = to_onnx(
+            model,
+            initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+            options={id(model): {"zipmap": False}},
+            target_opset=17,
+        )
         for kind in ("onnx", "skops", "joblib"):
             (folder / kind / name / "1").mkdir(parents=True, exist_ok=True)
         (folder / "onnx" / name / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
@@ -97,8 +102,14 @@ class Target:
 def _v2_body(dtype: str) -> Callable[[np.ndarray], bytes]:
     def body(rows: np.ndarray) -> bytes:
         data = rows.astype(np.float64).ravel().tolist()
-        return json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape),
-                                       "datatype": dtype, "data": data}]}).encode()
+        return json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": list(rows.shape), "datatype": dtype, "data": data}
+                ]
+            }
+        ).encode()
+
     return body
 
 
@@ -117,8 +128,11 @@ def _mlapi(repo: str) -> Target:
         name=f"ml-api ({repo})",
         venv=None,
         command=lambda m, model, port: [str(MLAPI), "serve", "--port", str(port)],
-        env=lambda m, model: {"MODEL_PATH": str(m.folder / repo), "WORKERS": "1",
-                              "LOG_LEVEL": "warning"},
+        env=lambda m, model: {
+            "MODEL_PATH": str(m.folder / repo),
+            "WORKERS": "1",
+            "LOG_LEVEL": "warning",
+        },
         path=lambda model: f"/v2/models/{model}/infer",
         body=_v2_body("FP32" if repo == "onnx" else "FP64"),
         labels=_v2_labels,
@@ -127,8 +141,18 @@ def _mlapi(repo: str) -> Target:
 
 def _uvicorn(venv: str, module: str, suffix: str) -> Callable[[Models, str, int], list[str]]:
     def command(m: Models, model: str, port: int) -> list[str]:
-        return [str(VENVS / venv / "bin" / "uvicorn"), module, "--port", str(port),
-                "--log-level", "warning", "--no-access-log", "--app-dir", str(HERE / "peers")]
+        return [
+            str(VENVS / venv / "bin" / "uvicorn"),
+            module,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--app-dir",
+            str(HERE / "peers"),
+        ]
+
     return command
 
 
@@ -136,8 +160,11 @@ def _mlserver(batched: bool) -> Target:
     def cwd(m: Models, model: str) -> Path:
         folder = m.folder / ("mlserver-batched" if batched else "mlserver") / model
         folder.mkdir(parents=True, exist_ok=True)
-        settings = {"name": model, "implementation": "mlserver_sklearn.SKLearnModel",
-                    "parameters": {"uri": str(m.folder / "joblib" / model / "1" / "model.joblib")}}
+        settings = {
+            "name": model,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(m.folder / "joblib" / model / "1" / "model.joblib")},
+        }
         if batched:
             settings.update({"max_batch_size": 64, "max_batch_time": 0.002})
         (folder / "model-settings.json").write_text(json.dumps(settings))
@@ -145,9 +172,17 @@ def _mlserver(batched: bool) -> Target:
 
     def command(m: Models, model: str, port: int) -> list[str]:
         folder = cwd(m, model)
-        (folder / "settings.json").write_text(json.dumps({
-            "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(),
-            "parallel_workers": 0, "debug": False}))
+        (folder / "settings.json").write_text(
+            json.dumps(
+                {
+                    "http_port": port,
+                    "grpc_port": _free_port(),
+                    "metrics_port": _free_port(),
+                    "parallel_workers": 0,
+                    "debug": False,
+                }
+            )
+        )
         return [str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(folder)]
 
     return Target(
@@ -167,10 +202,15 @@ def _litserve(batched: bool) -> Target:
     return Target(
         name="LitServe" + (" batched" if batched else ""),
         venv="litserve",
-        command=lambda m, model, port: [str(VENVS / "litserve" / "bin" / "python"),
-                                        str(HERE / "peers" / "litserve_app.py"), str(port)],
-        env=lambda m, model: {"BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
-                              "BENCH_BATCH": "64" if batched else "0"},
+        command=lambda m, model, port: [
+            str(VENVS / "litserve" / "bin" / "python"),
+            str(HERE / "peers" / "litserve_app.py"),
+            str(port),
+        ],
+        env=lambda m, model: {
+            "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
+            "BENCH_BATCH": "64" if batched else "0",
+        },
         path=lambda model: "/predict",
         body=lambda rows: json.dumps({"input": rows.astype(np.float64).tolist()}).encode(),
         labels=lambda response: [int(x) for x in response["label"]],
@@ -181,11 +221,18 @@ def _bentoml(batched: bool) -> Target:
     return Target(
         name="BentoML" + (" batched" if batched else ""),
         venv="bentoml",
-        command=lambda m, model, port: [str(VENVS / "bentoml" / "bin" / "bentoml"), "serve",
-                                        "bentoml_service:Model", "--port", str(port)],
-        env=lambda m, model: {"BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
-                              "BENCH_BATCH": "64" if batched else "0",
-                              "BENTOML_DO_NOT_TRACK": "true"},
+        command=lambda m, model, port: [
+            str(VENVS / "bentoml" / "bin" / "bentoml"),
+            "serve",
+            "bentoml_service:Model",
+            "--port",
+            str(port),
+        ],
+        env=lambda m, model: {
+            "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
+            "BENCH_BATCH": "64" if batched else "0",
+            "BENTOML_DO_NOT_TRACK": "true",
+        },
         path=lambda model: "/predict",
         body=lambda rows: json.dumps({"input": rows.astype(np.float64).tolist()}).encode(),
         labels=lambda response: np.asarray(response).argmax(axis=1).tolist(),
@@ -198,14 +245,27 @@ def _bentoml(batched: bool) -> Target:
 TARGETS = [
     _mlapi("onnx"),
     _mlapi("skops"),
-    Target("bare Starlette+ORT", "fastapi", _uvicorn("fastapi", "bare_app:app", ""),
-           env=lambda m, model: {"BENCH_MODEL": str(m.folder / "onnx" / model / "1" / "model.onnx")},
-           path=lambda model: f"/v2/models/{model}/infer", body=_v2_body("FP32"),
-           labels=_v2_labels, notes="no validation, auth, metrics or batching"),
-    Target("FastAPI+sklearn", "fastapi", _uvicorn("fastapi", "fastapi_app:app", ""),
-           env=lambda m, model: {"BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib")},
-           path=lambda model: f"/v2/models/{model}/infer", body=_v2_body("FP64"),
-           labels=_v2_labels),
+    Target(
+        "bare Starlette+ORT",
+        "fastapi",
+        _uvicorn("fastapi", "bare_app:app", ""),
+        env=lambda m, model: {"BENCH_MODEL": str(m.folder / "onnx" / model / "1" / "model.onnx")},
+        path=lambda model: f"/v2/models/{model}/infer",
+        body=_v2_body("FP32"),
+        labels=_v2_labels,
+        notes="no validation, auth, metrics or batching",
+    ),
+    Target(
+        "FastAPI+sklearn",
+        "fastapi",
+        _uvicorn("fastapi", "fastapi_app:app", ""),
+        env=lambda m, model: {
+            "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib")
+        },
+        path=lambda model: f"/v2/models/{model}/infer",
+        body=_v2_body("FP64"),
+        labels=_v2_labels,
+    ),
     _mlserver(False),
     _mlserver(True),
     _litserve(False),
@@ -282,14 +342,23 @@ class Server:
     def __init__(self, target: Target, models: Models, model: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", **target.env(models, model)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            **target.env(models, model),
+        }
         cwd = target.cwd(models, model) if target.cwd else models.folder
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             ["taskset", "-c", "0", *target.command(models, model, self.port)],
-            env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, path: str, timeout_s: float = 120) -> float:
@@ -329,19 +398,36 @@ def _check_answers(server: Server, target: Target, models: Models, model: str) -
             raise RuntimeError(f"wrong answer: got {got}, expected {want}")
 
 
-def _wrk(url: str, body: bytes, connections: int, seconds: float) -> tuple[float, float, float, int]:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(textwrap.dedent(f"""
+def _wrk(
+    url: str, body: bytes, connections: int, seconds: float
+) -> tuple[float, float, float, int]:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115 - closed below, removed in finally
+    script.write(
+        textwrap.dedent(f"""
         wrk.method = "POST"
         wrk.body = {json.dumps(body.decode())}
         wrk.headers["Content-Type"] = "application/json"
-    """))
+    """)
+    )
     script.close()
     try:
         output = subprocess.run(
-            ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-             "-s", script.name, url],
-            capture_output=True, text=True, timeout=seconds + 60,
+            [
+                "taskset",
+                "-c",
+                "1",
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
         ).stdout
     finally:
         os.unlink(script.name)
@@ -361,7 +447,9 @@ def _wrk(url: str, body: bytes, connections: int, seconds: float) -> tuple[float
     return rps, latency("50%"), latency("99%"), errors
 
 
-def bench_target(target: Target, models: Models, model: str, args: argparse.Namespace) -> ServerReport:
+def bench_target(
+    target: Target, models: Models, model: str, args: argparse.Namespace
+) -> ServerReport:
     report = ServerReport(target.name, model)
     if target.venv and not (VENVS / target.venv / "bin" / "python").exists():
         report.problem = f"venv bench/.venvs/{target.venv} missing (bench/setup_peers.sh)"
@@ -377,11 +465,14 @@ def bench_target(target: Target, models: Models, model: str, args: argparse.Name
             _wrk(url, body, 64, args.warmup_s)
             for connections in args.connections:
                 rps, p50, p99, errors = _wrk(url, body, connections, args.seconds)
-                report.runs.append(Run(target.name, model, rows, connections, rps, rps * rows,
-                                       p50, p99, errors))
-                print(f"  {target.name:22} {model:7} rows={rows} c={connections:<3} "
-                      f"{rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}",
-                      flush=True)
+                report.runs.append(
+                    Run(target.name, model, rows, connections, rps, rps * rows, p50, p99, errors)
+                )
+                print(
+                    f"  {target.name:22} {model:7} rows={rows} c={connections:<3} "
+                    f"{rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}",
+                    flush=True,
+                )
         report.rss_mb = _rss_mb(server.process.pid)
     except Exception as exc:  # a peer that fails is reported, not fatal
         report.problem = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -400,8 +491,11 @@ def in_process_limits(models: Models, seconds: float = 2.0) -> dict[str, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     for model in ("logreg", "forest"):
-        session = ort.InferenceSession(str(models.folder / "onnx" / model / "1" / "model.onnx"),
-                                       options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(models.folder / "onnx" / model / "1" / "model.onnx"),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
         names = [o.name for o in session.get_outputs()]
         for rows in (1, 64):
             x = np.ascontiguousarray(models.features[:rows])
@@ -416,7 +510,9 @@ def in_process_limits(models: Models, seconds: float = 2.0) -> dict[str, float]:
             tensor = orjson.loads(body)["inputs"][0]
             x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
             outputs = session.run(names, {"input": x})
-            orjson.dumps({"outputs": [o.ravel() for o in outputs]}, option=orjson.OPT_SERIALIZE_NUMPY)
+            orjson.dumps(
+                {"outputs": [o.ravel() for o in outputs]}, option=orjson.OPT_SERIALIZE_NUMPY
+            )
             count += 1
         limits[f"{model} decode+predict+encode/s, 1 row"] = count / seconds
     return limits
@@ -425,44 +521,75 @@ def in_process_limits(models: Models, seconds: float = 2.0) -> dict[str, float]:
 def image_size_mb() -> float | None:
     if not shutil.which("docker"):
         return None
-    result = subprocess.run(["docker", "image", "inspect", "ml-api:latest", "--format", "{{.Size}}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["docker", "image", "inspect", "ml-api:latest", "--format", "{{.Size}}"],
+        capture_output=True,
+        text=True,
+    )
     return int(result.stdout) / 1e6 if result.returncode == 0 else None
 
 
 # ----- report -------------------------------------------------------------------------
-def write_report(reports: list[ServerReport], limits: dict[str, float], image_mb: float | None,
-                 args: argparse.Namespace) -> str:
-    lines = ["| server | model | rows | conns | req/s | rows/s | p50 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def write_report(
+    reports: list[ServerReport],
+    limits: dict[str, float],
+    image_mb: float | None,
+    args: argparse.Namespace,
+) -> str:
+    lines = [
+        "| server | model | rows | conns | req/s | rows/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for report in reports:
         for run in report.runs:
-            lines.append(f"| {run.target} | {run.model} | {run.rows} | {run.connections} | "
-                         f"{run.requests_per_s:,.0f} | {run.rows_per_s:,.0f} | {run.p50_ms:.2f} | "
-                         f"{run.p99_ms:.2f} | {run.errors} |")
-    lines += ["", "| server | model | cold start to ready (s) | RSS after load (MB) | note |",
-              "|---|---|---|---|---|"]
+            lines.append(
+                f"| {run.target} | {run.model} | {run.rows} | {run.connections} | "
+                f"{run.requests_per_s:,.0f} | {run.rows_per_s:,.0f} | {run.p50_ms:.2f} | "
+                f"{run.p99_ms:.2f} | {run.errors} |"
+            )
+    lines += [
+        "",
+        "| server | model | cold start to ready (s) | RSS after load (MB) | note |",
+        "|---|---|---|---|---|",
+    ]
     notes = {t.name: t.notes for t in TARGETS}
     for report in reports:
         cold = f"{report.cold_start_s:.2f}" if report.cold_start_s else "-"
         rss = f"{report.rss_mb:.0f}" if report.rss_mb else "-"
-        lines.append(f"| {report.target} | {report.model} | {cold} | {rss} | "
-                     f"{report.problem or notes.get(report.target, '')} |")
-    lines += ["", "Ratios (ml-api (onnx) throughput / peer's, same model, rows, connections):", "",
-              "| peer | model | rows | conns | ratio |", "|---|---|---|---|---|"]
-    ours = {(r.model, r.rows, r.connections): r for rep in reports for r in rep.runs
-            if r.target == "ml-api (onnx)"}
+        lines.append(
+            f"| {report.target} | {report.model} | {cold} | {rss} | "
+            f"{report.problem or notes.get(report.target, '')} |"
+        )
+    lines += [
+        "",
+        "Ratios (ml-api (onnx) throughput / peer's, same model, rows, connections):",
+        "",
+        "| peer | model | rows | conns | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    ours = {
+        (r.model, r.rows, r.connections): r
+        for rep in reports
+        for r in rep.runs
+        if r.target == "ml-api (onnx)"
+    }
     for report in reports:
         for run in report.runs:
             mine = ours.get((run.model, run.rows, run.connections))
             if mine and run.target != "ml-api (onnx)" and run.requests_per_s:
-                lines.append(f"| {run.target} | {run.model} | {run.rows} | {run.connections} | "
-                             f"{mine.requests_per_s / run.requests_per_s:.2f}x |")
+                lines.append(
+                    f"| {run.target} | {run.model} | {run.rows} | {run.connections} | "
+                    f"{mine.requests_per_s / run.requests_per_s:.2f}x |"
+                )
     lines += ["", "In-process limit on one core (onnxruntime, 1 thread):", ""]
     lines += [f"- {name}: {value:,.0f}" for name, value in limits.items()]
-    lines += ["", f"Production image ml-api:latest: {f'{image_mb:.0f} MB' if image_mb else 'not built'}",
-              "", f"Settings: {args.seconds}s per run after a {args.warmup_s}s warm-up; "
-              f"server on core 0, wrk on core 1; {time.strftime('%Y-%m-%d %H:%M')}"]
+    lines += [
+        "",
+        f"Production image ml-api:latest: {f'{image_mb:.0f} MB' if image_mb else 'not built'}",
+        "",
+        f"Settings: {args.seconds}s per run after a {args.warmup_s}s warm-up; "
+        f"server on core 0, wrk on core 1; {time.strftime('%Y-%m-%d %H:%M')}",
+    ]
     return "\n".join(lines)
 
 
@@ -481,10 +608,14 @@ def chart(reports: list[ServerReport], path: Path) -> None:
         return
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for axis, (model, rows) in zip(axes[0], panels, strict=True):
-        subset = sorted((r for r in runs if (r.model, r.rows) == (model, rows)),
-                        key=lambda r: r.rows_per_s)
-        axis.barh([r.target for r in subset], [r.rows_per_s for r in subset],
-                  color=["tab:green" if r.target.startswith("ml-api") else "tab:gray" for r in subset])
+        subset = sorted(
+            (r for r in runs if (r.model, r.rows) == (model, rows)), key=lambda r: r.rows_per_s
+        )
+        axis.barh(
+            [r.target for r in subset],
+            [r.rows_per_s for r in subset],
+            color=["tab:green" if r.target.startswith("ml-api") else "tab:gray" for r in subset],
+        )
         axis.set_title(f"{model}, {rows}-row requests, 64 connections")
         axis.set_xlabel("rows/s on one core")
     figure.tight_layout()
@@ -506,8 +637,11 @@ def main() -> None:
     if not shutil.which("wrk") or not shutil.which("taskset"):
         sys.exit("bench: needs wrk and taskset (apt-get install wrk util-linux)")
     RESULTS.mkdir(exist_ok=True)
-    targets = [t for t in TARGETS
-               if not args.only or any(t.name.startswith(p) for p in args.only.split(","))]
+    targets = [
+        t
+        for t in TARGETS
+        if not args.only or any(t.name.startswith(p) for p in args.only.split(","))
+    ]
     with tempfile.TemporaryDirectory(prefix="mlapi-bench-") as folder:
         models = make_models(Path(folder))
         reports = []
@@ -518,8 +652,12 @@ def main() -> None:
     image_mb = image_size_mb()
     text = write_report(reports, limits, image_mb, args)
     (RESULTS / "results.md").write_text(text + "\n")
-    (RESULTS / "results.json").write_text(json.dumps(
-        {"reports": [asdict(r) for r in reports], "limits": limits, "image_mb": image_mb}, indent=2))
+    (RESULTS / "results.json").write_text(
+        json.dumps(
+            {"reports": [asdict(r) for r in reports], "limits": limits, "image_mb": image_mb},
+            indent=2,
+        )
+    )
     chart(reports, RESULTS / "chart.png")
     print(text)
 

@@ -14,7 +14,9 @@ from starlette.routing import Route
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 options.inter_op_num_threads = 1
-session = ort.InferenceSession(os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(
+    os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"]
+)
 names = [o.name for o in session.get_outputs()]
 
 
@@ -25,16 +27,23 @@ async def infer(request):
     label, probabilities = session.run(names, {tensor["name"]: rows})
     outputs = [
         {"name": "label", "datatype": "INT64", "shape": list(label.shape), "data": label},
-        {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape),
-         "data": probabilities.ravel()},
+        {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": list(probabilities.shape),
+            "data": probabilities.ravel(),
+        },
     ]
-    return Response(orjson.dumps({"outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json")
+    return Response(
+        orjson.dumps({"outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+    )
 
 
 async def health(request):
     return Response(b"ok")
 
 
-app = Starlette(routes=[Route("/v2/models/{m}/infer", infer, methods=["POST"]),
-                        Route("/health", health)])
+app = Starlette(
+    routes=[Route("/v2/models/{m}/infer", infer, methods=["POST"]), Route("/health", health)]
+)

@@ -16,10 +16,12 @@ class Model:
         self.model = joblib.load(os.environ["BENCH_MODEL"])
 
     if BATCH:
+
         @bentoml.api(batchable=True, max_batch_size=BATCH, max_latency_ms=1000)
         def predict(self, input: np.ndarray) -> np.ndarray:
             return self.model.predict_proba(input)
     else:
+
         @bentoml.api
         def predict(self, input: np.ndarray) -> np.ndarray:
             return self.model.predict_proba(input)

@@ -29,11 +29,23 @@ def infer(name: str, request: InferRequest):
     rows = np.asarray(tensor.data, dtype=np.float64).reshape(tensor.shape)
     labels = model.predict(rows)
     probabilities = model.predict_proba(rows)
-    return {"model_name": name, "outputs": [
-        {"name": "label", "datatype": "INT64", "shape": list(labels.shape), "data": labels.tolist()},
-        {"name": "probabilities", "datatype": "FP64", "shape": list(probabilities.shape),
-         "data": probabilities.ravel().tolist()},
-    ]}
+    return {
+        "model_name": name,
+        "outputs": [
+            {
+                "name": "label",
+                "datatype": "INT64",
+                "shape": list(labels.shape),
+                "data": labels.tolist(),
+            },
+            {
+                "name": "probabilities",
+                "datatype": "FP64",
+                "shape": list(probabilities.shape),
+                "data": probabilities.ravel().tolist(),
+            },
+        ],
+    }
 
 
 @app.get("/health")
