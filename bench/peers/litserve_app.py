@@ -17,14 +17,18 @@ class Api(ls.LitAPI):
         return np.asarray(request["input"], dtype=np.float64)
 
     def batch(self, inputs):
-        return np.concatenate(inputs)
+        return np.concatenate(inputs), [len(rows) for rows in inputs]
 
     def predict(self, x):
+        if isinstance(x, tuple):  # a batch: (stacked rows, rows per request)
+            rows, sizes = x
+            return self.model.predict(rows), self.model.predict_proba(rows), sizes
         return self.model.predict(x), self.model.predict_proba(x)
 
     def unbatch(self, output):
-        labels, probabilities = output
-        return [(labels[i : i + 1], probabilities[i : i + 1]) for i in range(len(labels))]
+        labels, probabilities, sizes = output
+        bounds = np.cumsum([0, *sizes])
+        return [(labels[a:b], probabilities[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def encode_response(self, output):
         labels, probabilities = output
