@@ -80,6 +80,12 @@ def make_models(folder: Path) -> Models:
             (folder / kind / name / "1").mkdir(parents=True, exist_ok=True)
         (folder / "onnx" / name / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
         sio.dump(model, folder / "skops" / name / "1" / "model.skops")
+        untrusted = sio.get_untrusted_types(file=folder / "skops" / name / "1" / "model.skops")
+        if untrusted:  # a forest's Tree type: trusted explicitly, as a user would
+            listed = ", ".join(f'"{t}"' for t in untrusted)
+            (folder / "skops" / name / "1" / "model.toml").write_text(
+                f"trusted_types = [{listed}]\n"
+            )
         joblib.dump(model, folder / "joblib" / name / "1" / "model.joblib")
     return Models(folder, features, fitted)
 

@@ -17,11 +17,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mlapi import logs
 from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
 from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
 from mlapi.api.responses import json_response, route
+from mlapi.api.tracking import Tracking
+from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
 
@@ -31,16 +34,33 @@ log = logging.getLogger("mlapi.app")
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Starlette:
     registry = registry or ModelRegistry(settings)
     auth = Authenticator(settings.api_key) if settings.api_key is not None else None
-    ctx = ApiContext(settings=settings, registry=registry, auth=auth)
+    metrics = registry.metrics
+    tracking = Tracking(metrics, registry, settings.access_log)
+    ctx = ApiContext(settings, registry, auth, metrics, tracking)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
         return json_response(spec)
 
+    def refresh_metrics() -> None:
+        registry.publish_states()
+        metrics.update_process(logs.WriteErrors.count)
+
+    async def metrics_text(request: Request) -> Response:
+        refresh_metrics()
+        return Response(metrics.expose(), media_type=CONTENT_TYPE)
+
+    async def refresh_every(seconds: float) -> None:
+        """Each worker keeps its own gauges fresh, since a scrape reaches only one."""
+        while True:
+            refresh_metrics()
+            await asyncio.sleep(seconds)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
+        refresher = asyncio.create_task(refresh_every(5.0), name="mlapi-metrics")
         app.state.loading = loading
         if settings.workers > 1:
             # Workers share one socket: a worker that accepted connections while
@@ -50,9 +70,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, refresher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await registry.close()
 
     app = Starlette(
@@ -62,6 +83,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
             *repository.routes(ctx),
             *v1.routes(ctx),
             Route("/openapi.json", route(openapi_json), methods=["GET"]),
+            Route("/metrics", route(metrics_text), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
         middleware=[

@@ -18,12 +18,21 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from mlapi.errors import Overloaded
 
 Predict = Callable[[dict[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """Where a batcher reports what it does (metrics)."""
+
+    def observe_batch(self, rows: int, seconds: float) -> None: ...
+
+    def observe_queue(self, depth: int) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -48,8 +57,10 @@ class Batcher:
         max_batch_size: int,
         max_delay_ms: float,
         max_queue: int,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
+        self._observer = observer
         self._predict = predict
         self._executor = executor
         self._batchable = batchable and max_batch_size > 1
@@ -81,6 +92,8 @@ class Batcher:
         rows, key = self._shape_key(inputs, output_names)
         pending = _Pending(inputs, output_names, rows, key, loop.create_future())
         self._queue.append(pending)
+        if self._observer is not None:
+            self._observer.observe_queue(len(self._queue))
         assert self._wakeup is not None
         self._wakeup.set()
         try:
@@ -117,6 +130,8 @@ class Batcher:
                 await self._gather_more()
             batch = self._take()
             self._last_batch_requests = len(batch)
+            if self._observer is not None:
+                self._observer.observe_queue(len(self._queue))
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
             except BaseException as exc:  # the executor itself failed or we are cancelled
@@ -174,9 +189,9 @@ class Batcher:
         stacked = {
             name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
         }
+        total = sum(p.rows for p in batch)
         try:
-            outputs = self._predict(stacked, names)
-            total = sum(p.rows for p in batch)
+            outputs = self._timed(stacked, names, total)
             if any(out.ndim == 0 or out.shape[0] != total for out in outputs.values()):
                 raise ValueError("outputs do not follow the batch dimension")
         except Exception:
@@ -193,9 +208,18 @@ class Batcher:
 
     def _one(self, pending: _Pending) -> dict[str, np.ndarray] | BaseException:
         try:
-            return self._predict(pending.inputs, pending.output_names)
+            return self._timed(pending.inputs, pending.output_names, max(pending.rows, 1))
         except BaseException as exc:
             return exc
+
+    def _timed(
+        self, inputs: dict[str, np.ndarray], names: Sequence[str], rows: int
+    ) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = self._predict(inputs, names)
+        if self._observer is not None:
+            self._observer.observe_batch(rows, time.perf_counter() - started)
+        return outputs
 
     async def close(self) -> None:
         if self._task is not None:

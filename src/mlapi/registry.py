@@ -19,6 +19,7 @@ import numpy as np
 
 from mlapi.batching import Batcher
 from mlapi.errors import MlapiError, ModelLoadError, NotFound, NotReady
+from mlapi.observability.metrics import Metrics, ModelMetrics
 from mlapi.repository import scan as repo_scan
 from mlapi.repository.config import ModelConfig
 from mlapi.runtimes import catalog, safety
@@ -54,6 +55,7 @@ class ModelVersion:
     warmup_seconds: float | None = None
     executor: ThreadPoolExecutor | None = None
     batcher: Batcher | None = None
+    metrics: ModelMetrics | None = None
 
     @property
     def signature(self) -> Signature:
@@ -103,6 +105,7 @@ class ModelRecord:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     error: str | None = None  # a model-level problem: no versions, pinned version missing
     unloaded: bool = False  # explicitly unloaded through the repository API
+    retired: tuple[int, ...] = ()  # the versions an unload took away
 
     def ready_version(self, version: int | None) -> ModelVersion:
         if version is not None:
@@ -142,8 +145,9 @@ def _not_ready(version: ModelVersion) -> str:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics()
         self._records: dict[str, ModelRecord] = {}
         self._load_slots = asyncio.Semaphore(settings.load_concurrency)
         self._model_locks: dict[str, asyncio.Lock] = {}
@@ -165,6 +169,10 @@ class ModelRegistry:
                 raise NotFound(f"model '{name}' has no version '{version[:64]}'")
             wanted = int(version)
         return record.ready_version(wanted)
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model of the repository (safe to use as a metric label)."""
+        return name in self._records
 
     def record(self, name: str) -> ModelRecord:
         record = self._records.get(name)
@@ -243,6 +251,7 @@ class ModelRegistry:
         record = self.record(name)
         async with self._model_locks.setdefault(name, asyncio.Lock()):
             record.unloaded = True
+            record.retired = tuple(record.versions)
             for version in record.versions.values():
                 version.state = State.UNLOADING
             for version in list(record.versions.values()):
@@ -254,6 +263,19 @@ class ModelRegistry:
         for record in self.records():
             for version in record.versions.values():
                 await version.aclose()
+
+    def publish_states(self) -> None:
+        """Set mlapi_model_state for every known model version (this process)."""
+        for record in self._records.values():
+            if record.unloaded:
+                for number in record.retired:
+                    self.metrics.set_state(record.name, str(number), "unavailable")
+                continue
+            for version in record.versions.values():
+                self._publish_state(version)
+
+    def _publish_state(self, version: ModelVersion) -> None:
+        self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
 
     # ----- internals -----------------------------------------------------------
     def _record_for(self, entry: repo_scan.ModelEntry) -> ModelRecord:
@@ -313,6 +335,7 @@ class ModelRegistry:
         version.runtime, version.runtime_name = runtime, runtime_name
         version.load_seconds = time.perf_counter() - started
         version.state = State.WARMING
+        self._publish_state(version)
         started = time.perf_counter()
         _warm_up(version.name, runtime, version.config)
         version.warmup_seconds = time.perf_counter() - started
@@ -320,6 +343,10 @@ class ModelRegistry:
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )
         batching = version.config.batching
+        version.metrics = self.metrics.model(version.name, str(version.version))
+        labels = (version.name, str(version.version))
+        self.metrics.load_seconds.labels(*labels).set(version.load_seconds)
+        self.metrics.warmup_seconds.labels(*labels).set(version.warmup_seconds)
         version.batcher = Batcher(
             f"{version.name}:{version.version}",
             runtime.predict,
@@ -328,8 +355,10 @@ class ModelRegistry:
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue=batching.max_queue,
+            observer=version.metrics,
         )
         version.state = State.READY
+        self._publish_state(version)
 
 
 def _warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:

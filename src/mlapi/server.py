@@ -4,9 +4,13 @@ gets CPUs / WORKERS threads for inference)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -93,6 +97,24 @@ def _run_reloading(settings: Settings) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _multiprocess_metrics_dir() -> Iterator[None]:
+    """Workers write their metric values to files in one folder, so a scrape of any
+    worker reports the whole server. The folder must start empty: a fresh one, or
+    the operator's PROMETHEUS_MULTIPROC_DIR emptied of an earlier run's files."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="mlapi-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # read by the spawned workers
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(settings: Settings) -> int:
     """Serve until stopped; the process exit code."""
     configure_logging(settings)
@@ -108,8 +130,9 @@ def run(settings: Settings) -> int:
     if settings.reload:
         return _run_reloading(settings)
     if settings.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        with _multiprocess_metrics_dir():
+            sock = config.bind_socket()
+            Multiprocess(config, sockets=[sock]).run()
         return 0
     server = Server(config)
     server.run()

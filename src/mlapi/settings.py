@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     model_version: str | None = Field(None, alias="MODEL_VERSION")
     log_level: LogLevel = Field("info", alias="LOG_LEVEL")
     log_format: Literal["text", "json"] = Field("text", alias="MLAPI_LOG_FORMAT")
+    access_log: Literal["all", "errors", "off"] = Field("errors", alias="MLAPI_ACCESS_LOG")
     workers: int = Field(1, alias="WORKERS", ge=1, le=64)
     api_key: SecretStr | None = Field(None, alias="API_KEY")
     api_key_file: Path | None = Field(None, alias="API_KEY_FILE")

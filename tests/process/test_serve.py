@@ -126,14 +126,22 @@ def test_lying_content_length_and_oversized_headers_do_not_break_the_server(
     assert httpx.post(server.url + "/v2/models/iris/infer", json=body).status_code == 200
 
 
-def test_two_workers_serve_on_one_port(start_server: Callable[..., Server]) -> None:
+def test_two_workers_serve_on_one_port_and_metrics_add_up(
+    start_server: Callable[..., Server],
+) -> None:
     server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH), WORKERS="2")
-    with httpx.Client(base_url=server.url) as client:
-        for _ in range(20):
-            response = client.post(
-                "/v2/models/iris/infer", json=_request(np.ones((2, 4), np.float32))
-            )
-            assert response.status_code == 200
+    body = _request(np.ones((2, 4), np.float32))
+    for _ in range(30):  # a new connection each time, so both workers take some
+        response = httpx.post(server.url + "/v2/models/iris/infer", json=body)
+        assert response.status_code == 200
+    for _ in range(6):  # whichever worker answers the scrape, the totals are the whole server's
+        text = httpx.get(server.url + "/metrics").text
+        (line,) = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("mlapi_requests_total{") and 'outcome="ok"' in ln
+        ]
+        assert float(line.rsplit(" ", 1)[1]) == 30, line
     assert server.stop() == 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlapi.api.auth import Authenticator
+from mlapi.api.tracking import Tracking
+from mlapi.observability.metrics import Metrics
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
 
@@ -14,3 +16,5 @@ class ApiContext:
     settings: Settings
     registry: ModelRegistry
     auth: Authenticator | None
+    metrics: Metrics
+    tracking: Tracking

@@ -8,7 +8,6 @@ than decoding and predicting a small request. Anything else goes to the app."""
 from __future__ import annotations
 
 import logging
-import uuid
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -16,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlapi.api.body import receive_body
 from mlapi.api.context import ApiContext
+from mlapi.api.tracking import outcome_of
 from mlapi.api.v2 import run_infer
 from mlapi.errors import MlapiError, Overloaded, Unauthorized
 
@@ -32,6 +32,7 @@ class FastInfer:
         self.app = app
         self._registry = ctx.registry
         self._auth = ctx.auth
+        self._tracking = ctx.tracking
         self._max_body = ctx.settings.max_body_bytes
         self._max_header_bytes = max_header_bytes
 
@@ -59,7 +60,7 @@ class FastInfer:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        length = encoding = header_length = authorization = api_key = None
+        length = encoding = header_length = authorization = api_key = request_id = None
         header_bytes = 0
         for key, value in scope["headers"]:
             header_bytes += len(key) + len(value)
@@ -73,24 +74,30 @@ class FastInfer:
                 api_key = value.decode("latin-1")
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
+            elif key == b"x-request-id":
+                request_id = value.decode("latin-1")
+        tracked = self._tracking.begin(name, "POST", scope["path"], request_id)
         if header_bytes > self._max_header_bytes:
-            await _send_json(
-                send, 431, {"error": f"request headers are over {self._max_header_bytes} bytes"}
-            )
+            message = f"request headers are over {self._max_header_bytes} bytes"
+            await _send_json(send, 431, {"error": message})
+            tracked.done(431, "bad_request")
             return
         try:
             if self._auth is not None:
                 self._auth.check_values(authorization, api_key)
             model = self._registry.get(name, version)
+            tracked.resolved(model)
             body = await receive_body(receive, length, encoding, self._max_body)
             content, binary_header = await run_infer(model, body, header_length)
         except MlapiError as exc:
             await _send_error(send, exc)
+            tracked.done(exc.status, outcome_of(exc))
             return
         except ClientDisconnect:
+            tracked.done(499, "cancelled")
             return
         except Exception as exc:
-            request_id = uuid.uuid4().hex
+            request_id = tracked.id()
             log.error(
                 "unhandled %s on POST %s (request id %s)",
                 type(exc).__name__,
@@ -98,9 +105,11 @@ class FastInfer:
                 request_id,
                 exc_info=exc,
             )
+            message = f"internal server error (request id {request_id})"
             await _send_json(
-                send, 500, {"error": f"internal server error (request id {request_id})"}
+                send, 500, {"error": message}, [(b"x-request-id", request_id.encode())]
             )
+            tracked.done(500, "error")
             return
         if binary_header is None:
             headers = [*_JSON, (b"content-length", str(len(content)).encode())]
@@ -112,6 +121,7 @@ class FastInfer:
             ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+        tracked.done(200, "ok")
 
 
 async def _send_error(send: Send, error: MlapiError) -> None:

@@ -14,25 +14,39 @@ from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
-from mlapi.errors import BadRequest, NotReady
+from mlapi.api.tracking import outcome_of
+from mlapi.errors import BadRequest, MlapiError, NotReady
 from mlapi.tensors import Signature, TensorSpec
 
 
 def routes(ctx: ApiContext) -> list[Route]:
-    registry, max_body = ctx.registry, ctx.settings.max_body_bytes
+    registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
 
     async def predict(request: Request) -> Response:
-        model = registry.get(request.path_params["model"])
-        document = codec.loads_json(await read_body(request, max_body))
-        if not isinstance(document, dict) or set(document) != {"instances"}:
-            raise BadRequest("the request body must be an object with only 'instances'")
-        instances = document["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise BadRequest("'instances' must be a non-empty array")
-        inputs = _inputs(model.signature, instances)
-        names = model.signature.output_names()
-        results = await model.infer(inputs, names)
-        return json_response({"predictions": _predictions(results, len(instances))})
+        name = request.path_params["model"]
+        tracked = tracking.begin(
+            name, "POST", request.url.path, request.headers.get("x-request-id")
+        )
+        try:
+            model = registry.get(name)
+            tracked.resolved(model)
+            document = codec.loads_json(await read_body(request, max_body))
+            if not isinstance(document, dict) or set(document) != {"instances"}:
+                raise BadRequest("the request body must be an object with only 'instances'")
+            instances = document["instances"]
+            if not isinstance(instances, list) or not instances:
+                raise BadRequest("'instances' must be a non-empty array")
+            inputs = _inputs(model.signature, instances)
+            results = await model.infer(inputs, model.signature.output_names())
+            response = json_response({"predictions": _predictions(results, len(instances))})
+        except MlapiError as exc:
+            tracked.done(exc.status, outcome_of(exc))
+            raise
+        except Exception:
+            tracked.done(500, "error")
+            raise
+        tracked.done(200, "ok")
+        return response
 
     async def status(request: Request) -> Response:
         name = request.path_params["model"]

@@ -1,0 +1,89 @@
+"""Per-request bookkeeping of the inference routes: the mlapi_requests_total
+outcome, latency and in-flight metrics, and the access log line (every request
+with MLAPI_ACCESS_LOG=all, only failed ones with the default ``errors``). Health
+and metrics routes never come through here."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from mlapi.errors import MlapiError
+from mlapi.observability.metrics import OUTCOMES, UNKNOWN_MODEL, Metrics
+from mlapi.registry import ModelRegistry, ModelVersion
+
+log = logging.getLogger("mlapi.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def outcome_of(error: MlapiError) -> str:
+    return OUTCOMES.get(error.code, "error")
+
+
+class Tracking:
+    def __init__(self, metrics: Metrics, registry: ModelRegistry, access_log: str) -> None:
+        self.metrics = metrics
+        self.registry = registry
+        self.log_all = access_log == "all"
+        self.log_errors = access_log != "off"
+
+    def begin(self, name: str, method: str, path: str, request_id: str | None) -> Tracked:
+        return Tracked(self, name, method, path, request_id)
+
+
+class Tracked:
+    """One request on its way through an inference route."""
+
+    __slots__ = ("_model", "_tracking", "method", "name", "path", "request_id", "started")
+
+    def __init__(
+        self, tracking: Tracking, name: str, method: str, path: str, request_id: str | None
+    ) -> None:
+        self._tracking = tracking
+        self._model: ModelVersion | None = None
+        self.name = name
+        self.method = method
+        self.path = path
+        self.request_id = request_id if request_id and _REQUEST_ID.match(request_id) else None
+        self.started = time.perf_counter()
+
+    def resolved(self, model: ModelVersion) -> None:
+        self._model = model
+        if model.metrics is not None:
+            model.metrics.inflight.inc()
+
+    def id(self) -> str:
+        if self.request_id is None:
+            self.request_id = uuid.uuid4().hex
+        return self.request_id
+
+    def done(self, status: int, outcome: str) -> None:
+        seconds = time.perf_counter() - self.started
+        tracking, model = self._tracking, self._model
+        metrics = model.metrics if model is not None else None
+        if metrics is not None:
+            metrics.inflight.dec()
+            metrics.outcome(outcome).inc()
+            metrics.request_duration.observe(seconds)
+            labels = metrics.labels
+        else:
+            labels = (self.name, "") if tracking.registry.knows(self.name) else UNKNOWN_MODEL
+            tracking.metrics.requests.labels(*labels, outcome).inc()
+        if tracking.log_all or (tracking.log_errors and status >= 400):
+            log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "%s %s %d %.2fms",
+                self.method,
+                self.path[:200],
+                status,
+                seconds * 1000,
+                extra={
+                    "request_id": self.id(),
+                    "model": labels[0] or None,
+                    "version": labels[1] or None,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                },
+            )

@@ -1,0 +1,202 @@
+"""Every Prometheus metric of the server, declared in this one module. Names carry
+the ``mlapi_`` prefix and a unit suffix; labels are low-cardinality: a model name
+appears only once the model is known to the registry, never as a client typed it.
+
+With several worker processes (``WORKERS`` > 1) each worker writes its values to
+``PROMETHEUS_MULTIPROC_DIR`` and a scrape of any worker aggregates all of them, so
+totals are right whichever worker answers (prometheus-client's multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from mlapi import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN_MODEL = ("", "")  # labels of a request whose model could not be resolved
+STATES = ("loading", "warming", "ready", "failed", "unloading", "unavailable")
+
+# Outcome label of mlapi_requests_total for each error code.
+OUTCOMES = {
+    "bad_request": "bad_request",
+    "payload_too_large": "bad_request",
+    "unsupported_media_type": "bad_request",
+    "method_not_allowed": "bad_request",
+    "unauthorized": "unauthorized",
+    "not_found": "not_found",
+    "not_ready": "not_ready",
+    "overloaded": "overloaded",
+    "timeout": "timeout",
+}
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The metric objects of one app, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mlapi_requests",
+            "Inference requests by model, version and outcome.",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mlapi_request_duration_seconds",
+            "Time from a request's headers to its response, inference routes.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "mlapi_inference_duration_seconds",
+            "Time the runtime spent on one batch.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mlapi_batch_size",
+            "Rows per batch given to the runtime.",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "mlapi_queue_depth",
+            "Requests waiting in a model's batch queue.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "mlapi_inflight_requests",
+            "Inference requests being served.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_state = Gauge(
+            "mlapi_model_state",
+            "1 for the state a model version is in, else 0.",
+            ["model", "version", "state"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "mlapi_model_load_seconds",
+            "Time the model took to load.",
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.warmup_seconds = Gauge(
+            "mlapi_model_warmup_seconds",
+            "Time the model's warm-up inference took.",
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.log_write_errors = Counter(
+            "mlapi_log_write_errors",
+            "Log records that could not be written to the log files.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "mlapi_build_info",
+            "Version of ml-api and of what it runs on (always 1).",
+            ["version", "python"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "mlapi_process_resident_memory_bytes",
+            "Resident memory of the server processes.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.cpu_seconds = Counter(
+            "mlapi_process_cpu_seconds", "CPU time used by the server processes.", registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._cpu_seen = 0.0
+        self._log_errors_seen = 0
+
+    def model(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, name, version)
+
+    def update_process(self, log_write_errors: int) -> None:
+        """Refresh this process's own gauges (memory, CPU, log write errors)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime
+        if cpu > self._cpu_seen:
+            self.cpu_seconds.inc(cpu - self._cpu_seen)
+            self._cpu_seen = cpu
+        self.resident_memory.set(_resident_bytes())
+        if log_write_errors > self._log_errors_seen:
+            self.log_write_errors.inc(log_write_errors - self._log_errors_seen)
+            self._log_errors_seen = log_write_errors
+
+    def set_state(self, name: str, version: str, state: str) -> None:
+        for candidate in STATES:
+            self.model_state.labels(name, version, candidate).set(1 if candidate == state else 0)
+
+    def expose(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+class ModelMetrics:
+    """The children of one model version, bound once so the hot path only adds."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._metrics = metrics
+        self.labels = (name, version)
+        self.request_duration = metrics.request_duration.labels(name, version)
+        self.inference_duration = metrics.inference_duration.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self.queue_depth = metrics.queue_depth.labels(name, version)
+        self.inflight = metrics.inflight.labels(name, version)
+        self._outcomes: dict[str, MetricWrapperBase] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self._metrics.requests.labels(*self.labels, outcome)
+        return child  # type: ignore[return-value]
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.inference_duration.observe(seconds)
+
+    def observe_queue(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,102 @@
+"""/metrics: the names, labels and values the dashboards and alerts rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from mlapi.settings import DEFAULT_MODEL_PATH
+from tests.fixtures.models import write_broken_onnx
+
+Start = Callable[..., TestClient]
+IRIS = {
+    "inputs": [
+        {
+            "name": "input",
+            "datatype": "FP32",
+            "shape": [2, 4],
+            "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3],
+        }
+    ]
+}
+
+
+def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_counters_count_each_request_once_by_outcome(serve_app: Start) -> None:
+    client = serve_app(DEFAULT_MODEL_PATH, API_KEY="k")
+    auth = {"x-api-key": "k"}
+    for _ in range(7):
+        assert client.post("/v2/models/iris/infer", json=IRIS, headers=auth).status_code == 200
+    bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    for _ in range(2):
+        assert client.post("/v2/models/iris/infer", json=bad, headers=auth).status_code == 400
+    assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 401
+    assert client.post("/v2/models/nosuch/infer", json=IRIS, headers=auth).status_code == 404
+    assert (
+        client.post(
+            "/v1/models/iris:predict", json={"instances": [[1, 2, 3, 4]]}, headers=auth
+        ).status_code
+        == 200
+    )
+    for _ in range(5):  # never counted as traffic
+        client.get("/health")
+        client.get("/metrics")
+    found = samples(client)
+    requests = "mlapi_requests_total"
+    assert value(found, requests, model="iris", version="1", outcome="ok") == 8
+    assert value(found, requests, model="iris", version="1", outcome="bad_request") == 2
+    assert value(found, requests, model="iris", version="", outcome="unauthorized") == 1
+    assert (
+        value(found, requests, model="", version="", outcome="not_found") == 1
+    )  # no 'nosuch' label
+    assert not any("nosuch" in str(key) for key in found)
+    assert value(found, "mlapi_request_duration_seconds_count", model="iris", version="1") == 10
+    assert value(found, "mlapi_inference_duration_seconds_count", model="iris", version="1") >= 8
+    assert value(found, "mlapi_batch_size_sum", model="iris", version="1") >= 8 * 2 - 1
+    assert value(found, "mlapi_inflight_requests", model="iris", version="1") == 0
+    assert value(found, "mlapi_queue_depth", model="iris", version="1") == 0
+    assert value(found, "mlapi_model_state", model="iris", version="1", state="ready") == 1
+    assert value(found, "mlapi_model_state", model="iris", version="1", state="failed") == 0
+    assert value(found, "mlapi_model_load_seconds", model="iris", version="1") > 0
+    assert value(found, "mlapi_process_resident_memory_bytes") > 10_000_000
+    assert any(name == "mlapi_build_info" for name, _ in found)
+
+
+def test_model_state_reports_failed_and_unloaded_models(serve_app: Start, tmp_path: Path) -> None:
+    write_broken_onnx(tmp_path, "broken")
+    import shutil
+
+    shutil.copytree(DEFAULT_MODEL_PATH / "iris", tmp_path / "iris")
+    client = serve_app(tmp_path, wait_ready=False)
+    from tests.conftest import wait_for
+
+    wait_for(
+        lambda: (
+            value(samples(client), "mlapi_model_state", model="broken", version="1", state="failed")
+            == 1
+        ),
+        what="failed state",
+    )
+    assert client.post("/v2/repository/models/iris/unload").status_code == 200
+    found = samples(client)
+    assert value(found, "mlapi_model_state", model="iris", version="1", state="unavailable") == 1
+    assert value(found, "mlapi_model_state", model="iris", version="1", state="ready") == 0
