@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Prepare what the e2e tier needs on a fresh Debian machine where we are root and
-# no container registry can be reached: a running Docker engine, the Compose v2
-# CLI plugin, a local Python base image, and a stand-in nginx image built from
-# Debian's packages. Idempotent: each step is skipped when already done.
+# Prepare what the e2e and monitoring tests need on a fresh Debian machine where
+# we are root and no container registry can be reached: Prometheus and promtool
+# (Debian's package), a running Docker engine, the Compose v2 CLI plugin, a local
+# Python base image, and stand-in nginx and Prometheus images built from Debian's
+# packages. Idempotent: each step is skipped when already done.
 #   scripts/test-engine.sh VENV_PYTHON
 set -euo pipefail
 
 PY=${1:-python3}
 BASE_IMAGE=${MLAPI_TEST_BASE_IMAGE:-mlapi-base:bookworm}
 NGINX_IMAGE=${MLAPI_TEST_NGINX_IMAGE:-mlapi-nginx:bookworm}
+PROMETHEUS_IMAGE=${MLAPI_TEST_PROMETHEUS_IMAGE:-mlapi-prometheus:bookworm}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 say() { echo "test-engine: $*"; }
 
@@ -16,6 +18,9 @@ apt_install() {
     if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+# 0. Prometheus and promtool on the host (the live dashboard test runs them).
+command -v promtool >/dev/null || { say "installing prometheus"; apt_install prometheus; }
 
 # 1. The engine.
 if ! docker info >/dev/null 2>&1; then
@@ -57,5 +62,10 @@ if ! docker image inspect "$NGINX_IMAGE" >/dev/null 2>&1; then
     say "building $NGINX_IMAGE"
     docker build -q --build-arg BASE="$BASE_IMAGE" -t "$NGINX_IMAGE" \
         "$HERE/tests/e2e/images/nginx" >/dev/null
+fi
+if ! docker image inspect "$PROMETHEUS_IMAGE" >/dev/null 2>&1; then
+    say "building $PROMETHEUS_IMAGE"
+    docker build -q --build-arg BASE="$BASE_IMAGE" -t "$PROMETHEUS_IMAGE" \
+        "$HERE/tests/e2e/images/prometheus" >/dev/null
 fi
 say "ready (engine $(docker version -f '{{.Server.Version}}'), $(docker compose version --short))"

@@ -97,7 +97,17 @@ class Stack:
         return list(json.loads(docker("inspect", *ids).stdout))
 
     def down(self) -> None:
-        self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout_s=180)
+        self.compose(
+            "--profile",
+            "*",
+            "down",
+            "-v",
+            "--remove-orphans",
+            "-t",
+            "5",
+            check=False,
+            timeout_s=180,
+        )
 
 
 def copy_project(target: Path) -> Path:

@@ -15,6 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until
+from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 IRIS = {
@@ -44,8 +45,7 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     os.chown(secret, 1000, 1000)
     secret.chmod(0o400)
 
-    stack.compose("build")
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
 
     # health on the one loopback address, nothing published anywhere else
     assert httpx.get(f"{stack.url}/health", timeout=10).status_code == 200
@@ -130,7 +130,7 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     )
     stack.compose("down", "-t", "10")
     assert volume in docker("volume", "ls", "-q").stdout.split()
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
     assert _infer(stack, key, model="iris_copy").status_code == 200
     stack.compose("down", "-v", "-t", "10")
     assert volume not in docker("volume", "ls", "-q").stdout.split()
@@ -144,7 +144,7 @@ def test_the_ci_secret_form_reads_the_key_from_the_environment(
     key = "ci-" + os.urandom(16).hex()
     stack.env["ML_API_KEY"] = key
     stack.env["ML_API_REPLICAS"] = "1"
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
     assert _infer(stack, None).status_code == 401
     assert _infer(stack, key).status_code == 200
     for container in stack.containers("ml-api"):
@@ -159,6 +159,58 @@ def test_models_on_a_host_folder_through_the_named_volume(
     host_models = tmp_path / "host-models"
     shutil.copytree(ROOT / "src" / "mlapi" / "default_models" / "iris", host_models / "flowers")
     stack.env["ML_MODELS_HOST_PATH"] = str(host_models)
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
     assert _infer(stack, None, model="flowers").status_code == 200
     assert _infer(stack, None, model="iris").status_code == 404  # the host folder, not the image's
+
+
+def test_monitoring_profile_scrapes_every_replica(
+    stack_factory: list[Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, PROD)
+    stack_factory.append(stack)
+    secret = stack.folder / "secrets" / "api_key.txt"
+    secret.write_text("monitoring-test-key")
+    os.chown(secret, 1000, 1000)
+    secret.chmod(0o400)
+    stack.env["PROMETHEUS_IMAGE"] = os.environ.get(
+        "MLAPI_TEST_PROMETHEUS_IMAGE", "mlapi-prometheus:bookworm"
+    )
+    stack.env["PROMETHEUS_PORT"] = str(free_port())
+    # Grafana has no image here (not in Debian, no registry): its service is left out.
+    stack.compose(
+        "--profile",
+        "monitoring",
+        "up",
+        "-d",
+        "--build",
+        "--wait",
+        "--wait-timeout",
+        "240",
+        "ml-api",
+        "proxy",
+        "prometheus",
+    )
+    replica_ips = {
+        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"]  # type: ignore[index]
+        for c in stack.containers("ml-api")
+    }
+    assert len(replica_ips) == 2
+    prometheus = f"http://127.0.0.1:{stack.env['PROMETHEUS_PORT']}"
+
+    def all_up() -> bool:
+        try:
+            targets = httpx.get(prometheus + "/api/v1/targets", timeout=5).json()["data"]
+        except (httpx.HTTPError, ValueError):
+            return False
+        up = {
+            t["labels"]["instance"].split(":")[0]
+            for t in targets["activeTargets"]
+            if t["health"] == "up"
+        }
+        return up == replica_ips
+
+    wait_until(all_up, 90, "Prometheus to scrape both replicas")
+    (prom,) = stack.containers("prometheus")
+    bindings = prom["HostConfig"]["PortBindings"]["9090/tcp"]  # type: ignore[index]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": stack.env["PROMETHEUS_PORT"]}]

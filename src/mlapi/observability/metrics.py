@@ -38,6 +38,7 @@ OUTCOMES = {
     "timeout": "timeout",
 }
 
+ALL_OUTCOMES = ("ok", "cancelled", "error", *sorted(set(OUTCOMES.values())))
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -178,7 +179,11 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(name, version)
         self.queue_depth = metrics.queue_depth.labels(name, version)
         self.inflight = metrics.inflight.labels(name, version)
-        self._outcomes: dict[str, MetricWrapperBase] = {}
+        # Every outcome exists from the start at 0, so rate() and ratios over them
+        # have data before the first error happens.
+        self._outcomes: dict[str, MetricWrapperBase] = {
+            outcome: metrics.requests.labels(name, version, outcome) for outcome in ALL_OUTCOMES
+        }
 
     def outcome(self, outcome: str) -> Counter:
         child = self._outcomes.get(outcome)
