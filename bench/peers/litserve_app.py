@@ -3,6 +3,7 @@
 
 import os
 import sys
+from itertools import pairwise
 
 import joblib
 import litserve as ls
@@ -28,7 +29,7 @@ class Api(ls.LitAPI):
     def unbatch(self, output):
         labels, probabilities, sizes = output
         bounds = np.cumsum([0, *sizes])
-        return [(labels[a:b], probabilities[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [(labels[a:b], probabilities[a:b]) for a, b in pairwise(bounds)]
 
     def encode_response(self, output):
         labels, probabilities = output

@@ -8,8 +8,8 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
