@@ -60,7 +60,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
-        refresher = asyncio.create_task(refresh_every(5.0), name="mlapi-metrics")
+        refresher = asyncio.create_task(refresh_every(1.0), name="mlapi-metrics")
         app.state.loading = loading
         if settings.workers > 1:
             # Workers share one socket: a worker that accepted connections while

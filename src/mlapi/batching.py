@@ -32,8 +32,6 @@ class BatchObserver(Protocol):
 
     def observe_batch(self, rows: int, seconds: float) -> None: ...
 
-    def observe_queue(self, depth: int) -> None: ...
-
 
 @dataclass(slots=True, eq=False)
 class _Pending:
@@ -92,8 +90,6 @@ class Batcher:
         rows, key = self._shape_key(inputs, output_names)
         pending = _Pending(inputs, output_names, rows, key, loop.create_future())
         self._queue.append(pending)
-        if self._observer is not None:
-            self._observer.observe_queue(len(self._queue))
         assert self._wakeup is not None
         self._wakeup.set()
         try:
@@ -130,8 +126,6 @@ class Batcher:
                 await self._gather_more()
             batch = self._take()
             self._last_batch_requests = len(batch)
-            if self._observer is not None:
-                self._observer.observe_queue(len(self._queue))
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
             except BaseException as exc:  # the executor itself failed or we are cancelled

@@ -83,6 +83,8 @@ class ModelVersion:
 
     async def aclose(self) -> None:
         """Stop the batcher (queued requests get a 503), then free the model."""
+        if self.metrics is not None:
+            self.metrics.flush()
         if self.batcher is not None:
             await self.batcher.close()
             self.batcher = None
@@ -265,7 +267,8 @@ class ModelRegistry:
                 await version.aclose()
 
     def publish_states(self) -> None:
-        """Set mlapi_model_state for every known model version (this process)."""
+        """Set mlapi_model_state, queue depth and in-flight gauges for every known
+        model version (this process)."""
         for record in self._records.values():
             if record.unloaded:
                 for number in record.retired:
@@ -273,6 +276,9 @@ class ModelRegistry:
                 continue
             for version in record.versions.values():
                 self._publish_state(version)
+                if version.metrics is not None:
+                    queued = version.batcher.queue_depth if version.batcher else 0
+                    version.metrics.publish_load(queued)
 
     def _publish_state(self, version: ModelVersion) -> None:
         self.metrics.set_state(version.name, str(version.version), version.state.value.lower())

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
+from tests.conftest import wait_for
 from tests.fixtures.models import DEFAULT_ONNX, write_python_model
 from tests.process.conftest import Server, status_of
 
@@ -134,14 +135,20 @@ def test_two_workers_serve_on_one_port_and_metrics_add_up(
     for _ in range(30):  # a new connection each time, so both workers take some
         response = httpx.post(server.url + "/v2/models/iris/infer", json=body)
         assert response.status_code == 200
-    for _ in range(6):  # whichever worker answers the scrape, the totals are the whole server's
+
+    def ok_total() -> float:
         text = httpx.get(server.url + "/metrics").text
         (line,) = [
             ln
             for ln in text.splitlines()
             if ln.startswith("mlapi_requests_total{") and 'outcome="ok"' in ln
         ]
-        assert float(line.rsplit(" ", 1)[1]) == 30, line
+        return float(line.rsplit(" ", 1)[1])
+
+    # each worker hands its counts over within a second; then every scrape, whichever
+    # worker answers it, reports the whole server's total
+    wait_for(lambda: ok_total() == 30, timeout_s=10, what="the total of both workers")
+    assert [ok_total() for _ in range(6)] == [30.0] * 6
     assert server.stop() == 0
 
 

@@ -52,7 +52,7 @@ class Tracked:
     def resolved(self, model: ModelVersion) -> None:
         self._model = model
         if model.metrics is not None:
-            model.metrics.inflight.inc()
+            model.metrics.inflight_count += 1
 
     def id(self) -> str:
         if self.request_id is None:
@@ -64,9 +64,8 @@ class Tracked:
         tracking, model = self._tracking, self._model
         metrics = model.metrics if model is not None else None
         if metrics is not None:
-            metrics.inflight.dec()
-            metrics.outcome(outcome).inc()
-            metrics.request_duration.observe(seconds)
+            metrics.inflight_count -= 1
+            metrics.record(outcome, seconds)
             labels = metrics.labels
         else:
             labels = (self.name, "") if tracking.registry.knows(self.name) else UNKNOWN_MODEL
