@@ -24,6 +24,7 @@ from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import Tracking
+from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
@@ -31,12 +32,17 @@ from mlapi.settings import Settings
 log = logging.getLogger("mlapi.app")
 
 
-def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    lifecycle: Lifecycle | None = None,
+) -> Starlette:
     registry = registry or ModelRegistry(settings)
+    lifecycle = lifecycle or Lifecycle()
     auth = Authenticator(settings.api_key) if settings.api_key is not None else None
     metrics = registry.metrics
     tracking = Tracking(metrics, registry, settings.access_log)
-    ctx = ApiContext(settings, registry, auth, metrics, tracking)
+    ctx = ApiContext(settings, registry, auth, metrics, tracking, lifecycle)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
@@ -93,6 +99,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.lifecycle = lifecycle
     return app
 
 

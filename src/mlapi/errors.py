@@ -59,6 +59,13 @@ class Overloaded(MlapiError):
     retry_after_s = 1
 
 
+class GatewayTimeout(MlapiError):
+    """The request did not finish within MLAPI_REQUEST_TIMEOUT_S."""
+
+    status = 504
+    code = "timeout"
+
+
 class ModelLoadError(MlapiError):
     """A model could not be loaded. The message is shown in readiness bodies and
     must not contain host paths or secrets (the caller names files relative to

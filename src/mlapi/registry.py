@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mlapi.batching import Batcher
-from mlapi.errors import MlapiError, ModelLoadError, NotFound, NotReady
+from mlapi.errors import GatewayTimeout, MlapiError, ModelLoadError, NotFound, NotReady
 from mlapi.observability.metrics import Metrics, ModelMetrics
 from mlapi.repository import scan as repo_scan
 from mlapi.repository.config import ModelConfig
@@ -56,6 +56,7 @@ class ModelVersion:
     executor: ThreadPoolExecutor | None = None
     batcher: Batcher | None = None
     metrics: ModelMetrics | None = None
+    timeout_s: float = 30.0
 
     @property
     def signature(self) -> Signature:
@@ -69,7 +70,16 @@ class ModelVersion:
         batcher = self.batcher
         if batcher is None or self.state is not State.READY:
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
-        return await batcher.submit(inputs, tuple(output_names))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await batcher.submit(inputs, tuple(output_names))
+        except TimeoutError:
+            # the queued work was withdrawn by the cancellation; a running batch's
+            # result for this request is dropped
+            raise GatewayTimeout(
+                f"model '{self.name}' did not answer within {self.timeout_s:g}s "
+                f"(MLAPI_REQUEST_TIMEOUT_S)"
+            ) from None
 
     def describe(self) -> dict[str, object]:
         shown: dict[str, object] = {
@@ -289,7 +299,13 @@ class ModelRegistry:
         for note in entry.notes:
             log.warning("model %s: %s", entry.name, note)
         for item in entry.versions:
-            version = ModelVersion(item.name, item.version, item.path, item.config)
+            version = ModelVersion(
+                item.name,
+                item.version,
+                item.path,
+                item.config,
+                timeout_s=self._settings.request_timeout_s,
+            )
             if item.error:
                 version.state, version.reason = State.FAILED, item.error
             record.versions[item.version] = version

@@ -1,6 +1,6 @@
-"""run(settings): serve the app with uvicorn, in one process or ``WORKERS``
+"""run(settings): serve the app with uvicorn, in one process or in ``WORKERS``
 processes sharing one listening socket (each worker loads its own models and
-gets CPUs / WORKERS threads for inference)."""
+gets CPUs / WORKERS threads for inference), with a drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.supervisors import ChangeReload, Multiprocess
+from uvicorn.supervisors import ChangeReload
 
-from mlapi import logs
+from mlapi import logs, supervisor
 from mlapi.app import create_app
+from mlapi.lifecycle import Lifecycle
 from mlapi.settings import Settings, load_settings
 
 log = logging.getLogger("mlapi.server")
@@ -30,12 +33,13 @@ class AppFactory:
     """Builds the app inside each worker process. Picklable, so the settings built
     once by the CLI travel to spawned workers instead of being re-read there."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, lifecycle: Lifecycle | None = None) -> None:
         self.settings = settings
+        self.lifecycle = lifecycle or Lifecycle()
 
     def __call__(self) -> Starlette:
         configure_logging(self.settings)
-        return create_app(self.settings)
+        return create_app(self.settings, lifecycle=self.lifecycle)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -44,22 +48,40 @@ def configure_logging(settings: Settings) -> None:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM that ended in a clean shutdown exits
-    0 (uvicorn re-raises the signal, so the process would die by it: 143 in Docker)."""
+    """uvicorn's server with a drain before the stop. On the first SIGTERM (or
+    SIGINT) readiness turns 503 at once while the server keeps accepting and
+    serving for ``grace_s``, so a proxy or health checker sees not-ready before
+    connections are refused; then uvicorn's own graceful shutdown stops accepting
+    and lets accepted requests finish (``timeout_graceful_shutdown``). A stop that
+    went this way exits 0 (uvicorn would re-raise the signal: 143 in Docker). A
+    second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_s: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.grace_s = grace_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT) and self.lifecycle.start_draining():
+            log.info("stop requested: draining (not ready) for %.1fs, then closing", self.grace_s)
+            return
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM and sig in self._captured_signals:
             self._captured_signals.remove(sig)
 
+    async def on_tick(self, counter: int) -> bool:
+        since = self.lifecycle.draining_since
+        if since is not None and time.monotonic() - since >= self.grace_s:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+
+def uvicorn_config(settings: Settings, factory: AppFactory) -> uvicorn.Config:
     return uvicorn.Config(
-        AppFactory(settings),
+        factory,
         factory=True,
         host=settings.api_host,
         port=settings.api_port,
-        workers=settings.workers,
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
@@ -67,6 +89,15 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
     )
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
+    """Run one server process until it stops; whether it started."""
+    lifecycle = Lifecycle()
+    config = uvicorn_config(settings, AppFactory(settings, lifecycle))
+    server = Server(config, lifecycle, settings.drain_grace_s)
+    server.run(sockets=sockets)
+    return bool(server.started)
 
 
 def reloaded_app() -> Starlette:
@@ -93,7 +124,8 @@ def _run_reloading(settings: Settings) -> int:
         server_header=False,
     )
     sock = config.bind_socket()
-    ChangeReload(config, target=Server(config).run, sockets=[sock]).run()
+    server = Server(config, Lifecycle(), grace_s=0.0)
+    ChangeReload(config, target=server.run, sockets=[sock]).run()
     return 0
 
 
@@ -115,10 +147,14 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _worker_main(settings: Settings, sock: socket.socket) -> None:
+    """A spawned worker's entry point (module-level, so it can be pickled)."""
+    raise SystemExit(0 if serve(settings, sockets=[sock]) else 1)
+
+
 def run(settings: Settings) -> int:
     """Serve until stopped; the process exit code."""
     configure_logging(settings)
-    config = uvicorn_config(settings)
     log.info(
         "serving models from %s on http://%s:%d (workers=%d, auth=%s)",
         settings.model_path,
@@ -131,9 +167,6 @@ def run(settings: Settings) -> int:
         return _run_reloading(settings)
     if settings.workers > 1:
         with _multiprocess_metrics_dir():
-            sock = config.bind_socket()
-            Multiprocess(config, sockets=[sock]).run()
-        return 0
-    server = Server(config)
-    server.run()
-    return 0 if server.started else 1
+            sock = uvicorn_config(settings, AppFactory(settings)).bind_socket()
+            return supervisor.run_workers(settings, sock, _worker_main)
+    return 0 if serve(settings) else 1

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     load_concurrency: int = Field(2, alias="MLAPI_LOAD_CONCURRENCY", ge=1, le=64)
     intra_op_threads: int = Field(0, alias="MLAPI_INTRA_OP_THREADS", ge=0, le=256)
     shutdown_timeout_s: float = Field(30.0, alias="MLAPI_SHUTDOWN_TIMEOUT_S", gt=0, le=3600)
+    drain_grace_s: float = Field(2.0, alias="MLAPI_DRAIN_GRACE_S", ge=0, le=600)
+    request_timeout_s: float = Field(30.0, alias="MLAPI_REQUEST_TIMEOUT_S", gt=0, le=3600)
+    max_inflight: int = Field(1024, alias="MLAPI_MAX_INFLIGHT", ge=1)
     reload: bool = Field(False, alias="RELOAD")
     debug: bool = Field(False, alias="DEBUG")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mlapi.api.auth import Authenticator
 from mlapi.api.tracking import Tracking
+from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import Metrics
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
@@ -18,3 +19,4 @@ class ApiContext:
     auth: Authenticator | None
     metrics: Metrics
     tracking: Tracking
+    lifecycle: Lifecycle

@@ -35,6 +35,7 @@ class FastInfer:
         self._tracking = ctx.tracking
         self._max_body = ctx.settings.max_body_bytes
         self._max_header_bytes = max_header_bytes
+        self._max_inflight = ctx.settings.max_inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -83,6 +84,11 @@ class FastInfer:
             tracked.done(431, "bad_request")
             return
         try:
+            if self._tracking.active > self._max_inflight:
+                raise Overloaded(
+                    f"the server has {self._max_inflight} requests in flight "
+                    f"(MLAPI_MAX_INFLIGHT); retry shortly"
+                )
             if self._auth is not None:
                 self._auth.check_values(authorization, api_key)
             model = self._registry.get(name, version)

@@ -19,6 +19,8 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def ready(request: Request) -> Response:
         is_ready, models = registry.readiness()
+        if ctx.lifecycle.draining:
+            return json_response({"status": "draining", "models": models}, 503)
         if is_ready:
             return json_response({"status": "ready", "models": models})
         return json_response({"status": "not ready", "models": models}, 503)

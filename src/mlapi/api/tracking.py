@@ -28,8 +28,10 @@ class Tracking:
         self.registry = registry
         self.log_all = access_log == "all"
         self.log_errors = access_log != "off"
+        self.active = 0  # inference requests between begin() and done(), this process
 
     def begin(self, name: str, method: str, path: str, request_id: str | None) -> Tracked:
+        self.active += 1
         return Tracked(self, name, method, path, request_id)
 
 
@@ -62,6 +64,7 @@ class Tracked:
     def done(self, status: int, outcome: str) -> None:
         seconds = time.perf_counter() - self.started
         tracking, model = self._tracking, self._model
+        tracking.active -= 1
         metrics = model.metrics if model is not None else None
         if metrics is not None:
             metrics.inflight_count -= 1

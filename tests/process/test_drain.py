@@ -1,0 +1,111 @@
+"""SIGTERM with requests in flight: readiness turns 503 at once, the server keeps
+accepting through the grace period, every accepted request gets its 200, and the
+process exits 0 within the drain budget. Also the per-request deadline."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import wait_for
+from tests.fixtures.models import write_python_model
+from tests.process.conftest import Server, status_of
+
+pytestmark = pytest.mark.process
+
+SLOW_MODEL = """
+    import time
+
+    class Slow:
+        def predict(self, inputs):
+            time.sleep(0.05)  # 50 ms a call: in-flight work that takes a while to drain
+            return {"y": inputs["x"] * 2}
+"""
+SLOW_TOML = """
+    [[inputs]]
+    name = "x"
+    datatype = "FP64"
+    shape = [-1]
+
+    [[outputs]]
+    name = "y"
+    datatype = "FP64"
+    shape = [-1]
+
+    [batching]
+    enabled = false
+"""
+
+
+def _body(value: float, rows: int = 2000) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "datatype": "FP64", "shape": [rows], "data": [value] * rows}]}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_every_accepted_request_and_exits_0(
+    start_server: Callable[..., Server], tmp_path: Path, workers: str
+) -> None:
+    write_python_model(tmp_path / "repo", "slow", SLOW_MODEL, SLOW_TOML)
+    server = start_server(
+        MODEL_PATH=str(tmp_path / "repo"),
+        WORKERS=workers,
+        MLAPI_DRAIN_GRACE_S="1.5",
+        MLAPI_SHUTDOWN_TIMEOUT_S="20",
+    )
+    url = server.url + "/v2/models/slow/infer"
+    results: list[tuple[int, float, list[float]]] = []
+    lock = threading.Lock()
+
+    def call(value: float) -> None:
+        response = httpx.post(url, json=_body(value), timeout=60)
+        data = response.json()["outputs"][0]["data"] if response.status_code == 200 else []
+        with lock:
+            results.append((response.status_code, value, data[:1]))
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        for i in range(40):  # 40 x 50 ms of work: about 2 s to drain
+            pool.submit(call, float(i))
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: status_of(server.url + "/health") == 503,
+            timeout_s=2,
+            what="readiness 503 after SIGTERM",
+        )
+        # still accepting during the grace period
+        for i in range(40, 48):
+            pool.submit(call, float(i))
+    exit_code = server.process.wait(timeout=40)
+    elapsed = time.monotonic() - signalled
+    assert exit_code == 0, server.log()
+    assert len(results) == 48
+    assert all(status == 200 and data == [value * 2] for status, value, data in results), results
+    assert elapsed < 1.5 + 20
+    assert "Traceback" not in server.log()
+
+
+def test_a_request_over_its_deadline_gets_504_and_frees_its_slot(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    write_python_model(tmp_path / "repo", "slow", SLOW_MODEL.replace("0.05", "1.0"), SLOW_TOML)
+    server = start_server(MODEL_PATH=str(tmp_path / "repo"), MLAPI_REQUEST_TIMEOUT_S="0.3")
+    url = server.url + "/v2/models/slow/infer"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda v: httpx.post(url, json=_body(v, 4), timeout=30), [1.0] * 4))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [504] * 4, [r.text for r in answers]
+    assert "MLAPI_REQUEST_TIMEOUT_S" in answers[0].json()["error"]
+    # the three that waited in the queue were withdrawn: the model ran only the first
+    time.sleep(1.5)  # let the one running call finish
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'mlapi_requests_total{model="slow",outcome="timeout",version="1"} 4.0' in metrics
+    assert 'mlapi_inference_duration_seconds_count{model="slow",version="1"} 1.0' in metrics
+    assert status_of(server.url + "/health/live") == 200
