@@ -21,8 +21,10 @@ COPY pyproject.toml README.md ./
 # proxy; it is mounted for this step only and never stored in a layer.
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
-    python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        | sed "s/^onnxruntime\([<>=!~ ]\|$\)/${ONNXRUNTIME_PACKAGE}\1/" > /tmp/requirements.txt; \
+    python3 -c "import os, re, tomllib; \
+deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+pkg = os.environ['ONNXRUNTIME_PACKAGE']; \
+print('\n'.join(re.sub(r'^onnxruntime(?=[<>=!~ ]|$)', pkg, d) for d in deps))" > /tmp/requirements.txt; \
     /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY src ./src
 RUN --mount=type=secret,id=pip_ca \

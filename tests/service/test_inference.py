@@ -321,3 +321,11 @@ def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
         headers={"content-encoding": "gzip"},
     )
     assert small.status_code == 200
+
+
+def test_every_credential_presented_must_be_right(serve_app: Start) -> None:
+    client = serve_app(DEFAULT_MODEL_PATH, API_KEY="s3cret-key")
+    mixed = {"x-api-key": "s3cret-key", "authorization": "Bearer wrong"}
+    assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=mixed).status_code == 401
+    both = {"x-api-key": "s3cret-key", "authorization": "Bearer s3cret-key"}
+    assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=both).status_code == 200

@@ -23,15 +23,18 @@ class Authenticator:
         self.check_values(headers.get("authorization"), headers.get("x-api-key"))
 
     def check_values(self, authorization: str | None, api_key: str | None) -> None:
-        presented = api_key
-        if presented is None:
-            if authorization is None:
-                raise Unauthorized(
-                    "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-                )
-            scheme, _, presented = authorization.partition(" ")
+        """Every credential presented must be right (a good X-API-Key does not excuse
+        a wrong Authorization header), and at least one must be presented."""
+        if authorization is None and api_key is None:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer":
                 raise Unauthorized("unsupported Authorization scheme: use 'Bearer <key>'")
-            presented = presented.strip()
+            self._compare(token.strip())
+        if api_key is not None:
+            self._compare(api_key)
+
+    def _compare(self, presented: str) -> None:
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._key):
             raise Unauthorized("invalid API key")

@@ -178,6 +178,8 @@ def array_from_json(name: str, datatype: str, dims: tuple[int, ...], data: Any) 
             f"input '{shown(name)}': 'data' is not a regular array of numbers"
         ) from None
     target = DATATYPES[datatype]
+    if target == np.uint64 and parsed.dtype.kind == "f":
+        parsed = _uint64_exactly(name, data)  # ints past 2**63 make numpy pick float64
     if parsed.dtype.kind not in _NUMBER_KINDS[target.kind]:
         kind = "strings" if parsed.dtype.kind in "US" else "values that are not " + datatype
         raise BadRequest(f"input '{shown(name)}': 'data' holds {kind}")
@@ -194,6 +196,15 @@ def array_from_json(name: str, datatype: str, dims: tuple[int, ...], data: Any) 
     if target.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(f"input '{shown(name)}': a value is out of range for {datatype}")
     return array.reshape(dims)
+
+
+def _uint64_exactly(name: str, data: list[Any]) -> np.ndarray:
+    """UINT64 data that numpy's type inference turned into float64 (a value of 2**63
+    or more beside smaller ones): read as uint64 without rounding, ints only."""
+    flat = np.asarray(data, dtype=object).ravel().tolist()
+    if not all(type(v) is int and 0 <= v < 2**64 for v in flat):
+        raise BadRequest(f"input '{shown(name)}': 'data' holds values that are not UINT64")
+    return np.array(flat, dtype=np.uint64).reshape(np.shape(data))
 
 
 def _bytes_from_json(name: str, dims: tuple[int, ...], count: int, data: list[Any]) -> np.ndarray:
