@@ -19,8 +19,10 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# 0. Prometheus and promtool on the host (the live dashboard test runs them).
+# 0. Prometheus and promtool on the host (the live dashboard test runs them);
 command -v promtool >/dev/null || { say "installing prometheus"; apt_install prometheus; }
+# hey drives the overload tests.
+command -v hey >/dev/null || { say "installing hey"; apt_install hey; }
 
 # 1. The engine.
 if ! docker info >/dev/null 2>&1; then

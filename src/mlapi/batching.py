@@ -76,13 +76,18 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def submit(
-        self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
+    def admit(self) -> None:
+        """Raise Overloaded when the queue is full: called before a request's body is
+        read and parsed, so shedding load costs as little as possible."""
         if len(self._queue) >= self._max_queue:
             raise Overloaded(
                 f"model '{self.name}' has {len(self._queue)} requests queued; retry shortly"
             )
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        self.admit()
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._wakeup = asyncio.Event()

@@ -63,6 +63,11 @@ class ModelVersion:
         assert self.runtime is not None, "signature of a model that is not loaded"
         return self.runtime.signature
 
+    def admit(self) -> None:
+        """Refuse early (503) when this version's queue is full."""
+        if self.batcher is not None:
+            self.batcher.admit()
+
     async def infer(
         self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:

@@ -91,7 +91,7 @@ class Stack:
         )
 
     def containers(self, service: str) -> list[dict[str, object]]:
-        ids = self.compose("ps", "-q", service).stdout.split()
+        ids = self.compose("ps", "-a", "-q", service).stdout.split()
         if not ids:
             return []
         return list(json.loads(docker("inspect", *ids).stdout))

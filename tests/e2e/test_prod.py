@@ -71,6 +71,8 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     assert key not in docker("image", "inspect", str(image)).stdout
     assert key not in docker("history", "--no-trunc", str(image)).stdout
     assert key not in stack.compose("logs", "--no-color").stdout
+    assert key not in httpx.get(f"{stack.url}/metrics", timeout=10).text
+    assert key not in _infer(stack, key[:-1] + "x").text  # an error body
 
     # uid 1000, hardening and limits
     for container in replicas:

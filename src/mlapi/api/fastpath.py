@@ -93,6 +93,7 @@ class FastInfer:
                 self._auth.check_values(authorization, api_key)
             model = self._registry.get(name, version)
             tracked.resolved(model)
+            model.admit()
             body = await receive_body(receive, length, encoding, self._max_body)
             content, binary_header = await run_infer(model, body, header_length)
         except MlapiError as exc:
