@@ -345,7 +345,7 @@ class ServerReport:
 
 
 class Server:
-    def __init__(self, target: Target, models: Models, model: str) -> None:
+    def __init__(self, target: Target, models: Models, model: str, cores: str = "0") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -359,7 +359,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            ["taskset", "-c", "0", *target.command(models, model, self.port)],
+            ["taskset", "-c", cores, *target.command(models, model, self.port)],
             env=env,
             cwd=cwd,
             stdout=self.log,
@@ -405,7 +405,7 @@ def _check_answers(server: Server, target: Target, models: Models, model: str) -
 
 
 def _wrk(
-    url: str, body: bytes, connections: int, seconds: float
+    url: str, body: bytes, connections: int, seconds: float, cores: str = "1"
 ) -> tuple[float, float, float, int]:
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115 - closed below, removed in finally
     script.write(
@@ -421,7 +421,7 @@ def _wrk(
             [
                 "taskset",
                 "-c",
-                "1",
+                cores,
                 "wrk",
                 "-t1",
                 f"-c{connections}",
@@ -524,22 +524,26 @@ def in_process_limits(models: Models, seconds: float = 2.0) -> dict[str, float]:
     return limits
 
 
-def image_size_mb() -> float | None:
+def image_size_mb() -> tuple[str, float] | None:
+    """The production image's size, if one was built here (compose or the e2e tier)."""
     if not shutil.which("docker"):
         return None
-    result = subprocess.run(
-        ["docker", "image", "inspect", "ml-api:latest", "--format", "{{.Size}}"],
-        capture_output=True,
-        text=True,
-    )
-    return int(result.stdout) / 1e6 if result.returncode == 0 else None
+    for image in ("ml-api:latest", "ml-api:e2e"):
+        result = subprocess.run(
+            ["docker", "image", "inspect", image, "--format", "{{.Size}}"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0:
+            return image, int(result.stdout) / 1e6
+    return None
 
 
 # ----- report -------------------------------------------------------------------------
 def write_report(
     reports: list[ServerReport],
     limits: dict[str, float],
-    image_mb: float | None,
+    image: tuple[str, float] | None,
     args: argparse.Namespace,
 ) -> str:
     lines = [
@@ -591,7 +595,12 @@ def write_report(
     lines += [f"- {name}: {value:,.0f}" for name, value in limits.items()]
     lines += [
         "",
-        f"Production image ml-api:latest: {f'{image_mb:.0f} MB' if image_mb else 'not built'}",
+        "Production image: "
+        + (
+            f"{image[0]} {image[1]:.0f} MB (on the base image it was built from)"
+            if image
+            else "not built here"
+        ),
         "",
         f"Settings: {args.seconds}s per run after a {args.warmup_s}s warm-up; "
         f"server on core 0, wrk on core 1; {time.strftime('%Y-%m-%d %H:%M')}",
@@ -628,6 +637,42 @@ def chart(reports: list[ServerReport], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def workers_study(models: Models, seconds: float) -> list[str]:
+    """WORKERS=1 vs 2 with both cores given to the server and to wrk alike (they
+    compete: the numbers compare the two settings, not absolute capacity)."""
+    lines = [
+        "",
+        "Workers on 2 cores (server and wrk share cores 0-1; logreg, 64 connections):",
+        "",
+        "| WORKERS | rows | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workers in ("1", "2"):
+        target = _mlapi("onnx")
+        base_env = target.env
+        target.env = lambda m, model, base_env=base_env, w=workers: {
+            **base_env(m, model),
+            "WORKERS": w,
+        }
+        server = Server(target, models, "logreg", cores="0,1")
+        try:
+            server.wait_ready(target.ready)
+            for rows in (1, 8):
+                x = models.features[:rows]
+                url, body = server.url + target.path("logreg"), target.body(x)
+                _wrk(url, body, 64, 2, cores="0,1")
+                rps, p50, p99, errors = _wrk(url, body, 64, seconds, cores="0,1")
+                lines.append(
+                    f"| {workers} | {rows} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |"
+                )
+                print(
+                    f"  WORKERS={workers} rows={rows} {rps:9.0f} req/s p99 {p99:.2f} ms", flush=True
+                )
+        finally:
+            server.stop()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="ml-api against its peers")
     parser.add_argument("--quick", action="store_true", help="64 connections, 1 and 8 rows, 4 s")
@@ -635,6 +680,9 @@ def main() -> None:
     parser.add_argument("--models", default="logreg,forest")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument(
+        "--workers-study", action="store_true", help="also compare WORKERS=1 and 2 on both cores"
+    )
     args = parser.parse_args()
     args.connections = [64] if args.quick else [1, 16, 64]
     args.rows = [1, 8]
@@ -655,12 +703,13 @@ def main() -> None:
             for target in targets:
                 reports.append(bench_target(target, models, model, args))
         limits = in_process_limits(models)
-    image_mb = image_size_mb()
-    text = write_report(reports, limits, image_mb, args)
+        study = workers_study(models, args.seconds) if args.workers_study else []
+    image = image_size_mb()
+    text = write_report(reports, limits, image, args) + "\n".join(study)
     (RESULTS / "results.md").write_text(text + "\n")
     (RESULTS / "results.json").write_text(
         json.dumps(
-            {"reports": [asdict(r) for r in reports], "limits": limits, "image_mb": image_mb},
+            {"reports": [asdict(r) for r in reports], "limits": limits, "image": image},
             indent=2,
         )
     )
