@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from starlette.requests import ClientDisconnect
 
 from mlapi.errors import Overloaded
 
@@ -33,6 +34,9 @@ class BatchObserver(Protocol):
     def observe_batch(self, rows: int, seconds: float) -> None: ...
 
 
+Gone = Callable[[], bool]  # True once the client that sent a request has disconnected
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     inputs: dict[str, np.ndarray]
@@ -40,6 +44,16 @@ class _Pending:
     rows: int
     key: tuple[object, ...]
     future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
+    gone: Gone | None = None
+
+    def abandoned(self) -> bool:
+        """Nobody waits for this answer any more: drop it instead of running it."""
+        if self.future.done():
+            return True
+        if self.gone is not None and self.gone():
+            self.future.set_exception(ClientDisconnect())
+            return True
+        return False
 
 
 class Batcher:
@@ -85,7 +99,10 @@ class Batcher:
             )
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: tuple[str, ...],
+        gone: Gone | None = None,
     ) -> dict[str, np.ndarray]:
         self.admit()
         loop = asyncio.get_running_loop()
@@ -93,7 +110,7 @@ class Batcher:
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
         rows, key = self._shape_key(inputs, output_names)
-        pending = _Pending(inputs, output_names, rows, key, loop.create_future())
+        pending = _Pending(inputs, output_names, rows, key, loop.create_future(), gone)
         self._queue.append(pending)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -130,6 +147,8 @@ class Batcher:
             if self._max_delay_s and self._last_batch_requests > 1:
                 await self._gather_more()
             batch = self._take()
+            if not batch:
+                continue
             self._last_batch_requests = len(batch)
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
@@ -162,6 +181,12 @@ class Batcher:
                 return
 
     def _take(self) -> list[_Pending]:
+        """The next batch: the oldest live request and what stacks with it. Requests
+        whose client has gone are dropped here, before they cost any work."""
+        while self._queue and self._queue[0].abandoned():
+            self._queue.popleft()
+        if not self._queue:
+            return []
         first = self._queue.popleft()
         batch = [first]
         if not first.key:
@@ -170,6 +195,8 @@ class Batcher:
         skipped: list[_Pending] = []
         while self._queue and rows < self._max_rows:
             candidate = self._queue.popleft()
+            if candidate.abandoned():
+                continue
             if candidate.key == first.key and rows + candidate.rows <= self._max_rows:
                 batch.append(candidate)
                 rows += candidate.rows

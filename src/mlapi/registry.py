@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlapi.batching import Batcher
+from mlapi.batching import Batcher, Gone
 from mlapi.errors import GatewayTimeout, MlapiError, ModelLoadError, NotFound, NotReady
 from mlapi.observability.metrics import Metrics, ModelMetrics
 from mlapi.repository import scan as repo_scan
@@ -69,7 +69,10 @@ class ModelVersion:
             self.batcher.admit()
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str],
+        gone: Gone | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model through its batcher, on its own worker thread."""
         batcher = self.batcher
@@ -77,7 +80,7 @@ class ModelVersion:
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await batcher.submit(inputs, tuple(output_names))
+                return await batcher.submit(inputs, tuple(output_names), gone)
         except TimeoutError:
             # the queued work was withdrawn by the cancellation; a running batch's
             # result for this request is dropped

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
@@ -207,3 +208,45 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
         for future in [running, *queued]:
             response = future.result(timeout=30)
             assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0]
+
+
+def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    folder = write_python_model(tmp_path / "repo", "held", HELD_MODEL, HELD_TOML)
+    server = start_server(MODEL_PATH=str(tmp_path / "repo"))
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    url = server.url + "/v2/models/held/infer"
+    payload = orjson.dumps(body)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(httpx.post, url, json=body, timeout=30)
+        time.sleep(0.3)  # the first request holds the model's thread
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                b"POST /v2/models/held/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
+            time.sleep(0.3)  # queued behind the first
+        # the socket is closed: that client has gone
+        time.sleep(0.3)
+        (folder / "release").touch()
+        assert running.result(timeout=30).status_code == 200
+
+    def counted(name: str) -> str:
+        return next(
+            line
+            for line in httpx.get(server.url + "/metrics").text.splitlines()
+            if line.startswith(name)
+        )
+
+    wait_for(
+        lambda: counted('mlapi_requests_total{model="held",outcome="cancelled"').endswith(" 1.0"),
+        timeout_s=10,
+        what="the disconnected request counted as cancelled",
+    )
+    # one prediction ran (the first request); the gone client's never did
+    assert counted('mlapi_inference_duration_seconds_count{model="held"').endswith(" 1.0")

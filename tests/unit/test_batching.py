@@ -179,3 +179,32 @@ def test_unbatchable_models_run_one_request_at_a_time() -> None:
 
     run(scenario())
     assert model.calls == [2] * 5
+
+
+def test_queued_work_of_a_client_that_has_gone_is_dropped_unrun() -> None:
+    from starlette.requests import ClientDisconnect
+
+    model = Model()
+    gone = {"flag": False}
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool)
+            model.gate.clear()
+            blocker = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            left = asyncio.ensure_future(
+                batcher.submit(_rows(2.0), ("y",), gone=lambda: gone["flag"])
+            )
+            stayed = asyncio.ensure_future(batcher.submit(_rows(3.0), ("y",), gone=lambda: False))
+            await asyncio.sleep(0.01)
+            gone["flag"] = True  # the first queued client disconnects while it waits
+            model.gate.set()
+            await blocker
+            assert (await stayed)["y"][0, 0] == 6.0
+            with pytest.raises(ClientDisconnect):
+                await left
+            await batcher.close()
+
+    run(scenario())
+    assert model.calls == [1, 1]  # the blocker and the one that stayed; never the one that left

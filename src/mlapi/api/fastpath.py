@@ -15,9 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlapi.api.body import receive_body
 from mlapi.api.context import ApiContext
+from mlapi.api.responses import error_headers
 from mlapi.api.tracking import outcome_of
 from mlapi.api.v2 import run_infer
-from mlapi.errors import MlapiError, Overloaded, Unauthorized
+from mlapi.batching import Gone
+from mlapi.errors import MlapiError, Overloaded
 
 log = logging.getLogger("mlapi.api")
 
@@ -95,7 +97,9 @@ class FastInfer:
             tracked.resolved(model)
             model.admit()
             body = await receive_body(receive, length, encoding, self._max_body)
-            content, binary_header = await run_infer(model, body, header_length)
+            content, binary_header = await run_infer(
+                model, body, header_length, _disconnect_probe(receive)
+            )
         except MlapiError as exc:
             await _send_error(send, exc)
             tracked.done(exc.status, outcome_of(exc))
@@ -131,12 +135,20 @@ class FastInfer:
         tracked.done(200, "ok")
 
 
+def _disconnect_probe(receive: Receive) -> Gone | None:
+    """A cheap 'has the client gone?' for the batcher to check before it runs a
+    queued request. uvicorn's request cycle, which ``receive`` belongs to, keeps a
+    ``disconnected`` flag; reading it costs nothing, unlike a task per request
+    listening for http.disconnect. With another server there is no probe and the
+    request deadline bounds the work instead."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
+        return None
+    return lambda: bool(cycle.disconnected)
+
+
 async def _send_error(send: Send, error: MlapiError) -> None:
-    extra: list[tuple[bytes, bytes]] = []
-    if isinstance(error, Unauthorized):
-        extra.append((b"www-authenticate", b"Bearer"))
-    elif isinstance(error, Overloaded):
-        extra.append((b"retry-after", str(error.retry_after_s).encode()))
+    extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
     await _send_json(send, error.status, {"error": error.message}, extra)
 
 

@@ -33,13 +33,18 @@ def json_response(
     )
 
 
-def error_response(error: MlapiError) -> Response:
-    headers = None
+def error_headers(error: MlapiError) -> dict[str, str]:
+    """The headers an error's status calls for (RFC 9110): who to authenticate as,
+    when to retry."""
     if isinstance(error, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(error, Overloaded):
-        headers = {"Retry-After": str(error.retry_after_s)}
-    return json_response({"error": error.message}, error.status, headers)
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, Overloaded):
+        return {"Retry-After": str(error.retry_after_s)}
+    return {}
+
+
+def error_response(error: MlapiError) -> Response:
+    return json_response({"error": error.message}, error.status, error_headers(error) or None)
 
 
 def internal_error(request: Request, exc: BaseException) -> Response:

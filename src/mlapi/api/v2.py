@@ -11,6 +11,7 @@ from mlapi import __version__
 from mlapi.api import codec
 from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
+from mlapi.batching import Gone
 from mlapi.errors import NotReady
 from mlapi.registry import ModelVersion
 
@@ -18,12 +19,13 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 async def run_infer(
-    model: ModelVersion, body: bytes, header_length: str | None
+    model: ModelVersion, body: bytes, header_length: str | None, gone: Gone | None = None
 ) -> tuple[bytes, int | None]:
     """Decode, infer, encode: the one infer path behind every V2 infer route. Returns
-    the body and, when binary outputs follow the JSON, the JSON header's length."""
+    the body and, when binary outputs follow the JSON, the JSON header's length.
+    ``gone`` tells whether the client has disconnected (its queued work is dropped)."""
     parsed = codec.parse_infer(body, header_length, model.signature)
-    results = await model.infer(parsed.inputs, parsed.output_names)
+    results = await model.infer(parsed.inputs, parsed.output_names, gone)
     return codec.render_infer(model.name, model.version, parsed, results)
 
 
