@@ -36,6 +36,15 @@ def status_of(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
+def metric(server: Server, prefix: str) -> float:
+    """The value of the one sample on the server's /metrics whose line starts with
+    ``prefix`` (label names sort alphabetically in the exposition)."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    (line,) = [line for line in lines if line.startswith(prefix)]
+    return float(line.rsplit(" ", 1)[1])
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {
         k: v

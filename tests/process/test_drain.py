@@ -15,7 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.fixtures.models import write_python_model
+from tests.fixtures.models import vector_toml, write_python_model
 from tests.process.conftest import Server, status_of
 
 pytestmark = pytest.mark.process
@@ -28,20 +28,7 @@ SLOW_MODEL = """
             time.sleep(0.05)  # 50 ms a call: in-flight work that takes a while to drain
             return {"y": inputs["x"] * 2}
 """
-SLOW_TOML = """
-    [[inputs]]
-    name = "x"
-    datatype = "FP64"
-    shape = [-1]
-
-    [[outputs]]
-    name = "y"
-    datatype = "FP64"
-    shape = [-1]
-
-    [batching]
-    enabled = false
-"""
+SLOW_TOML = vector_toml(extra="[batching]\n    enabled = false")
 
 
 def _body(value: float, rows: int = 2000) -> dict[str, object]:

@@ -17,8 +17,8 @@ import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.conftest import wait_for
-from tests.fixtures.models import DEFAULT_ONNX, write_python_model
-from tests.process.conftest import Server, status_of
+from tests.fixtures.models import DEFAULT_ONNX, vector_toml, write_python_model
+from tests.process.conftest import Server, metric, status_of
 
 pytestmark = pytest.mark.process
 
@@ -138,13 +138,7 @@ def test_two_workers_serve_on_one_port_and_metrics_add_up(
         assert response.status_code == 200
 
     def ok_total() -> float:
-        text = httpx.get(server.url + "/metrics").text
-        (line,) = [
-            ln
-            for ln in text.splitlines()
-            if ln.startswith("mlapi_requests_total{") and 'outcome="ok"' in ln
-        ]
-        return float(line.rsplit(" ", 1)[1])
+        return metric(server, 'mlapi_requests_total{model="iris",outcome="ok"')
 
     # each worker hands its counts over within a second; then every scrape, whichever
     # worker answers it, reports the whole server's total
@@ -167,23 +161,9 @@ HELD_MODEL = """
                 time.sleep(0.01)
             return {"y": inputs["x"] + 1}
 """
-HELD_TOML = """
-    [[inputs]]
-    name = "x"
-    datatype = "FP32"
-    shape = [-1]
-
-    [[outputs]]
-    name = "y"
-    datatype = "FP32"
-    shape = [-1]
-
-    [warmup]
-    enabled = false
-
-    [batching]
-    max_queue = 2
-"""
+HELD_TOML = vector_toml(
+    "FP32", extra="[warmup]\n    enabled = false\n\n    [batching]\n    max_queue = 2"
+)
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
@@ -236,17 +216,10 @@ def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
         (folder / "release").touch()
         assert running.result(timeout=30).status_code == 200
 
-    def counted(name: str) -> str:
-        return next(
-            line
-            for line in httpx.get(server.url + "/metrics").text.splitlines()
-            if line.startswith(name)
-        )
-
     wait_for(
-        lambda: counted('mlapi_requests_total{model="held",outcome="cancelled"').endswith(" 1.0"),
+        lambda: metric(server, 'mlapi_requests_total{model="held",outcome="cancelled"') == 1,
         timeout_s=10,
         what="the disconnected request counted as cancelled",
     )
     # one prediction ran (the first request); the gone client's never did
-    assert counted('mlapi_inference_duration_seconds_count{model="held"').endswith(" 1.0")
+    assert metric(server, 'mlapi_inference_duration_seconds_count{model="held"') == 1
