@@ -181,7 +181,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
         started = time.monotonic()
         shed = httpx.post(url, json=body, timeout=10)
         assert shed.status_code == 503, shed.text
-        assert time.monotonic() - started < 1.0  # refused at once, not after waiting for a slot
+        assert time.monotonic() - started < 0.1  # refused at once (issue 6: under 100 ms)
         assert shed.headers["retry-after"] == "1" and "queued" in shed.json()["error"]
         assert status_of(server.url + "/health/live") == 200
         (folder / "release").touch()
