@@ -57,11 +57,19 @@ class ModelVersion:
     batcher: Batcher | None = None
     metrics: ModelMetrics | None = None
     timeout_s: float = 30.0
+    withdrawn: bool = False  # unloaded: a load still running for it must not finish it
 
     @property
     def signature(self) -> Signature:
-        assert self.runtime is not None, "signature of a model that is not loaded"
-        return self.runtime.signature
+        return self.loaded_runtime().signature
+
+    def loaded_runtime(self) -> Runtime:
+        """The runtime; NotReady if it was unloaded (say, by a reload or an unload that
+        happened while a request holding this version was reading its body)."""
+        runtime = self.runtime
+        if runtime is None:
+            raise NotReady(f"model '{self.name}' version {self.version} is not loaded")
+        return runtime
 
     def admit(self) -> None:
         """Refuse early (503) when this version's queue is full."""
@@ -274,6 +282,7 @@ class ModelRegistry:
             record.retired = tuple(record.versions)
             for version in record.versions.values():
                 version.state = State.UNLOADING
+                version.withdrawn = True
             for version in list(record.versions.values()):
                 await version.aclose()
                 version.state = State.UNAVAILABLE
@@ -337,6 +346,8 @@ class ModelRegistry:
         if version.state is State.FAILED:
             log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
             version.close()
+        elif version.state is State.UNAVAILABLE:
+            log.info("model %s v%d was unloaded while it loaded", version.name, version.version)
         else:
             log.info(
                 "model %s v%d READY (%s, load %.3fs, warm-up %.3fs)",
@@ -387,6 +398,10 @@ class ModelRegistry:
             max_queue=batching.max_queue,
             observer=version.metrics,
         )
+        if version.withdrawn:  # unloaded while it was loading: free it, never serve it
+            version.close()
+            version.state = State.UNAVAILABLE
+            return
         version.state = State.READY
         self._publish_state(version)
 

@@ -141,6 +141,7 @@ def test_pickles_are_refused_under_every_runtime(
         write_pickle(folder / "weights.pkl")
     client = serve_app(tmp_path, wait_ready=False)
     wait_for(lambda: _states(client).get("evil", {}).get("state") == "FAILED", what="refusal")
+    wait_for(lambda: _states(client).get("iris", {}).get("state") == "READY", what="iris ready")
     reason = str(_states(client)["evil"]["reason"])
     assert "MLAPI_ALLOW_PICKLE" in reason and "arbitrary code" in reason
     assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200
@@ -221,6 +222,7 @@ def test_python_model_that_fails_to_import_or_load_is_reported(
         ),
         what="both fail",
     )
+    wait_for(lambda: _states(client).get("iris", {}).get("state") == "READY", what="iris ready")
     states = _states(client)
     assert "SyntaxError" in str(states["syntax"]["reason"])
     assert "weights not found" in str(states["raises"]["reason"])
@@ -281,3 +283,41 @@ def test_an_unwritable_cache_is_not_fatal(serve_app: Start, tmp_path: Path) -> N
     blocker.write_text("a file where the cache folder should be")
     client = serve_app(_repo_with_iris(tmp_path / "repo"), MLAPI_CACHE_DIR=str(blocker))
     assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200
+
+
+def test_a_version_unloaded_under_a_request_answers_503_not_500(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    client = serve_app(_repo_with_iris(tmp_path))
+    version = client.app.state.registry.get("iris")  # type: ignore[attr-defined]
+    version.close()  # what an unload does while a request still holds the version
+    from mlapi.errors import NotReady
+
+    with pytest.raises(NotReady):
+        _ = version.signature
+
+
+def test_a_model_unloaded_while_it_loads_is_never_served(serve_app: Start, tmp_path: Path) -> None:
+    folder = write_python_model(_repo_with_iris(tmp_path), "slow", GATED_MODEL, GATED_TOML)
+    client = serve_app(tmp_path, wait_ready=False)
+    wait_for(lambda: _states(client).get("iris", {}).get("state") == "READY", what="iris ready")
+    assert _states(client)["slow"]["state"] == "LOADING"
+    loading = client.app.state.registry.record("slow").versions[1]  # type: ignore[attr-defined]
+    assert client.post("/v2/repository/models/slow/unload").status_code == 200
+    (folder / "release").touch()  # the load finishes after the unload
+    wait_for(
+        lambda: (
+            loading.warmup_seconds is not None  # the late load has run to its end ...
+            and loading.runtime is None  # ... and freed the model ...
+            and loading.state.value == "UNAVAILABLE"
+        ),  # ... instead of making it READY
+        what="the late load to free the model instead of serving it",
+    )
+    assert (
+        client.post(
+            "/v2/models/slow/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]},
+        ).status_code
+        == 404
+    )
+    assert client.get("/health").status_code == 200  # an unloaded model is not owed readiness

@@ -39,13 +39,13 @@ def routes(ctx: ApiContext) -> list[Route]:
         params = request.path_params
         record = registry.record(params["model"])
         version = registry.get(params["model"], params.get("version"))
-        signature = version.signature
-        assert version.runtime is not None
+        runtime = version.loaded_runtime()
+        signature = runtime.signature
         versions = [str(v) for v in sorted(record.versions)]
         body: dict[str, object] = {
             "name": version.name,
             "versions": versions if "version" not in params else [str(version.version)],
-            "platform": (version.config and version.config.platform) or version.runtime.platform,
+            "platform": (version.config and version.config.platform) or runtime.platform,
             "inputs": [spec.as_metadata() for spec in signature.inputs],
             "outputs": [spec.as_metadata() for spec in signature.outputs],
         }
