@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.fixtures.models import vector_toml, write_python_model
-from tests.process.conftest import Server, status_of
+from tests.process.conftest import Server, metric, status_of
 
 pytestmark = pytest.mark.process
 
@@ -59,7 +59,11 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(
     with ThreadPoolExecutor(max_workers=48) as pool:
         for i in range(40):  # 40 x 50 ms of work: about 2 s to drain
             pool.submit(call, float(i))
-        time.sleep(0.5)
+        wait_for(
+            lambda: metric(server, 'mlapi_inflight_requests{model="slow"') >= 4,
+            timeout_s=10,
+            what="requests in flight",
+        )
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         wait_for(

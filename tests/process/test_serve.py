@@ -166,20 +166,36 @@ HELD_TOML = vector_toml(
 )
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
-    start_server: Callable[..., Server], tmp_path: Path
-) -> None:
+HELD_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+
+
+@pytest.fixture
+def held(start_server: Callable[..., Server], tmp_path: Path) -> tuple[Server, Path]:
+    """A server whose model 'held' answers only once its folder has a file 'release'."""
     folder = write_python_model(tmp_path / "repo", "held", HELD_MODEL, HELD_TOML)
-    server = start_server(MODEL_PATH=str(tmp_path / "repo"))
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    return start_server(MODEL_PATH=str(tmp_path / "repo")), folder
+
+
+def _wait_gauge(server: Server, name: str, value: float) -> None:
+    wait_for(
+        lambda: metric(server, name + '{model="held"') == value,
+        timeout_s=10,
+        what=f"{name} = {value}",
+    )
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
+    held: tuple[Server, Path],
+) -> None:
+    server, folder = held
     url = server.url + "/v2/models/held/infer"
     with ThreadPoolExecutor(max_workers=3) as pool:
-        running = pool.submit(httpx.post, url, json=body, timeout=30)
-        time.sleep(0.3)  # the first request now holds the model's thread
-        queued = [pool.submit(httpx.post, url, json=body, timeout=30) for _ in range(2)]
-        time.sleep(0.3)  # both are in the model's queue (max_queue = 2)
+        running = pool.submit(httpx.post, url, json=HELD_BODY, timeout=30)
+        _wait_gauge(server, "mlapi_inflight_requests", 1)  # it holds the model's thread
+        queued = [pool.submit(httpx.post, url, json=HELD_BODY, timeout=30) for _ in range(2)]
+        _wait_gauge(server, "mlapi_queue_depth", 2)  # both wait in the queue (max_queue = 2)
         started = time.monotonic()
-        shed = httpx.post(url, json=body, timeout=10)
+        shed = httpx.post(url, json=HELD_BODY, timeout=10)
         assert shed.status_code == 503, shed.text
         assert time.monotonic() - started < 0.1  # refused at once (issue 6: under 100 ms)
         assert shed.headers["retry-after"] == "1" and "queued" in shed.json()["error"]
@@ -191,16 +207,14 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
 
 
 def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
-    start_server: Callable[..., Server], tmp_path: Path
+    held: tuple[Server, Path],
 ) -> None:
-    folder = write_python_model(tmp_path / "repo", "held", HELD_MODEL, HELD_TOML)
-    server = start_server(MODEL_PATH=str(tmp_path / "repo"))
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    server, folder = held
     url = server.url + "/v2/models/held/infer"
-    payload = orjson.dumps(body)
+    payload = orjson.dumps(HELD_BODY)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(httpx.post, url, json=body, timeout=30)
-        time.sleep(0.3)  # the first request holds the model's thread
+        running = pool.submit(httpx.post, url, json=HELD_BODY, timeout=30)
+        _wait_gauge(server, "mlapi_inflight_requests", 1)  # it holds the model's thread
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(
@@ -210,9 +224,10 @@ def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
                 + b"\r\n\r\n"
                 + payload
             )
-            time.sleep(0.3)  # queued behind the first
-        # the socket is closed: that client has gone
-        time.sleep(0.3)
+            _wait_gauge(server, "mlapi_queue_depth", 1)  # queued behind the first
+        # the socket is closed: that client has gone. The server learns it from the
+        # event loop; any request it answers after that has seen the close.
+        assert status_of(server.url + "/health/live") == 200
         (folder / "release").touch()
         assert running.result(timeout=30).status_code == 200
 
