@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -22,14 +21,13 @@ from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
 from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
-from mlapi.api.responses import json_response, route
+from mlapi.api.responses import error_response, json_response, route
 from mlapi.api.tracking import Tracking
+from mlapi.errors import HeadersTooLarge
 from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
-
-log = logging.getLogger("mlapi.app")
 
 
 def create_app(
@@ -41,8 +39,8 @@ def create_app(
     lifecycle = lifecycle or Lifecycle()
     auth = Authenticator(settings.api_key) if settings.api_key is not None else None
     metrics = registry.metrics
-    tracking = Tracking(metrics, registry, settings.access_log)
-    ctx = ApiContext(settings, registry, auth, metrics, tracking, lifecycle)
+    tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
+    ctx = ApiContext(settings, registry, auth, tracking, lifecycle)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
@@ -67,7 +65,6 @@ def create_app(
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
         refresher = asyncio.create_task(refresh_every(1.0), name="mlapi-metrics")
-        app.state.loading = loading
         if settings.workers > 1:
             # Workers share one socket: a worker that accepted connections while
             # still loading would answer 503 beside ready siblings. So each worker
@@ -117,10 +114,7 @@ class HeaderLimit:
             for name, value in scope["headers"]:
                 total += len(name) + len(value)
             if total > self.max_bytes:
-                response = json_response(
-                    {"error": f"request headers are over {self.max_bytes} bytes"}, 431
-                )
-                await response(scope, receive, send)
+                await error_response(HeadersTooLarge(self.max_bytes))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -83,8 +83,6 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_batch_requests = 0
-        self.batches = 0
-        self.batched_requests = 0
 
     @property
     def queue_depth(self) -> int:
@@ -222,8 +220,6 @@ class Batcher:
                 raise ValueError("outputs do not follow the batch dimension")
         except Exception:
             return [self._one(p) for p in batch]  # isolate the request that fails
-        self.batches += 1
-        self.batched_requests += len(batch)
         results: list[dict[str, np.ndarray] | BaseException] = []
         start = 0
         for pending in batch:

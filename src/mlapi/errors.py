@@ -41,6 +41,14 @@ class PayloadTooLarge(MlapiError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(MlapiError):
+    status = 431
+    code = "headers_too_large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"request headers are over {max_bytes} bytes (MLAPI_MAX_HEADER_BYTES)")
+
+
 class UnsupportedMediaType(MlapiError):
     status = 415
     code = "unsupported_media_type"

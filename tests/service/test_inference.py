@@ -329,3 +329,16 @@ def test_every_credential_presented_must_be_right(serve_app: Start) -> None:
     assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=mixed).status_code == 401
     both = {"x-api-key": "s3cret-key", "authorization": "Bearer s3cret-key"}
     assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=both).status_code == 200
+
+
+def test_oversized_headers_are_431_on_the_infer_path_and_elsewhere(serve_app: Start) -> None:
+    client = serve_app(DEFAULT_MODEL_PATH, MLAPI_MAX_HEADER_BYTES=2048)
+    big = {"x-padding": "a" * 4096}
+    for method, path, kwargs in (
+        ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS)}),
+        ("GET", "/v2/models/iris", {}),
+    ):
+        response = client.request(method, path, headers=big, **kwargs)
+        assert response.status_code == 431
+        assert "MLAPI_MAX_HEADER_BYTES" in response.json()["error"]
+    _assert_serving(client)

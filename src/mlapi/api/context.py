@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from mlapi.api.auth import Authenticator
 from mlapi.api.tracking import Tracking
 from mlapi.lifecycle import Lifecycle
-from mlapi.observability.metrics import Metrics
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
 
@@ -17,6 +16,5 @@ class ApiContext:
     settings: Settings
     registry: ModelRegistry
     auth: Authenticator | None
-    metrics: Metrics
     tracking: Tracking
     lifecycle: Lifecycle

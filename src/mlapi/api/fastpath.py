@@ -19,7 +19,7 @@ from mlapi.api.responses import error_headers
 from mlapi.api.tracking import outcome_of
 from mlapi.api.v2 import run_infer
 from mlapi.batching import Gone
-from mlapi.errors import MlapiError, Overloaded
+from mlapi.errors import HeadersTooLarge, MlapiError
 
 log = logging.getLogger("mlapi.api")
 
@@ -37,7 +37,6 @@ class FastInfer:
         self._tracking = ctx.tracking
         self._max_body = ctx.settings.max_body_bytes
         self._max_header_bytes = max_header_bytes
-        self._max_inflight = ctx.settings.max_inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -80,17 +79,10 @@ class FastInfer:
             elif key == b"x-request-id":
                 request_id = value.decode("latin-1")
         tracked = self._tracking.begin(name, "POST", scope["path"], request_id)
-        if header_bytes > self._max_header_bytes:
-            message = f"request headers are over {self._max_header_bytes} bytes"
-            await _send_json(send, 431, {"error": message})
-            tracked.done(431, "bad_request")
-            return
         try:
-            if self._tracking.active > self._max_inflight:
-                raise Overloaded(
-                    f"the server has {self._max_inflight} requests in flight "
-                    f"(MLAPI_MAX_INFLIGHT); retry shortly"
-                )
+            if header_bytes > self._max_header_bytes:
+                raise HeadersTooLarge(self._max_header_bytes)
+            self._tracking.check_capacity()
             if self._auth is not None:
                 self._auth.check_values(authorization, api_key)
             model = self._registry.get(name, version)

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 
-from mlapi.errors import MlapiError
+from mlapi.errors import MlapiError, Overloaded
 from mlapi.observability.metrics import OUTCOMES, UNKNOWN_MODEL, Metrics
 from mlapi.registry import ModelRegistry, ModelVersion
 
@@ -23,12 +23,23 @@ def outcome_of(error: MlapiError) -> str:
 
 
 class Tracking:
-    def __init__(self, metrics: Metrics, registry: ModelRegistry, access_log: str) -> None:
+    def __init__(
+        self, metrics: Metrics, registry: ModelRegistry, access_log: str, max_inflight: int
+    ) -> None:
         self.metrics = metrics
+        self.max_inflight = max_inflight
         self.registry = registry
         self.log_all = access_log == "all"
         self.log_errors = access_log != "off"
         self.active = 0  # inference requests between begin() and done(), this process
+
+    def check_capacity(self) -> None:
+        """Overloaded (503) past MLAPI_MAX_INFLIGHT requests in this process."""
+        if self.active > self.max_inflight:
+            raise Overloaded(
+                f"the server has {self.max_inflight} requests in flight "
+                f"(MLAPI_MAX_INFLIGHT); retry shortly"
+            )
 
     def begin(self, name: str, method: str, path: str, request_id: str | None) -> Tracked:
         self.active += 1

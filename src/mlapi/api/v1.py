@@ -15,13 +15,12 @@ from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import outcome_of
-from mlapi.errors import BadRequest, MlapiError, NotReady, Overloaded
+from mlapi.errors import BadRequest, MlapiError, NotReady
 from mlapi.tensors import Signature, TensorSpec
 
 
 def routes(ctx: ApiContext) -> list[Route]:
     registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
-    max_inflight = ctx.settings.max_inflight
 
     async def predict(request: Request) -> Response:
         name = request.path_params["model"]
@@ -29,11 +28,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             name, "POST", request.url.path, request.headers.get("x-request-id")
         )
         try:
-            if tracking.active > max_inflight:
-                raise Overloaded(
-                    f"the server has {max_inflight} requests in flight "
-                    f"(MLAPI_MAX_INFLIGHT); retry shortly"
-                )
+            tracking.check_capacity()
             model = registry.get(name)
             tracked.resolved(model)
             document = codec.loads_json(await read_body(request, max_body))

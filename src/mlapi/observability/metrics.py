@@ -30,6 +30,7 @@ STATES = ("loading", "warming", "ready", "failed", "unloading", "unavailable")
 OUTCOMES = {
     "bad_request": "bad_request",
     "payload_too_large": "bad_request",
+    "headers_too_large": "bad_request",
     "unsupported_media_type": "bad_request",
     "method_not_allowed": "bad_request",
     "unauthorized": "unauthorized",
