@@ -36,7 +36,9 @@ def serve_app() -> Iterator[Callable[..., TestClient]]:
 
     def start(model_path: Path, wait_ready: bool = True, **overrides: Any) -> TestClient:
         client = TestClient(
-            create_app(make_settings(model_path, **overrides)), raise_server_exceptions=False
+            create_app(make_settings(model_path, **overrides)),
+            raise_server_exceptions=False,
+            base_url="http://127.0.0.1",  # a key-less server answers loopback names only
         )
         client.__enter__()
         clients.append(client)

@@ -14,16 +14,16 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlapi import logs
 from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
+from mlapi.api.codec import Limits
 from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
-from mlapi.api.responses import error_response, json_response, route
+from mlapi.api.guard import RequestGuard
+from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import Tracking
-from mlapi.errors import HeadersTooLarge
 from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
@@ -38,9 +38,12 @@ def create_app(
     registry = registry or ModelRegistry(settings)
     lifecycle = lifecycle or Lifecycle()
     auth = Authenticator(settings.api_key) if settings.api_key is not None else None
+    admin_key = settings.repository_key
+    admin_auth = Authenticator(admin_key) if admin_key is not None else None
     metrics = registry.metrics
     tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
-    ctx = ApiContext(settings, registry, auth, tracking, lifecycle)
+    limits = Limits(settings.max_elements, settings.max_bytes_element)
+    ctx = ApiContext(settings, registry, auth, tracking, lifecycle, limits, admin_auth)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
@@ -91,32 +94,15 @@ def create_app(
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
         middleware=[
             Middleware(FastInfer, ctx=ctx, max_header_bytes=settings.max_header_bytes),
-            Middleware(HeaderLimit, max_bytes=settings.max_header_bytes),
+            Middleware(
+                RequestGuard, max_bytes=settings.max_header_bytes, hosts=settings.host_names
+            ),
         ],
         lifespan=lifespan,
     )
     app.state.registry = registry
     app.state.lifecycle = lifecycle
     return app
-
-
-class HeaderLimit:
-    """Refuse requests whose headers add up to more than ``max_bytes`` with 431.
-    (The HTTP parser has read them by then; this keeps them out of the app.)"""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            total = 0
-            for name, value in scope["headers"]:
-                total += len(name) + len(value)
-            if total > self.max_bytes:
-                await error_response(HeadersTooLarge(self.max_bytes))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

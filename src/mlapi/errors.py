@@ -4,6 +4,12 @@ status and a stable machine-readable code, and renders as the protocol's
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+# An absolute path in a message: a '/' that starts a word, then path characters.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`:,;()\[\]<>/]+/)*([^\s'\"`:,;()\[\]<>/]+)")
+
 
 class MlapiError(Exception):
     """Base of every deliberate error. ``message`` is safe to show a client."""
@@ -24,6 +30,11 @@ class BadRequest(MlapiError):
 class Unauthorized(MlapiError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(MlapiError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(MlapiError):
@@ -91,3 +102,11 @@ class UnsafeModelFile(ModelLoadError):
 
 class ConfigError(Exception):
     """A setting or a model config is invalid. Rendered as one line, exit code 2."""
+
+
+def without_host_paths(message: str, folder: Path) -> str:
+    """``message`` as shown on open routes: paths inside ``folder`` (a model's version
+    folder) relative to it, any other absolute path cut to '.../<file name>'."""
+    for prefix in {str(folder), str(folder.resolve())}:
+        message = message.replace(prefix + "/", "").replace(prefix, ".")
+    return _ABSOLUTE_PATH.sub(lambda match: ".../" + match.group(1), message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,38 @@ from typing import Any
 import orjson
 
 _FIELDS = ("request_id", "model", "version", "status", "latency_ms")
+# What a client could put in a logged value to forge a line or drive a terminal: C0
+# and C1 controls (newlines, escape sequences), DEL, Unicode line separators and
+# bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    if named:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a visible escape."""
+    return _CONTROL.sub(_escaped, text)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines, one per record: the message (with its arguments, which may come
+    from a client) has its control characters escaped, as JSON lines have. A
+    traceback, which is ours, keeps its lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args
+        record.msg, record.args = escape_controls(record.getMessage()), None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,7 +92,7 @@ def configure(
     formatter: logging.Formatter = (
         JsonFormatter()
         if json_format
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     problem = None

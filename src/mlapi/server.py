@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,6 +23,7 @@ from uvicorn.supervisors import ChangeReload
 
 from mlapi import logs, supervisor
 from mlapi.app import create_app
+from mlapi.connections import ConnectionLimits, guarded_protocol
 from mlapi.lifecycle import Lifecycle
 from mlapi.settings import Settings, load_settings
 
@@ -76,6 +78,21 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for what one connection may take (slow and idle clients)."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    return {
+        "http": guarded_protocol(limits),
+        "ws": "none",
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "limit_concurrency": settings.max_connections,
+    }
+
+
 def uvicorn_config(settings: Settings, factory: AppFactory) -> uvicorn.Config:
     return uvicorn.Config(
         factory,
@@ -88,6 +105,7 @@ def uvicorn_config(settings: Settings, factory: AppFactory) -> uvicorn.Config:
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        **connection_options(settings),
     )
 
 
@@ -122,6 +140,7 @@ def _run_reloading(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        **connection_options(settings),
     )
     sock = config.bind_socket()
     server = Server(config, Lifecycle(), grace_s=0.0)

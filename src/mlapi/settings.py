@@ -21,6 +21,8 @@ from mlapi.errors import ConfigError
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "default_models"
 API_KEY_SECRET_NAME = "api_key"
+ADMIN_KEY_SECRET_NAME = "admin_key"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -61,6 +63,19 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(2.0, alias="MLAPI_DRAIN_GRACE_S", ge=0, le=600)
     request_timeout_s: float = Field(30.0, alias="MLAPI_REQUEST_TIMEOUT_S", gt=0, le=3600)
     max_inflight: int = Field(1024, alias="MLAPI_MAX_INFLIGHT", ge=1)
+    # Slow or idle clients: what a connection may take before it is closed.
+    header_timeout_s: float = Field(10.0, alias="MLAPI_HEADER_TIMEOUT_S", gt=0, le=3600)
+    body_timeout_s: float = Field(30.0, alias="MLAPI_BODY_TIMEOUT_S", gt=0, le=3600)
+    keepalive_timeout_s: float = Field(5.0, alias="MLAPI_KEEPALIVE_TIMEOUT_S", gt=0, le=3600)
+    max_connections: int = Field(2048, alias="MLAPI_MAX_CONNECTIONS", ge=1)
+    # The work one request may ask for.
+    max_elements: int = Field(1 << 20, alias="MLAPI_MAX_ELEMENTS", ge=1)
+    max_bytes_element: int = Field(1 << 20, alias="MLAPI_MAX_BYTES_ELEMENT", ge=1)
+    # Cross-site safety and the repository (admin) routes.
+    allowed_hosts: str = Field("", alias="MLAPI_ALLOWED_HOSTS")
+    admin_key: SecretStr | None = Field(None, alias="MLAPI_ADMIN_KEY")
+    admin_key_file: Path | None = Field(None, alias="MLAPI_ADMIN_KEY_FILE")
+    repository_api: bool = Field(True, alias="MLAPI_REPOSITORY_API")
     reload: bool = Field(False, alias="RELOAD")
     debug: bool = Field(False, alias="DEBUG")
 
@@ -83,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive version number such as 1 or v1")
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_key", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -107,6 +122,12 @@ class Settings(BaseSettings):
             docker_secret = self.secrets_dir / API_KEY_SECRET_NAME
             if docker_secret.exists():
                 self.api_key = _read_secret_file(docker_secret, "MLAPI_SECRETS_DIR/api_key")
+        if self.admin_key_file is not None:
+            self.admin_key = _read_secret_file(self.admin_key_file, "MLAPI_ADMIN_KEY_FILE")
+        elif self.admin_key is None:
+            admin_secret = self.secrets_dir / ADMIN_KEY_SECRET_NAME
+            if admin_secret.exists():
+                self.admin_key = _read_secret_file(admin_secret, "MLAPI_SECRETS_DIR/admin_key")
         if self.require_auth and self.api_key is None:
             raise ValueError(
                 "MLAPI_REQUIRE_AUTH is set but no API key is configured "
@@ -121,6 +142,20 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def repository_key(self) -> SecretStr | None:
+        """The key of the repository (load/unload) routes: the admin key, else the API key."""
+        return self.admin_key if self.admin_key is not None else self.api_key
+
+    @property
+    def host_names(self) -> frozenset[str] | None:
+        """Host names a key-less server answers (loopback and MLAPI_ALLOWED_HOSTS, lower
+        case, without port); None when any is allowed (a key is set, or '*' listed)."""
+        extra = {name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip()}
+        if self.api_key is not None or "*" in extra:
+            return None
+        return frozenset(LOOPBACK_HOSTS) | extra
 
     def redacted(self) -> dict[str, Any]:
         """The settings as ``{ENV_NAME: value}``, secrets replaced by a marker."""

@@ -96,7 +96,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(
     started = time.monotonic()
     reply = _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n{",
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1073741824\r\n\r\n{",
     )
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert time.monotonic() - started < 3
@@ -111,17 +111,17 @@ def test_lying_content_length_and_oversized_headers_do_not_break_the_server(
     # declares more than it sends, then the client goes quiet: the server must not hang others
     _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + short,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n" + short,
         read_timeout_s=1.0,
     )
     # declares less than it sends: the rest is garbage on the connection
     reply = _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n" + short,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\n" + short,
     )
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
     huge_header = b"X-Big: " + b"a" * 200_000 + b"\r\n"
-    reply = _raw(server, b"GET /health HTTP/1.1\r\nHost: x\r\n" + huge_header + b"\r\n")
+    reply = _raw(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + huge_header + b"\r\n")
     assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
     assert status_of(server.url + "/health") == 200
     body = _request(np.ones((1, 4), np.float32))
@@ -218,7 +218,7 @@ def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(
-                b"POST /v2/models/held/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"POST /v2/models/held/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                 b"application/json\r\nContent-Length: "
                 + str(len(payload)).encode()
                 + b"\r\n\r\n"

@@ -218,7 +218,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
                 ]
             }
         },
-        400,
+        413,  # over MLAPI_MAX_ELEMENTS, refused before the data is read
     ),
     (
         "POST",

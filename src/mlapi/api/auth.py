@@ -4,11 +4,12 @@ compared in constant time. Health routes are never wrapped with it."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from mlapi.errors import Unauthorized
+from mlapi.errors import BadRequest, Unauthorized
 
 
 class Authenticator:
@@ -19,8 +20,7 @@ class Authenticator:
         return "Authenticator(key=**********)"
 
     def check(self, request: Request) -> None:
-        headers = request.headers
-        self.check_values(headers.get("authorization"), headers.get("x-api-key"))
+        self.check_values(*credentials(request.scope["headers"]))
 
     def check_values(self, authorization: str | None, api_key: str | None) -> None:
         """Every credential presented must be right (a good X-API-Key does not excuse
@@ -38,3 +38,23 @@ class Authenticator:
     def _compare(self, presented: str) -> None:
         if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._key):
             raise Unauthorized("invalid API key")
+
+
+def duplicate_credentials() -> BadRequest:
+    return BadRequest("more than one Authorization or X-API-Key header")
+
+
+def credentials(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(Authorization, X-API-Key); BadRequest when either comes more than once, so
+    every route reads the same one."""
+    authorization = api_key = None
+    for key, value in headers:
+        if key == b"authorization":
+            if authorization is not None:
+                raise duplicate_credentials()
+            authorization = value.decode("latin-1")
+        elif key == b"x-api-key":
+            if api_key is not None:
+                raise duplicate_credentials()
+            api_key = value.decode("latin-1")
+    return authorization, api_key

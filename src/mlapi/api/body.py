@@ -4,12 +4,18 @@ as soon as it does. gzip and deflate bodies are inflated under the same limit.""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
+from mlapi.api.codec import is_number
 from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+# Set in a request's scope by the connection when the body ran out of time (it has
+# answered 408 and closed): the route then sees the client gone.
+BODY_TIMED_OUT = "mlapi.body_timed_out"
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -33,10 +39,12 @@ async def receive_body(
 ) -> bytes:
     """The whole body from the ASGI ``receive`` channel, within ``max_bytes``."""
     if declared is not None:
-        if not declared.isdigit():
+        if not is_number(declared):
             raise BadRequest("Content-Length is not a number")
         if int(declared) > max_bytes:
             raise _too_large(max_bytes)
+    if encoding is not None:
+        encoding = encoding.strip().lower()  # content codings are case-insensitive
     if encoding is not None and encoding not in ("identity", "gzip", "deflate"):
         raise UnsupportedMediaType(
             f"unsupported Content-Encoding '{encoding[:32]}' (use gzip or deflate)"
@@ -58,7 +66,9 @@ async def receive_body(
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding is None or encoding == "identity":
         return body
-    return _inflate(body, encoding, max_bytes)
+    # Inflating can take tens of milliseconds: off the event loop, so health checks
+    # and other requests keep being answered meanwhile.
+    return await asyncio.to_thread(_inflate, body, encoding, max_bytes)
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlapi.errors import BadRequest
+from mlapi.errors import BadRequest, PayloadTooLarge
 from mlapi.tensors import DATATYPES, Signature, TensorSpec, datatype_of
 
 MAX_DIMS = 16
@@ -22,6 +22,32 @@ _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
 _NUMBER_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 _U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The work one request may ask for: tensor elements over all its inputs, and the
+    bytes of one BYTES element."""
+
+    max_elements: int = 1 << 20
+    max_bytes_element: int = 1 << 20
+
+    def check_elements(self, name: str, total: int) -> None:
+        if total > self.max_elements:
+            raise PayloadTooLarge(
+                f"input '{shown(name)}' brings the request to {total} elements, over the "
+                f"limit of {self.max_elements} (MLAPI_MAX_ELEMENTS)"
+            )
+
+    def check_bytes_element(self, name: str, size: int) -> None:
+        if size > self.max_bytes_element:
+            raise PayloadTooLarge(
+                f"input '{shown(name)}' has a BYTES element of {size} bytes, over the limit "
+                f"of {self.max_bytes_element} (MLAPI_MAX_BYTES_ELEMENT)"
+            )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(slots=True)
@@ -45,11 +71,13 @@ def loads_json(data: bytes | memoryview) -> Any:
         raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
 
 
-def parse_infer(body: bytes, header_length: str | None, signature: Signature) -> InferRequest:
+def parse_infer(
+    body: bytes, header_length: str | None, signature: Signature, limits: Limits = DEFAULT_LIMITS
+) -> InferRequest:
     """Decode a V2 infer request (JSON, or JSON header + binary tensors)."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        if not is_number(header_length) or not 0 < int(header_length) <= len(body):
             raise BadRequest(
                 "Inference-Header-Content-Length must be between 1 and the body length"
             )
@@ -67,7 +95,7 @@ def parse_infer(body: bytes, header_length: str | None, signature: Signature) ->
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
     parameters = _parameters(document, "request")
-    inputs = _decode_inputs(document.get("inputs"), signature, binary)
+    inputs = _decode_inputs(document.get("inputs"), signature, binary, limits)
     names, binary_outputs = _outputs(
         document.get("outputs"), signature, bool(parameters.get("binary_data_output", False))
     )
@@ -83,13 +111,22 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
-def _decode_inputs(items: Any, signature: Signature, binary: bytes) -> dict[str, np.ndarray]:
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', '①' and fullwidth digits."""
+    return text.isascii() and text.isdigit()
+
+
+def _decode_inputs(
+    items: Any, signature: Signature, binary: bytes, limits: Limits
+) -> dict[str, np.ndarray]:
     if not isinstance(items, list) or not items:
         raise BadRequest("'inputs' must be a non-empty array")
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = elements = 0
     for index, item in enumerate(items):
-        name, array, offset = _decode_input(item, index, signature, binary, offset)
+        name, array, offset, elements = _decode_input(
+            item, index, signature, binary, offset, elements, limits
+        )
         if name in inputs:
             raise BadRequest(f"input '{shown(name)}' is given more than once")
         inputs[name] = array
@@ -105,8 +142,14 @@ def _decode_inputs(items: Any, signature: Signature, binary: bytes) -> dict[str,
 
 
 def _decode_input(
-    item: Any, index: int, signature: Signature, binary: bytes, offset: int
-) -> tuple[str, np.ndarray, int]:
+    item: Any,
+    index: int,
+    signature: Signature,
+    binary: bytes,
+    offset: int,
+    elements: int,
+    limits: Limits,
+) -> tuple[str, np.ndarray, int, int]:
     if not isinstance(item, dict):
         raise BadRequest(f"inputs[{index}] must be an object")
     unknown = item.keys() - _INPUT_KEYS
@@ -129,6 +172,8 @@ def _decode_input(
         )
     dims = _shape(name, shape, spec)
     count = math.prod(dims)
+    elements += count
+    limits.check_elements(name, elements)
     parameters = _parameters(item, f"input '{shown(name)}'")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -141,10 +186,11 @@ def _decode_input(
                 f"input '{shown(name)}': binary_data_size runs past the end of the body"
             )
         chunk = binary[offset : offset + size]
-        return name, _from_binary(name, datatype, dims, count, chunk), offset + size
+        array = _from_binary(name, datatype, dims, count, chunk, limits)
+        return name, array, offset + size, elements
     if "data" not in item:
         raise BadRequest(f"input '{shown(name)}' has no 'data' (and no binary_data_size)")
-    return name, array_from_json(name, datatype, dims, item["data"]), offset
+    return name, array_from_json(name, datatype, dims, item["data"], limits), offset, elements
 
 
 def _shape(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
@@ -164,13 +210,15 @@ def _shape(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
     return dims
 
 
-def array_from_json(name: str, datatype: str, dims: tuple[int, ...], data: Any) -> np.ndarray:
+def array_from_json(
+    name: str, datatype: str, dims: tuple[int, ...], data: Any, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
     """A validated array of ``datatype`` and shape ``dims`` from JSON data (flat or nested)."""
     count = math.prod(dims)
     if not isinstance(data, list):
         raise BadRequest(f"input '{shown(name)}': 'data' must be an array")
     if datatype == "BYTES":
-        return _bytes_from_json(name, dims, count, data)
+        return _bytes_from_json(name, dims, count, data, limits)
     try:
         parsed = np.asarray(data)
     except (ValueError, OverflowError, TypeError):
@@ -207,7 +255,9 @@ def _uint64_exactly(name: str, data: list[Any]) -> np.ndarray:
     return np.array(flat, dtype=np.uint64).reshape(np.shape(data))
 
 
-def _bytes_from_json(name: str, dims: tuple[int, ...], count: int, data: list[Any]) -> np.ndarray:
+def _bytes_from_json(
+    name: str, dims: tuple[int, ...], count: int, data: list[Any], limits: Limits
+) -> np.ndarray:
     flat: list[Any] = data
     if any(isinstance(item, list) for item in data):
         try:
@@ -220,16 +270,19 @@ def _bytes_from_json(name: str, dims: tuple[int, ...], count: int, data: list[An
         )
     if not all(isinstance(item, str) for item in flat):
         raise BadRequest(f"input '{shown(name)}': BYTES data must be strings")
+    longest = max(map(len, flat), default=0)
+    if longest * 4 > limits.max_bytes_element:  # up to 4 UTF-8 bytes per character
+        limits.check_bytes_element(name, max(len(item.encode()) for item in flat))
     array = np.empty(count, dtype=object)
     array[:] = flat
     return array.reshape(dims)
 
 
 def _from_binary(
-    name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes
+    name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes, limits: Limits
 ) -> np.ndarray:
     if datatype == "BYTES":
-        return _bytes_from_binary(name, dims, count, chunk)
+        return _bytes_from_binary(name, dims, count, chunk, limits)
     dtype = DATATYPES[datatype]
     if len(chunk) != count * dtype.itemsize:
         raise BadRequest(
@@ -239,13 +292,16 @@ def _from_binary(
     return np.frombuffer(chunk, dtype=dtype).reshape(dims)
 
 
-def _bytes_from_binary(name: str, dims: tuple[int, ...], count: int, chunk: bytes) -> np.ndarray:
+def _bytes_from_binary(
+    name: str, dims: tuple[int, ...], count: int, chunk: bytes, limits: Limits
+) -> np.ndarray:
     items: list[bytes] = []
     position = 0
     while position < len(chunk):
         if position + 4 > len(chunk) or len(items) >= count:
             raise BadRequest(f"input '{shown(name)}': malformed BYTES binary data")
         (length,) = _U32.unpack_from(chunk, position)
+        limits.check_bytes_element(name, length)
         position += 4
         if position + length > len(chunk):
             raise BadRequest(f"input '{shown(name)}': malformed BYTES binary data")

@@ -13,8 +13,10 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlapi.api.body import receive_body
+from mlapi.api.auth import duplicate_credentials
+from mlapi.api.body import BODY_TIMED_OUT, receive_body
 from mlapi.api.context import ApiContext
+from mlapi.api.guard import check_host
 from mlapi.api.responses import error_headers
 from mlapi.api.tracking import outcome_of
 from mlapi.api.v2 import run_infer
@@ -36,6 +38,8 @@ class FastInfer:
         self._auth = ctx.auth
         self._tracking = ctx.tracking
         self._max_body = ctx.settings.max_body_bytes
+        self._limits = ctx.limits
+        self._hosts = ctx.settings.host_names
         self._max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,7 +67,9 @@ class FastInfer:
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
         length = encoding = header_length = authorization = api_key = request_id = None
+        host = None
         header_bytes = 0
+        repeated = False
         for key, value in scope["headers"]:
             header_bytes += len(key) + len(value)
             if key == b"content-length":
@@ -71,33 +77,43 @@ class FastInfer:
             elif key == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
             elif key == b"authorization":
+                repeated = repeated or authorization is not None
                 authorization = value.decode("latin-1")
             elif key == b"x-api-key":
+                repeated = repeated or api_key is not None
                 api_key = value.decode("latin-1")
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
             elif key == b"x-request-id":
                 request_id = value.decode("latin-1")
+            elif key == b"host":
+                host = value
         tracked = self._tracking.begin(name, "POST", scope["path"], request_id)
         try:
             if header_bytes > self._max_header_bytes:
                 raise HeadersTooLarge(self._max_header_bytes)
-            self._tracking.check_capacity()
+            check_host(host, self._hosts)
+            if repeated:
+                raise duplicate_credentials()
             if self._auth is not None:
                 self._auth.check_values(authorization, api_key)
             model = self._registry.get(name, version)
             tracked.resolved(model)
             model.admit()
             body = await receive_body(receive, length, encoding, self._max_body)
+            tracked.enter()
             content, binary_header = await run_infer(
-                model, body, header_length, _disconnect_probe(receive)
+                model, body, header_length, self._limits, _disconnect_probe(receive)
             )
         except MlapiError as exc:
             await _send_error(send, exc)
             tracked.done(exc.status, outcome_of(exc))
             return
         except ClientDisconnect:
-            tracked.done(499, "cancelled")
+            if scope.get(BODY_TIMED_OUT):  # the connection answered 408
+                tracked.done(408, "timeout")
+            else:
+                tracked.done(499, "cancelled")
             return
         except Exception as exc:
             request_id = tracked.id()

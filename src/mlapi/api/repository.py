@@ -1,4 +1,7 @@
-"""The V2 model repository extension: index, load, unload."""
+"""The V2 model repository extension: index, load, unload. These routes change what
+is served, so they take the admin key when one is set (MLAPI_ADMIN_KEY, else the
+API key), refuse requests from web pages, and can be turned off altogether
+(MLAPI_REPOSITORY_API=false)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from starlette.routing import Route
 from mlapi.api.body import read_body
 from mlapi.api.codec import loads_json
 from mlapi.api.context import ApiContext
+from mlapi.api.guard import check_not_cross_site
 from mlapi.api.responses import json_response, route
-from mlapi.errors import BadRequest, ModelLoadError
+from mlapi.errors import BadRequest, Forbidden, ModelLoadError
 from mlapi.registry import State
 
 _MAX_CONTROL_BODY = 64 * 1024
@@ -20,6 +24,9 @@ def routes(ctx: ApiContext) -> list[Route]:
     registry = ctx.registry
 
     async def _options(request: Request) -> dict[str, object]:
+        if not ctx.settings.repository_api:
+            raise Forbidden("the repository API is turned off (MLAPI_REPOSITORY_API=false)")
+        check_not_cross_site(request.scope["headers"])
         body = await read_body(request, _MAX_CONTROL_BODY)
         if not body.strip():
             return {}
@@ -53,7 +60,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             {"name": request.path_params["model"], "state": State.UNAVAILABLE.value}
         )
 
-    guarded = ctx.auth
+    guarded = ctx.admin_auth
     return [
         Route("/v2/repository/index", route(index, guarded), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", route(load, guarded), methods=["POST"]),

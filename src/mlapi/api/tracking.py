@@ -31,31 +31,32 @@ class Tracking:
         self.registry = registry
         self.log_all = access_log == "all"
         self.log_errors = access_log != "off"
-        self.active = 0  # inference requests between begin() and done(), this process
-
-    def check_capacity(self) -> None:
-        """Overloaded (503) past MLAPI_MAX_INFLIGHT requests in this process."""
-        if self.active > self.max_inflight:
-            raise Overloaded(
-                f"the server has {self.max_inflight} requests in flight "
-                f"(MLAPI_MAX_INFLIGHT); retry shortly"
-            )
+        self.active = 0  # inference requests between enter() and done(), this process
 
     def begin(self, name: str, method: str, path: str, request_id: str | None) -> Tracked:
-        self.active += 1
         return Tracked(self, name, method, path, request_id)
 
 
 class Tracked:
     """One request on its way through an inference route."""
 
-    __slots__ = ("_model", "_tracking", "method", "name", "path", "request_id", "started")
+    __slots__ = (
+        "_model",
+        "_tracking",
+        "counted",
+        "method",
+        "name",
+        "path",
+        "request_id",
+        "started",
+    )
 
     def __init__(
         self, tracking: Tracking, name: str, method: str, path: str, request_id: str | None
     ) -> None:
         self._tracking = tracking
         self._model: ModelVersion | None = None
+        self.counted = False
         self.name = name
         self.method = method
         self.path = path
@@ -64,7 +65,21 @@ class Tracked:
 
     def resolved(self, model: ModelVersion) -> None:
         self._model = model
-        if model.metrics is not None:
+
+    def enter(self) -> None:
+        """The body is read: from now on the request is in flight. Overloaded (503)
+        past MLAPI_MAX_INFLIGHT such requests in this process. A client still sending
+        its body holds no slot (the connection's body deadline bounds it)."""
+        tracking = self._tracking
+        if tracking.active >= tracking.max_inflight:
+            raise Overloaded(
+                f"the server has {tracking.max_inflight} requests in flight "
+                f"(MLAPI_MAX_INFLIGHT); retry shortly"
+            )
+        tracking.active += 1
+        self.counted = True
+        model = self._model
+        if model is not None and model.metrics is not None:
             model.metrics.inflight_count += 1
 
     def id(self) -> str:
@@ -75,10 +90,12 @@ class Tracked:
     def done(self, status: int, outcome: str) -> None:
         seconds = time.perf_counter() - self.started
         tracking, model = self._tracking, self._model
-        tracking.active -= 1
         metrics = model.metrics if model is not None else None
+        if self.counted:
+            tracking.active -= 1
+            if metrics is not None:
+                metrics.inflight_count -= 1
         if metrics is not None:
-            metrics.inflight_count -= 1
             metrics.record(outcome, seconds)
             labels = metrics.labels
         else:

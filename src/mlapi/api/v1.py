@@ -3,6 +3,7 @@ out. Instances are rows of the model's one input, or objects keyed by input name
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,14 @@ from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import outcome_of
+from mlapi.api.v2 import convert
 from mlapi.errors import BadRequest, MlapiError, NotReady
 from mlapi.tensors import Signature, TensorSpec
 
 
 def routes(ctx: ApiContext) -> list[Route]:
     registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
+    limits = ctx.limits
 
     async def predict(request: Request) -> Response:
         name = request.path_params["model"]
@@ -28,18 +31,14 @@ def routes(ctx: ApiContext) -> list[Route]:
             name, "POST", request.url.path, request.headers.get("x-request-id")
         )
         try:
-            tracking.check_capacity()
             model = registry.get(name)
             tracked.resolved(model)
-            document = codec.loads_json(await read_body(request, max_body))
-            if not isinstance(document, dict) or set(document) != {"instances"}:
-                raise BadRequest("the request body must be an object with only 'instances'")
-            instances = document["instances"]
-            if not isinstance(instances, list) or not instances:
-                raise BadRequest("'instances' must be a non-empty array")
-            inputs = _inputs(model.signature, instances)
+            body = await read_body(request, max_body)
+            tracked.enter()
+            inputs, count = await convert(len(body), _decode, body, model.signature, limits)
             results = await model.infer(inputs, model.signature.output_names())
-            response = json_response({"predictions": _predictions(results, len(instances))})
+            size = sum(array.nbytes for array in results.values())
+            response = await convert(size, _encode, results, count)
         except MlapiError as exc:
             tracked.done(exc.status, outcome_of(exc))
             raise
@@ -64,24 +63,47 @@ def routes(ctx: ApiContext) -> list[Route]:
     ]
 
 
-def _inputs(signature: Signature, instances: list[Any]) -> dict[str, np.ndarray]:
+def _decode(
+    body: bytes, signature: Signature, limits: codec.Limits
+) -> tuple[dict[str, np.ndarray], int]:
+    """The model's inputs from a V1 body, and how many instances it holds."""
+    document = codec.loads_json(body)
+    if not isinstance(document, dict) or set(document) != {"instances"}:
+        raise BadRequest("the request body must be an object with only 'instances'")
+    instances = document["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("'instances' must be a non-empty array")
+    return _inputs(signature, instances, limits), len(instances)
+
+
+def _encode(results: dict[str, np.ndarray], count: int) -> Response:
+    return json_response({"predictions": _predictions(results, count)})
+
+
+def _inputs(
+    signature: Signature, instances: list[Any], limits: codec.Limits
+) -> dict[str, np.ndarray]:
     if signature.dynamic or not signature.inputs:
         raise BadRequest("V1 predict needs a model with declared inputs; use the V2 infer route")
     if len(signature.inputs) == 1 and not isinstance(instances[0], dict):
         spec = signature.inputs[0]
-        return {spec.name: _rows(spec, instances)}
+        return {spec.name: _rows(spec, instances, 0, limits)}
     if not all(isinstance(item, dict) for item in instances):
         raise BadRequest("with several inputs, each instance must be an object keyed by input name")
     expected = {spec.name for spec in signature.inputs}
     for index, item in enumerate(instances):
         if set(item) != expected:
             raise BadRequest(f"instances[{index}] must have exactly the keys {sorted(expected)}")
-    return {
-        spec.name: _rows(spec, [item[spec.name] for item in instances]) for spec in signature.inputs
-    }
+    inputs: dict[str, np.ndarray] = {}
+    elements = 0
+    for spec in signature.inputs:
+        array = _rows(spec, [item[spec.name] for item in instances], elements, limits)
+        inputs[spec.name] = array
+        elements += array.size
+    return inputs
 
 
-def _rows(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
+def _rows(spec: TensorSpec, rows: list[Any], elements: int, limits: codec.Limits) -> np.ndarray:
     try:
         dims = np.shape(rows) if spec.datatype != "BYTES" else np.asarray(rows, dtype=object).shape
     except ValueError:
@@ -91,7 +113,8 @@ def _rows(spec: TensorSpec, rows: list[Any]) -> np.ndarray:
             f"instances for input '{spec.name}' have shape {list(dims)}, the model expects "
             f"{list(spec.shape)} (-1: any size)"
         )
-    return codec.array_from_json(spec.name, spec.datatype, tuple(dims), rows)
+    limits.check_elements(spec.name, elements + math.prod(dims))
+    return codec.array_from_json(spec.name, spec.datatype, tuple(dims), rows, limits)
 
 
 def _predictions(results: dict[str, np.ndarray], count: int) -> Any:

@@ -3,6 +3,10 @@ readiness, and infer."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,17 +20,36 @@ from mlapi.errors import NotReady
 from mlapi.registry import ModelVersion
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
+T = TypeVar("T")
+
+
+# Decoding or encoding more than this runs on a thread, off the event loop, so that
+# health checks and small requests are answered while a large one is converted.
+OFFLOAD_BYTES = 256 * 1024
 
 
 async def run_infer(
-    model: ModelVersion, body: bytes, header_length: str | None, gone: Gone | None = None
+    model: ModelVersion,
+    body: bytes,
+    header_length: str | None,
+    limits: codec.Limits,
+    gone: Gone | None = None,
 ) -> tuple[bytes, int | None]:
     """Decode, infer, encode: the one infer path behind every V2 infer route. Returns
     the body and, when binary outputs follow the JSON, the JSON header's length.
     ``gone`` tells whether the client has disconnected (its queued work is dropped)."""
-    parsed = codec.parse_infer(body, header_length, model.signature)
+    signature = model.signature
+    parsed = await convert(len(body), codec.parse_infer, body, header_length, signature, limits)
     results = await model.infer(parsed.inputs, parsed.output_names, gone)
-    return codec.render_infer(model.name, model.version, parsed, results)
+    size = sum(array.nbytes for array in results.values())
+    return await convert(size, codec.render_infer, model.name, model.version, parsed, results)
+
+
+async def convert(size: int, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)``: inline when ``size`` bytes are small, else on a thread."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
 
 
 def routes(ctx: ApiContext) -> list[Route]:

@@ -34,6 +34,7 @@ OUTCOMES = {
     "unsupported_media_type": "bad_request",
     "method_not_allowed": "bad_request",
     "unauthorized": "unauthorized",
+    "forbidden": "unauthorized",
     "not_found": "not_found",
     "not_ready": "not_ready",
     "overloaded": "overloaded",

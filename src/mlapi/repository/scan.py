@@ -11,7 +11,8 @@ from pathlib import Path
 from mlapi.errors import ModelLoadError
 from mlapi.repository import config as model_config
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch
+VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII only: isdigit() takes '²'
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def scan(root: Path, pinned_version: int | None = None) -> list[ModelEntry]:
         raise ModelLoadError("MODEL_PATH is not a folder")
     entries = []
     for child in sorted(root.iterdir()):
-        if child.is_dir() and MODEL_NAME.match(child.name):
+        if child.is_dir() and MODEL_NAME.fullmatch(child.name):
             entries.append(scan_model(child, pinned_version))
     return entries
 
@@ -49,7 +50,7 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
     notes = []
     available = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+        if child.is_dir() and VERSION.fullmatch(child.name):
             available.append(int(child.name))
         elif child.is_dir() and not child.name.startswith((".", "_")):
             notes.append(f"ignored folder '{child.name}': version folders are positive integers")

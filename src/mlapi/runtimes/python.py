@@ -27,6 +27,14 @@ class PythonRuntime:
 
     def __init__(self, ctx: LoadContext) -> None:
         module = _import(ctx)
+        self._module_name: str | None = module.__name__
+        try:
+            self._start(ctx, module)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, ctx: LoadContext, module: ModuleType) -> None:
         cls = _find_class(module, ctx.config.python_class)
         try:
             self._model = cls()
@@ -68,10 +76,17 @@ class PythonRuntime:
         return {name: arrays[name] for name in output_names}
 
     def close(self) -> None:
-        close = getattr(self._model, "close", None)
-        if callable(close):
-            close()
-        self._model = None
+        """Free the model and forget its module, so that what the module holds goes
+        with it (the registry collects the cycles a module makes with its functions)."""
+        try:
+            close = getattr(getattr(self, "_model", None), "close", None)
+            if callable(close):
+                close()
+        finally:
+            self._model = None
+            if self._module_name is not None:
+                sys.modules.pop(self._module_name, None)
+                self._module_name = None
 
 
 def _import(ctx: LoadContext) -> ModuleType:

@@ -1,0 +1,145 @@
+"""What one HTTP connection may take before it is closed, enforced where the bytes
+arrive (uvicorn's httptools protocol), so a slow or idle client never reaches the
+app holding a request slot:
+
+- the request line and headers must arrive within ``header_timeout_s`` of the
+  connection opening (or of the request's first byte on a kept-alive connection),
+  and add up to at most ``max_header_bytes`` while they are read, not after;
+- the body must arrive within ``body_timeout_s`` of the headers;
+- an idle kept-alive connection closes after ``keepalive_timeout_s`` (uvicorn's own
+  timer), and a worker answers 503 past ``max_connections`` (uvicorn's limit).
+
+A request that runs out of time gets 408, one over the header limit 431, each with
+the protocol's JSON error body and ``Connection: close``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from mlapi.api.body import BODY_TIMED_OUT
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float
+    body_timeout_s: float
+    max_header_bytes: int
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol class, with these limits."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits: ConnectionLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_headers = True  # reading a request line and headers
+        self._header_bytes = 0  # bytes fed while no request's headers were complete
+        self._body_pending = False  # between the end of the headers and of the body
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, self._headers_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_headers and not self.transport.is_closing():
+            # Only chunks read wholly before the headers ended count: what the parser
+            # buffers is at most the limit plus one read.
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    f"request headers are over {self.limits.max_header_bytes} bytes "
+                    f"(MLAPI_MAX_HEADER_BYTES)",
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_headers:  # the next request on a kept-alive connection
+            self._in_headers = True
+            self._header_bytes = 0
+            self._arm(self.limits.header_timeout_s, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._body_pending = True
+        self._arm(self.limits.body_timeout_s, self._body_too_slow)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._disarm()
+        super().on_message_complete()
+
+    # ----- deadlines -------------------------------------------------------------
+    def _arm(self, seconds: float, handler: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if not self._in_headers or self.transport.is_closing():
+            return
+        if self._header_bytes == 0:
+            self.transport.close()  # nothing of a request came: nobody to answer
+            return
+        self._refuse(
+            408,
+            f"request headers did not arrive within {self.limits.header_timeout_s:g}s "
+            f"(MLAPI_HEADER_TIMEOUT_S)",
+        )
+
+    def _body_too_slow(self) -> None:
+        self._deadline = None
+        if not self._body_pending or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle.response_started:  # the app answered without the whole body: just close
+            cycle.disconnected = not cycle.response_complete
+            self.transport.close()
+            return
+        # The app task waiting for the body sees the client gone and sends nothing.
+        cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(
+            408,
+            f"request body did not arrive within {self.limits.body_timeout_s:g}s "
+            f"(MLAPI_BODY_TIMEOUT_S)",
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with the protocol's error body and close the connection."""
+        self._disarm()
+        body = orjson.dumps({"error": message})
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        self.transport.close()
