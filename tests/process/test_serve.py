@@ -96,7 +96,8 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(
     started = time.monotonic()
     reply = _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1073741824\r\n\r\n{",
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 1073741824\r\n\r\n{",
     )
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert time.monotonic() - started < 3
@@ -111,13 +112,15 @@ def test_lying_content_length_and_oversized_headers_do_not_break_the_server(
     # declares more than it sends, then the client goes quiet: the server must not hang others
     _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n" + short,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n"
+        + short,
         read_timeout_s=1.0,
     )
     # declares less than it sends: the rest is garbage on the connection
     reply = _raw(
         server,
-        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\n" + short,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\n"
+        + short,
     )
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
     huge_header = b"X-Big: " + b"a" * 200_000 + b"\r\n"
