@@ -67,6 +67,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     f"(MLAPI_MAX_HEADER_BYTES)",
                 )
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read: the protocol's JSON error body, too."""
+        self._refuse(400, f"malformed HTTP request: {msg}")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if not self._in_headers:  # the next request on a kept-alive connection
