@@ -83,20 +83,47 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(
     assert "Traceback" not in server.log()
 
 
+COUNTING_MODEL = """
+    import time
+    from pathlib import Path
+
+    class Counting:
+        def load(self, path):
+            self.calls = Path(path) / "calls"
+
+        def predict(self, inputs):
+            with self.calls.open("a") as log:  # written as the call starts
+                log.write("call\\n")
+            time.sleep(1.0)
+            return {"y": inputs["x"] * 2}
+"""
+
+
 def test_a_request_over_its_deadline_gets_504_and_frees_its_slot(
     start_server: Callable[..., Server], tmp_path: Path
 ) -> None:
-    write_python_model(tmp_path / "repo", "slow", SLOW_MODEL.replace("0.05", "1.0"), SLOW_TOML)
+    folder = write_python_model(tmp_path / "repo", "slow", COUNTING_MODEL, SLOW_TOML)
     server = start_server(MODEL_PATH=str(tmp_path / "repo"), MLAPI_REQUEST_TIMEOUT_S="0.3")
+    (folder / "calls").unlink(missing_ok=True)  # the warm-up's call
     url = server.url + "/v2/models/slow/infer"
     with ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(lambda v: httpx.post(url, json=_body(v, 4), timeout=30), [1.0] * 4))
     statuses = sorted(r.status_code for r in answers)
     assert statuses == [504] * 4, [r.text for r in answers]
     assert "MLAPI_REQUEST_TIMEOUT_S" in answers[0].json()["error"]
-    # the three that waited in the queue were withdrawn: the model ran only the first
-    time.sleep(1.5)  # let the one running call finish
-    metrics = httpx.get(server.url + "/metrics").text
-    assert 'mlapi_requests_total{model="slow",outcome="timeout",version="1"} 4.0' in metrics
-    assert 'mlapi_inference_duration_seconds_count{model="slow",version="1"} 1.0' in metrics
+    # the three that waited in the queue were withdrawn: the model ran only the first.
+    # The model's one thread would start a wrongly kept one the moment the first ends.
+    wait_for(
+        lambda: metric(server, 'mlapi_inference_duration_seconds_count{model="slow"') == 1,
+        timeout_s=5,
+        what="the first prediction to finish",
+    )
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_for(
+            lambda: (folder / "calls").read_text().count("call") > 1,
+            timeout_s=0.5,
+            what="a withdrawn request's prediction",
+        )
+    assert (folder / "calls").read_text().count("call") == 1
+    assert metric(server, 'mlapi_requests_total{model="slow",outcome="timeout"') == 4
     assert status_of(server.url + "/health/live") == 200

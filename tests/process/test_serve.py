@@ -241,3 +241,33 @@ def test_a_client_that_disconnects_while_queued_never_costs_a_prediction(
     )
     # one prediction ran (the first request); the gone client's never did
     assert metric(server, 'mlapi_inference_duration_seconds_count{model="held"') == 1
+
+
+def test_requests_past_max_inflight_get_503_and_the_admitted_ones_their_answer(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    folder = write_python_model(
+        tmp_path / "repo",
+        "held",
+        HELD_MODEL,
+        vector_toml(
+            "FP32", extra="[warmup]\n    enabled = false\n\n    [batching]\n    max_queue = 64"
+        ),
+    )
+    server = start_server(MODEL_PATH=str(tmp_path / "repo"), MLAPI_MAX_INFLIGHT="3")
+    url = server.url + "/v2/models/held/infer"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        admitted = [pool.submit(httpx.post, url, json=HELD_BODY, timeout=30) for _ in range(3)]
+        _wait_gauge(server, "mlapi_inflight_requests", 3)
+        shed = httpx.post(url, json=HELD_BODY, timeout=10)
+        assert shed.status_code == 503, shed.text
+        assert "MLAPI_MAX_INFLIGHT" in shed.json()["error"]
+        assert shed.headers["retry-after"] == "1"
+        assert status_of(server.url + "/health/live") == 200  # health is outside the limit
+        (folder / "release").touch()
+        for future in admitted:
+            response = future.result(timeout=30)
+            assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0]
+    assert httpx.post(url, json=HELD_BODY, timeout=10).status_code == 200
+    overloaded = 'mlapi_requests_total{model="held",outcome="overloaded"'
+    wait_for(lambda: metric(server, overloaded) == 1, timeout_s=5, what="the 503 counted")

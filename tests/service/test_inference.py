@@ -302,11 +302,54 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(
     _assert_serving(client)
 
 
+def _asgi_post(
+    client: TestClient, path: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[list[dict[str, Any]], int]:
+    """POST straight to the app with a body it can only get by asking: the messages
+    it sent, and how many times it asked for the body."""
+    asked = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        return {"type": "http.request", "body": b"{" * 5000, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def call() -> None:
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    client.portal.call(call)  # type: ignore[union-attr]
+    return sent, asked
+
+
 def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH, MLAPI_MAX_BODY_BYTES=4096)
+    for path in ("/v2/models/iris/infer", "/v1/models/iris:predict"):
+        sent, asked = _asgi_post(client, path, [(b"content-length", b"5000")])
+        assert sent[0]["status"] == 413, sent
+        assert b"MLAPI_MAX_BODY_BYTES" in sent[1]["body"]
+        assert asked == 0, f"{path}: the body was read before the 413"
     big = orjson.dumps(_v2(np.ones((400, 4), np.float32)))
     assert len(big) > 4096
-    response = client.post("/v2/models/iris/infer", content=big)
+    response = client.post("/v2/models/iris/infer", content=big)  # and when it was sent
     assert response.status_code == 413 and "MLAPI_MAX_BODY_BYTES" in response.json()["error"]
     import gzip
 

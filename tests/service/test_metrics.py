@@ -38,7 +38,11 @@ def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], 
 def value(
     found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
 ) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
+    """The sample's value; a sample that is not exposed at all fails the test (so an
+    assertion of 0 cannot pass on a metric that does not exist)."""
+    key = (name, frozenset(labels.items()))
+    assert key in found, f"no sample {name}{labels} on /metrics"
+    return found[key]
 
 
 def test_counters_count_each_request_once_by_outcome(serve_app: Start) -> None:

@@ -208,3 +208,85 @@ def test_queued_work_of_a_client_that_has_gone_is_dropped_unrun() -> None:
 
     run(scenario())
     assert model.calls == [1, 1]  # the blocker and the one that stayed; never the one that left
+
+
+class TwoOutputs(Model):
+    """Gives 'y' (x * 2) and 'z' (x + 1), only those asked for; records each batch's
+    rows and names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[int, tuple[str, ...]]] = []
+
+    def predict(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.gate.wait(timeout=10)
+        x = inputs["x"]
+        self.batches.append((x.shape[0], tuple(names)))
+        every = {"y": x * 2, "z": x + 1}
+        return {name: every[name] for name in names}
+
+
+def test_requests_asking_for_different_outputs_never_share_a_batch() -> None:
+    model = TwoOutputs()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_batch_size=16)
+            model.gate.clear()
+            first = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            wants = [("y",), ("z",), ("y",), ("y", "z"), ("z",)]
+            queued = [
+                asyncio.ensure_future(batcher.submit(_rows(float(i)), names))
+                for i, names in enumerate(wants, start=2)
+            ]
+            await asyncio.sleep(0)
+            model.gate.set()
+            await first
+            for value, (names, future) in enumerate(zip(wants, queued, strict=True), start=2):
+                result = await future
+                assert tuple(result) == names
+                if "y" in names:
+                    np.testing.assert_array_equal(result["y"], np.full((1, 2), value * 2.0))
+                if "z" in names:
+                    np.testing.assert_array_equal(result["z"], np.full((1, 2), value + 1.0))
+            await batcher.close()
+
+    run(scenario())
+    assert model.batches[0] == (1, ("y",))
+    assert sorted(model.batches[1:]) == [(1, ("y", "z")), (2, ("y",)), (2, ("z",))]
+
+
+def _burst_batches(max_delay_ms: float, spacing_s: float) -> list[int]:
+    """Rows per batch for a busy model that then gets 6 requests, one every
+    ``spacing_s`` (concurrent traffic: the delay applies)."""
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool, max_batch_size=16, max_delay_ms=max_delay_ms)
+            model.gate.clear()
+            warm = [asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",))) for _ in range(3)]
+            await asyncio.to_thread(model.started.wait, 5)
+            model.gate.set()
+            await asyncio.gather(*warm)  # the last batch held several requests: traffic
+            model.calls.clear()
+            futures = []
+            for _ in range(6):
+                futures.append(asyncio.ensure_future(batcher.submit(_rows(2.0), ("y",))))
+                await asyncio.sleep(spacing_s)
+            await asyncio.gather(*futures)
+            await batcher.close()
+
+    run(scenario())
+    return model.calls
+
+
+def test_max_delay_waits_for_more_rows_only_up_to_the_delay() -> None:
+    # 6 requests 10 ms apart: a 200 ms delay gathers them into one batch...
+    assert _burst_batches(200.0, 0.01) == [6]
+    # ...with no delay each runs as soon as the model is free
+    assert len(_burst_batches(0.0, 0.01)) >= 5
+    # ...and a 5 ms delay never holds a request for the next one 30 ms later
+    assert _burst_batches(5.0, 0.03) == [1] * 6
