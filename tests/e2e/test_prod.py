@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -100,6 +102,8 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
     served_by = set(re.findall(r"upstream=([0-9.]+):8000", proxy_log))
     assert served_by == replica_ips, (served_by, replica_ips)
+
+    _slow_clients_stay_at_the_proxy(stack, key)
 
     # a replica whose server process is SIGKILLed is restarted and healthy again
     victim = replicas[0]
@@ -216,3 +220,50 @@ def test_monitoring_profile_scrapes_every_replica(
     (prom,) = stack.containers("prometheus")
     bindings = prom["HostConfig"]["PortBindings"]["9090/tcp"]  # type: ignore[index]
     assert bindings == [{"HostIp": "127.0.0.1", "HostPort": stack.env["PROMETHEUS_PORT"]}]
+
+
+SLOW_BODY = (
+    b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+)
+
+
+def _slow_clients_stay_at_the_proxy(stack: Stack, key: str) -> None:
+    """80 clients that send headers and then a body that never ends: real traffic is
+    served meanwhile, no replica holds one of them in flight (nginx reads a body
+    whole before passing it on), and nginx ends each at its client_body_timeout."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(80)]
+    try:
+        for sock in socks:
+            sock.sendall(SLOW_BODY)
+        opened = time.monotonic()
+        with httpx.Client(base_url=stack.url, headers={"X-API-Key": key}, timeout=10) as client:
+            statuses = [
+                client.post("/v2/models/iris/infer", json=IRIS).status_code for _ in range(30)
+            ]
+            assert statuses == [200] * 30
+        for replica in stack.containers("ml-api"):
+            assert _in_flight(str(replica["Id"])) == 0.0  # none of the 80 reached a replica
+        ended = 0
+        for sock in socks:
+            sock.settimeout(max(1.0, opened + 25 - time.monotonic()))
+            try:
+                reply = sock.recv(4096)
+            except ConnectionResetError:
+                reply = b""
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply[:100]
+            ended += 1
+        assert ended == 80
+        assert time.monotonic() - opened < 25  # client_body_timeout 10 s, with a margin
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _in_flight(container_id: str) -> float:
+    """mlapi_inflight_requests of one replica, read from inside it."""
+    scrape = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    lines = docker("exec", container_id, "python", "-c", scrape).stdout.splitlines()
+    (line,) = [ln for ln in lines if ln.startswith('mlapi_inflight_requests{model="iris"')]
+    return float(line.rsplit(" ", 1)[1])

@@ -18,10 +18,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "malformed or invalid request",
         401: "missing or wrong API key",
+        403: "a Host a server without a key does not answer (MLAPI_ALLOWED_HOSTS); on the "
+        "repository routes also a request from a web page, or the routes turned off",
         404: "unknown model or version",
-        413: "body over MLAPI_MAX_BODY_BYTES",
-        415: "unsupported Content-Encoding",
-        503: "model not ready",
+        408: "headers or body too slow (MLAPI_HEADER_TIMEOUT_S, MLAPI_BODY_TIMEOUT_S)",
+        413: "body over MLAPI_MAX_BODY_BYTES, or tensors over MLAPI_MAX_ELEMENTS",
+        415: "unsupported Content-Encoding; on the repository routes a body that is not JSON",
+        431: "headers over MLAPI_MAX_HEADER_BYTES",
+        503: "model not ready, or the server at a limit (queue, requests, connections)",
     }
     return {str(code): _json(_ERROR, text[code]) for code in statuses}
 
@@ -65,7 +69,7 @@ def _infer_op(params: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/InferResponse"}, "inference result"),
-                **_errors(400, 401, 404, 413, 415, 503),
+                **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503),
             },
         }
     }
@@ -79,7 +83,7 @@ def _metadata_op(params: list[dict[str, Any]]) -> dict[str, Any]:
             "security": _SECURED,
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/ModelMetadata"}, "metadata"),
-                **_errors(401, 404, 503),
+                **_errors(401, 403, 404, 503),
             },
         }
     }
@@ -94,7 +98,7 @@ def _ready_op(params: list[dict[str, Any]]) -> dict[str, Any]:
             "responses": {
                 "200": _json({"type": "object"}, "ready"),
                 "503": _json({"type": "object"}, "not ready"),
-                **_errors(401, 404),
+                **_errors(401, 403, 404),
             },
         }
     }
@@ -112,7 +116,7 @@ def _repository_op(
                 "required": False,
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
-            "responses": {"200": _json(ok, "done"), **_errors(400, 401, 404, 413)},
+            "responses": {"200": _json(ok, "done"), **_errors(400, 401, 403, 404, 413, 415)},
         }
     }
 
@@ -180,7 +184,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json({"type": "object"}, "predictions"),
-                        **_errors(400, 401, 404, 413, 415, 503),
+                        **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503),
                     },
                 }
             },
