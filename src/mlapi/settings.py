@@ -112,28 +112,31 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _resolve_api_key(self) -> Settings:
-        """API_KEY_FILE wins over API_KEY; then ``<secrets_dir>/api_key`` if present.
-        A named file that is missing, unreadable or empty is an error: the server
-        never starts unauthenticated when the operator asked for a key."""
-        if self.api_key_file is not None:
-            self.api_key = _read_secret_file(self.api_key_file, "API_KEY_FILE")
-        elif self.api_key is None:
-            docker_secret = self.secrets_dir / API_KEY_SECRET_NAME
-            if docker_secret.exists():
-                self.api_key = _read_secret_file(docker_secret, "MLAPI_SECRETS_DIR/api_key")
-        if self.admin_key_file is not None:
-            self.admin_key = _read_secret_file(self.admin_key_file, "MLAPI_ADMIN_KEY_FILE")
-        elif self.admin_key is None:
-            admin_secret = self.secrets_dir / ADMIN_KEY_SECRET_NAME
-            if admin_secret.exists():
-                self.admin_key = _read_secret_file(admin_secret, "MLAPI_SECRETS_DIR/admin_key")
+    def _resolve_keys(self) -> Settings:
+        """For the API key and the admin key alike: the ``*_FILE`` variable wins over
+        the value; then ``<secrets_dir>/<name>`` if present. A named file that is
+        missing, unreadable or empty is an error: the server never starts
+        unauthenticated when the operator asked for a key."""
+        self.api_key = self._key(self.api_key, self.api_key_file, "API_KEY", API_KEY_SECRET_NAME)
+        self.admin_key = self._key(
+            self.admin_key, self.admin_key_file, "MLAPI_ADMIN_KEY", ADMIN_KEY_SECRET_NAME
+        )
         if self.require_auth and self.api_key is None:
             raise ValueError(
                 "MLAPI_REQUIRE_AUTH is set but no API key is configured "
                 "(set API_KEY_FILE, API_KEY or the secret file /run/secrets/api_key)"
             )
         return self
+
+    def _key(
+        self, value: SecretStr | None, file: Path | None, variable: str, secret_name: str
+    ) -> SecretStr | None:
+        if file is not None:
+            return _read_secret_file(file, f"{variable}_FILE")
+        docker_secret = self.secrets_dir / secret_name
+        if value is None and docker_secret.exists():
+            return _read_secret_file(docker_secret, f"MLAPI_SECRETS_DIR/{secret_name}")
+        return value
 
     @property
     def pinned_version(self) -> int | None:

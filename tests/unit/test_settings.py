@@ -82,6 +82,24 @@ def test_docker_secret_file_is_picked_up(tmp_path: Path, monkeypatch: pytest.Mon
     assert settings.api_key.get_secret_value() == "from-docker-secret"
 
 
+def test_the_admin_key_comes_from_its_file_or_secret_and_else_is_the_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_KEY", "api-key-1")
+    monkeypatch.setenv("MLAPI_SECRETS_DIR", str(tmp_path))
+    assert load_settings(env_file=None).repository_key.get_secret_value() == "api-key-1"  # type: ignore[union-attr]
+    (tmp_path / "admin_key").write_text("from-docker-secret\n")
+    settings = load_settings(env_file=None)
+    assert settings.repository_key.get_secret_value() == "from-docker-secret"  # type: ignore[union-attr]
+    assert settings.redacted()["MLAPI_ADMIN_KEY"] == "**********"
+    (tmp_path / "admin.txt").write_text("from-file")
+    monkeypatch.setenv("MLAPI_ADMIN_KEY_FILE", str(tmp_path / "admin.txt"))
+    assert load_settings(env_file=None).admin_key.get_secret_value() == "from-file"  # type: ignore[union-attr]
+    monkeypatch.setenv("MLAPI_ADMIN_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="MLAPI_ADMIN_KEY_FILE"):
+        load_settings(env_file=None)
+
+
 @pytest.mark.parametrize("problem", ["missing", "empty", "directory"])
 def test_a_named_key_file_that_cannot_give_a_key_stops_the_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
