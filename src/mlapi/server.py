@@ -78,15 +78,17 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def connection_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for what one connection may take (slow and idle clients)."""
+def connection_options(settings: Settings, guarded: bool = True) -> dict[str, Any]:
+    """uvicorn's options for what one connection may take (slow and idle clients).
+    The dev reloader pickles its config into a child process, which a protocol class
+    made here cannot travel in: it keeps uvicorn's own protocol (no read deadlines)."""
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
         max_header_bytes=settings.max_header_bytes,
     )
     return {
-        "http": guarded_protocol(limits),
+        "http": guarded_protocol(limits) if guarded else "httptools",
         "ws": "none",
         "timeout_keep_alive": settings.keepalive_timeout_s,
         "limit_concurrency": settings.max_connections,
@@ -140,7 +142,7 @@ def _run_reloading(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
-        **connection_options(settings),
+        **connection_options(settings, guarded=False),
     )
     sock = config.bind_socket()
     server = Server(config, Lifecycle(), grace_s=0.0)

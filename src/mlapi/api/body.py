@@ -4,13 +4,13 @@ as soon as it does. gzip and deflate bodies are inflated under the same limit.""
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
 from mlapi.api.codec import is_number
+from mlapi.api.lane import off_loop
 from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # Set in a request's scope by the connection when the body ran out of time (it has
@@ -66,9 +66,8 @@ async def receive_body(
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding is None or encoding == "identity":
         return body
-    # Inflating can take tens of milliseconds: off the event loop, so health checks
-    # and other requests keep being answered meanwhile.
-    return await asyncio.to_thread(_inflate, body, encoding, max_bytes)
+    # Inflating can take tens of milliseconds: on the conversion lane, off the loop.
+    return await off_loop(_inflate, body, encoding, max_bytes)
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:

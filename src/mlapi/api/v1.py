@@ -14,9 +14,9 @@ from starlette.routing import Route
 from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
+from mlapi.api.lane import convert
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import outcome_of
-from mlapi.api.v2 import convert
 from mlapi.errors import BadRequest, MlapiError, NotReady
 from mlapi.tensors import Signature, TensorSpec
 

@@ -3,11 +3,6 @@ readiness, and infer."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,22 +10,13 @@ from starlette.routing import Route
 from mlapi import __version__
 from mlapi.api import codec
 from mlapi.api.context import ApiContext
+from mlapi.api.lane import convert
 from mlapi.api.responses import json_response, route
 from mlapi.batching import Gone
 from mlapi.errors import NotReady
 from mlapi.registry import ModelVersion
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-T = TypeVar("T")
-
-
-# Decoding or encoding more than this runs off the event loop, so that health checks
-# and small requests are answered while a large one is converted. Such conversions
-# (orjson, numpy) hold the GIL for their whole call, so running several at once is
-# no faster, and the event loop would wait for each of them in turn: they take one
-# lane, one at a time, and the loop waits for one at most (a 33 MB body: ~0.3 s).
-OFFLOAD_BYTES = 256 * 1024
-_LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlapi-convert")
 
 
 async def run_infer(
@@ -48,13 +34,6 @@ async def run_infer(
     results = await model.infer(parsed.inputs, parsed.output_names, gone)
     size = sum(array.nbytes for array in results.values())
     return await convert(size, codec.render_infer, model.name, model.version, parsed, results)
-
-
-async def convert(size: int, func: Callable[..., T], *args: Any) -> T:
-    """``func(*args)``: inline when ``size`` bytes are small, else on the lane."""
-    if size > OFFLOAD_BYTES:
-        return await asyncio.get_running_loop().run_in_executor(_LANE, func, *args)
-    return func(*args)
 
 
 def routes(ctx: ApiContext) -> list[Route]:
