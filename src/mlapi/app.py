@@ -68,6 +68,14 @@ def create_app(
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
         refresher = asyncio.create_task(refresh_every(1.0), name="mlapi-metrics")
+        tasks = [loading, refresher]
+        if settings.repository_poll_s > 0:
+
+            async def watch() -> None:
+                await loading  # the first load settles before any rollout
+                await registry.watch(settings.repository_poll_s)
+
+            tasks.append(asyncio.create_task(watch(), name="mlapi-repository-poll"))
         if settings.workers > 1:
             # Workers share one socket: a worker that accepted connections while
             # still loading would answer 503 beside ready siblings. So each worker
@@ -76,7 +84,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in (loading, refresher):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -33,6 +33,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"mlapi: error: {message}\n")
 
 
+def _version_number(text: str) -> int:
+    from mlapi.repository.scan import VERSION
+
+    if not VERSION.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"'{text[:32]}' is not a version (1, 2, ...)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mlapi", description="A fast, safe model server (Open Inference Protocol V2)."
@@ -55,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     model_commands.add_parser("list", help="list the models under MODEL_PATH")
     validate = model_commands.add_parser("validate", help="load and warm up every model under PATH")
     validate.add_argument("path", type=Path)
+    publish = model_commands.add_parser(
+        "publish",
+        help="copy a version folder into a repository, all at once, with a manifest",
+    )
+    publish.add_argument("source", help="the version folder, or - for a tar archive on stdin")
+    publish.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
+    publish.add_argument("--name", help="model name (default: the folder's name)")
+    publish.add_argument(
+        "--version", dest="model_version", type=_version_number, help="default: newest + 1"
+    )
 
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(
@@ -80,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             if args.models_command == "list":
                 return _models_list(settings)
+            if args.models_command == "publish":
+                return _models_publish(settings, args.source, args.name, args.model_version)
             return _models_validate(settings, args.path)
         sys.stdout.write(
             orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -138,6 +158,32 @@ def _models_list(settings: Settings) -> int:
             except Exception as exc:
                 runtime, detail = "-", str(getattr(exc, "message", exc))
             print(f"{entry.name:24} {version.version:<8} {runtime:8} {detail}")
+    return 0
+
+
+def _models_publish(settings: Settings, source: str, name: str | None, version: int | None) -> int:
+    from mlapi.repository import publish
+
+    if source == "-":
+        if name is None:
+            raise ConfigError("--name is needed when the model comes on stdin")
+        final = publish.publish(
+            settings.model_path,
+            name,
+            version,
+            archive=sys.stdin.buffer,
+            allow_pickle=settings.allow_pickle,
+        )
+    else:
+        folder = Path(source)
+        final = publish.publish(
+            settings.model_path,
+            name or publish.default_name(folder.resolve()),
+            version,
+            source=folder,
+            allow_pickle=settings.allow_pickle,
+        )
+    print(f"published {final.parent.name} version {final.name} to {final}")
     return 0
 
 

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(None, alias="MLAPI_ADMIN_KEY")
     admin_key_file: Path | None = Field(None, alias="MLAPI_ADMIN_KEY_FILE")
     repository_api: bool = Field(True, alias="MLAPI_REPOSITORY_API")
+    # Seconds between looks at MODEL_PATH for new or changed versions; 0: never.
+    repository_poll_s: float = Field(0.0, alias="MLAPI_REPOSITORY_POLL_S", ge=0, le=86400)
     reload: bool = Field(False, alias="RELOAD")
     debug: bool = Field(False, alias="DEBUG")
 

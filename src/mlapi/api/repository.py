@@ -40,7 +40,9 @@ def routes(ctx: ApiContext) -> list[Route]:
         ready_only = options.get("ready", False)
         if not isinstance(ready_only, bool):
             raise BadRequest("'ready' must be a boolean")
-        items = [item for record in registry.records() for item in record.describe()]
+        items = [
+            item for record in registry.records() for item in record.describe(with_candidates=True)
+        ]
         if ready_only:
             items = [item for item in items if item["state"] == State.READY.value]
         return json_response(items)
@@ -48,8 +50,13 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def load(request: Request) -> Response:
         await _options(request)
         record = await registry.load(request.path_params["model"])
-        if record.is_ready:
+        failed = [c for c in record.candidates.values() if c.state is State.FAILED]
+        if record.is_ready and not failed:
             return json_response({"name": record.name, "state": State.READY.value})
+        if failed:  # what served before keeps serving
+            reasons = "; ".join(f"version {c.version}: {c.reason}" for c in failed)
+            kept = "; the versions that served keep serving" if record.serves() else ""
+            raise ModelLoadError(f"failed to load '{record.name}': {reasons}{kept}")
         reasons = "; ".join(str(item.get("reason", item["state"])) for item in record.describe())
         raise ModelLoadError(f"failed to load '{record.name}': {reasons}")
 

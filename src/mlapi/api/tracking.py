@@ -65,6 +65,7 @@ class Tracked:
 
     def resolved(self, model: ModelVersion) -> None:
         self._model = model
+        model.holders += 1  # a version being replaced waits for this request
 
     def enter(self) -> None:
         """The body is read: from now on the request is in flight. Overloaded (503)
@@ -91,6 +92,8 @@ class Tracked:
         seconds = time.perf_counter() - self.started
         tracking, model = self._tracking, self._model
         metrics = model.metrics if model is not None else None
+        if model is not None:
+            model.holders -= 1
         if self.counted:
             tracking.active -= 1
             if metrics is not None:

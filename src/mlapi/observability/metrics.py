@@ -119,6 +119,20 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.rollouts = Counter(
+            "mlapi_model_rollouts",
+            "Model version changes by outcome: promoted (serves now), failed (did not "
+            "load, verify or warm up), refused (did not fit in memory), rolled_back.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.serving_version = Gauge(
+            "mlapi_model_serving_version",
+            "The newest version of a model that serves (0: none).",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.log_write_errors = Counter(
             "mlapi_log_write_errors",
             "Log records that could not be written to the log files.",

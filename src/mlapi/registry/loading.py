@@ -1,0 +1,148 @@
+"""Loading one model version: check its files (manifest, no pickle), load it with its
+runtime, warm it up with one real inference, and give it its batcher. Runs on a
+loading thread, never on the event loop."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mlapi.batching import Batcher
+from mlapi.errors import MlapiError, ModelLoadError
+from mlapi.observability.metrics import Metrics
+from mlapi.registry.versions import ModelVersion, State
+from mlapi.repository import manifest
+from mlapi.repository.config import ModelConfig
+from mlapi.runtimes import catalog, safety
+from mlapi.runtimes.base import LoadContext, Runtime
+from mlapi.settings import Settings
+from mlapi.tensors import DATATYPES, Signature
+
+log = logging.getLogger("mlapi.registry")
+
+
+class Loader:
+    def __init__(self, settings: Settings, metrics: Metrics, intra_op_threads: int) -> None:
+        self._settings = settings
+        self.metrics = metrics
+        self.intra_op_threads = intra_op_threads
+
+    def publish_state(self, version: ModelVersion) -> None:
+        self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
+
+    def load_and_warm(self, version: ModelVersion) -> None:
+        """On a loading thread: verify, load, warm up, and make ``version`` READY."""
+        assert version.config is not None
+        started = time.perf_counter()
+        manifest.verify(version.path)
+        safety.check_folder(version.path, self._settings.allow_pickle)
+        runtime_name, model_file = catalog.choose(version.path, version.config)
+        ctx = LoadContext(
+            model_dir=version.path,
+            model_file=model_file,
+            config=version.config,
+            allow_pickle=self._settings.allow_pickle,
+            intra_op_threads=self.intra_op_threads,
+            cache_dir=self._settings.cache_dir,
+            device=self._settings.device,
+        )
+        runtime = catalog.factory(runtime_name)(ctx)
+        version.runtime, version.runtime_name = runtime, runtime_name
+        version.load_seconds = time.perf_counter() - started
+        version.state = State.WARMING
+        self.publish_state(version)
+        started = time.perf_counter()
+        warm_up(version.name, runtime, version.config)
+        version.warmup_seconds = time.perf_counter() - started
+        version.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
+        )
+        batching = version.config.batching
+        version.metrics = self.metrics.model(version.name, str(version.version))
+        labels = (version.name, str(version.version))
+        self.metrics.load_seconds.labels(*labels).set(version.load_seconds)
+        self.metrics.warmup_seconds.labels(*labels).set(version.warmup_seconds)
+        version.batcher = Batcher(
+            f"{version.name}:{version.version}",
+            runtime.predict,
+            version.executor,
+            batchable=batching.enabled and stackable(runtime.signature),
+            max_batch_size=batching.max_batch_size,
+            max_delay_ms=batching.max_delay_ms,
+            max_queue=batching.max_queue,
+            observer=version.metrics,
+        )
+        if version.withdrawn:  # unloaded while it was loading: free it, never serve it
+            version.close()
+            version.state = State.UNAVAILABLE
+            return
+        version.state = State.READY
+        self.publish_state(version)
+
+
+def warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
+    """One real inference: on the configured warm-up inputs, else on zeros shaped
+    like the signature (any-size dimensions as 1)."""
+    if not config.warmup.enabled:
+        return
+    signature = runtime.signature
+    given = config.warmup.inputs
+    if given is None and signature.dynamic:
+        log.info("model %s: no signature and no [warmup] inputs; warm-up skipped", name)
+        return
+    try:
+        if given is not None:
+            inputs = {key: _warmup_array(key, value, signature) for key, value in given.items()}
+        else:
+            inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in signature.inputs}
+        runtime.predict(inputs, signature.output_names())
+    except MlapiError as exc:
+        raise ModelLoadError(f"warm-up inference failed: {exc.message}") from None
+    except Exception as exc:
+        raise ModelLoadError(
+            f"warm-up inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if str(exc)
+            else f"warm-up inference failed: {type(exc).__name__}"
+        ) from None
+
+
+def settle_garbage_collector() -> None:
+    """Move what loading allocated (models, sessions, modules) out of the cyclic
+    collector's sight. Full collections otherwise rescan all of it while requests
+    wait: on the default model under load this halves p99 (14.7 -> 6.9 ms).
+    Frozen objects are never collected, so what was frozen before is thawed first:
+    a model unloaded since (a Python module's cycles with its functions) is freed."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def stackable(signature: Signature) -> bool:
+    """Requests can be stacked along the first dimension when every input and
+    output has a batch dimension of any size."""
+    return (
+        not signature.dynamic
+        and bool(signature.inputs)
+        and all(spec.has_batch_dim for spec in signature.inputs)
+        and bool(signature.outputs)
+        and all(spec.has_batch_dim for spec in signature.outputs)
+    )
+
+
+def _zeros(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    concrete = tuple(1 if dim < 1 else dim for dim in shape)
+    if datatype == "BYTES":
+        return np.full(concrete, "", dtype=object)
+    return np.zeros(concrete, dtype=DATATYPES[datatype])
+
+
+def _warmup_array(name: str, value: object, signature: Signature) -> np.ndarray:
+    spec = signature.input(name)
+    if spec is None and not signature.dynamic:
+        raise ModelLoadError(f"[warmup] names unknown input '{name}'")
+    dtype = DATATYPES[spec.datatype] if spec else None
+    return np.asarray(value, dtype=dtype)

@@ -1,0 +1,194 @@
+"""A model's versions and their life: LOADING -> WARMING -> READY, or FAILED with a
+reason; UNLOADING -> UNAVAILABLE when removed. A record holds the versions that
+serve and, while a rollout runs, the candidate that may replace one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from mlapi.batching import Batcher, Gone
+from mlapi.errors import GatewayTimeout, NotFound, NotReady
+from mlapi.observability.metrics import ModelMetrics
+from mlapi.repository.config import ModelConfig
+from mlapi.runtimes.base import Runtime
+from mlapi.tensors import Signature
+
+
+class State(StrEnum):
+    LOADING = "LOADING"
+    WARMING = "WARMING"
+    READY = "READY"
+    FAILED = "FAILED"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One loaded (or loading, or failed) version of a model."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig | None
+    state: State = State.LOADING
+    reason: str | None = None
+    runtime: Runtime | None = None
+    runtime_name: str | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+    executor: ThreadPoolExecutor | None = None
+    batcher: Batcher | None = None
+    metrics: ModelMetrics | None = None
+    timeout_s: float = 30.0
+    withdrawn: bool = False  # unloaded: a load still running for it must not finish it
+    fingerprint: str = ""  # what its files were when it was loaded (repository.files)
+    holders: int = 0  # inference requests that resolved to this version and are not done
+    retiring: bool = False  # replaced: answers what it holds, gets nothing new
+
+    @property
+    def signature(self) -> Signature:
+        return self.loaded_runtime().signature
+
+    def loaded_runtime(self) -> Runtime:
+        """The runtime; NotReady if it was unloaded (say, by a reload or an unload that
+        happened while a request holding this version was reading its body)."""
+        runtime = self.runtime
+        if runtime is None:
+            raise NotReady(f"model '{self.name}' version {self.version} is not loaded")
+        return runtime
+
+    def admit(self) -> None:
+        """Refuse early (503) when this version's queue is full."""
+        if self.batcher is not None:
+            self.batcher.admit()
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: Sequence[str],
+        gone: Gone | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model through its batcher, on its own worker thread."""
+        batcher = self.batcher
+        if batcher is None or self.state is not State.READY:  # retiring versions stay READY
+            raise NotReady(f"model '{self.name}' version {self.version} is not ready")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await batcher.submit(inputs, tuple(output_names), gone)
+        except TimeoutError:
+            # the queued work was withdrawn by the cancellation; a running batch's
+            # result for this request is dropped
+            raise GatewayTimeout(
+                f"model '{self.name}' did not answer within {self.timeout_s:g}s "
+                f"(MLAPI_REQUEST_TIMEOUT_S)"
+            ) from None
+
+    def describe(self) -> dict[str, object]:
+        shown: dict[str, object] = {
+            "name": self.name,
+            "version": str(self.version),
+            "state": self.state.value,
+        }
+        if self.reason:
+            shown["reason"] = self.reason
+        return shown
+
+    async def retire(self, within_s: float) -> None:
+        """Leave serving gracefully: no request is routed here any more (the caller has
+        swapped another in); the requests that already hold this version, queued or
+        still sending their body, are answered here; then the model is freed. Waits at
+        most ``within_s`` for them."""
+        self.retiring = True
+        self.withdrawn = True  # a load still running for it frees it, never serves it
+        deadline = time.monotonic() + within_s
+        while self.holders > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.state = State.UNLOADING
+        await self.aclose()
+        self.state = State.UNAVAILABLE
+
+    async def aclose(self) -> None:
+        """Stop the batcher (queued requests get a 503), then free the model."""
+        if self.metrics is not None:
+            self.metrics.flush()
+        if self.batcher is not None:
+            await self.batcher.close()
+            self.batcher = None
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
+
+@dataclass(eq=False)
+class ModelRecord:
+    """A model folder and the versions its policy selects."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    error: str | None = None  # a model-level problem: no versions, pinned version missing
+    unloaded: bool = False  # explicitly unloaded through the repository API
+    retired: tuple[int, ...] = ()  # the versions an unload took away
+    # a rollout's candidate versions while they load, then those that failed (shown in
+    # the index, never served; the versions that serve are untouched by them)
+    candidates: dict[int, ModelVersion] = field(default_factory=dict)
+
+    def ready_version(self, version: int | None) -> ModelVersion:
+        if version is not None:
+            found = self.versions.get(version)
+            if found is None:
+                raise NotFound(f"model '{self.name}' has no version {version}")
+            if found.state is not State.READY:
+                raise NotReady(_not_ready(found))
+            return found
+        ready = [v for v in self.versions.values() if v.state is State.READY and not v.retiring]
+        if not ready:
+            if self.error:
+                raise NotReady(f"model '{self.name}' is not ready: {self.error}")
+            newest = max(self.versions.values(), key=lambda v: v.version, default=None)
+            raise NotReady(_not_ready(newest) if newest else f"model '{self.name}' is not ready")
+        return max(ready, key=lambda v: v.version)
+
+    def serves(self) -> bool:
+        """Whether some version of this model answers requests now."""
+        return any(v.state is State.READY and not v.retiring for v in self.versions.values())
+
+    @property
+    def is_ready(self) -> bool:
+        return (
+            self.error is None
+            and bool(self.versions)
+            and all(v.state is State.READY for v in self.versions.values())
+        )
+
+    def describe(self, with_candidates: bool = False) -> list[dict[str, object]]:
+        """One item per version that serves (readiness); with the candidates too (the
+        repository index), each marked ``"candidate": true``."""
+        if self.unloaded:
+            return [{"name": self.name, "state": State.UNAVAILABLE.value, "reason": "unloaded"}]
+        if self.error:
+            return [{"name": self.name, "state": State.FAILED.value, "reason": self.error}]
+        items = [v.describe() for v in sorted(self.versions.values(), key=lambda v: v.version)]
+        if with_candidates:
+            for candidate in sorted(self.candidates.values(), key=lambda v: v.version):
+                items.append({**candidate.describe(), "candidate": True})
+        return items
+
+
+def _not_ready(version: ModelVersion) -> str:
+    text = f"model '{version.name}' version {version.version} is {version.state.value}"
+    return f"{text}: {version.reason}" if version.reason else text

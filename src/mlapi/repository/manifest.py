@@ -1,0 +1,90 @@
+"""A version folder's manifest (``manifest.json``: the sha256 of every file, written
+by ``mlapi models publish``) and its fingerprint: what tells a server that the
+files of a version changed. With a manifest, every file is checked against it
+before the version loads; a folder without one (copied by other means) loads as
+it is."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import orjson
+
+from mlapi.errors import ModelLoadError
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_of(folder: Path) -> list[Path]:
+    """Every regular file under ``folder`` but the manifest and Python's bytecode
+    caches (written when a model.py is imported), sorted, hidden ones too."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.name != MANIFEST
+        and "__pycache__" not in path.relative_to(folder).parts
+    )
+
+
+def build(folder: Path) -> dict[str, object]:
+    files = {path.relative_to(folder).as_posix(): sha256_of(path) for path in files_of(folder)}
+    return {"format": 1, "files": files}
+
+
+def write(folder: Path) -> None:
+    (folder / MANIFEST).write_bytes(orjson.dumps(build(folder), option=orjson.OPT_INDENT_2))
+
+
+def verify(folder: Path) -> None:
+    """ModelLoadError naming the first file that does not match the manifest (changed,
+    missing, or not listed in it). No manifest: nothing to check."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return
+    try:
+        document = orjson.loads(path.read_bytes())
+        listed = document["files"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ModelLoadError(f"'{MANIFEST}' is not a manifest written by mlapi") from None
+    present = {p.relative_to(folder).as_posix(): p for p in files_of(folder)}
+    for name, expected in sorted(listed.items()):
+        found = present.get(name)
+        if found is None:
+            raise ModelLoadError(f"file '{name}' is in {MANIFEST} but missing")
+        if sha256_of(found) != expected:
+            raise ModelLoadError(f"file '{name}' does not match its sha256 in {MANIFEST}")
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise ModelLoadError(f"file '{unlisted[0]}' is not in {MANIFEST}")
+
+
+def fingerprint(folder: Path) -> str:
+    """Changes whenever the version's files do: the manifest's own hash when there is
+    one (a publish), else every file's name, size and modification time."""
+    manifest = folder / MANIFEST
+    digest = hashlib.sha256()
+    try:
+        if manifest.exists():
+            digest.update(manifest.read_bytes())
+        else:
+            for path in files_of(folder):
+                stat = path.stat()
+                digest.update(
+                    f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode()
+                )
+    except OSError:
+        return ""  # the folder changes under us: the next look sees it settled
+    return digest.hexdigest()

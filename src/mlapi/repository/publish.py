@@ -1,0 +1,134 @@
+"""Publishing a model version into a repository so that no server ever sees it half
+written: the files are copied under a hidden name in the model's own folder (the
+same filesystem), flushed, given a manifest, then renamed into place at once. A
+second publish of the same version loses the rename and is refused."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mlapi.errors import ConfigError, MlapiError
+from mlapi.repository import manifest
+from mlapi.repository.scan import MODEL_NAME, VERSION
+from mlapi.runtimes import safety
+
+# Python's own check of archive members, where it has one (3.11.4 and newer): ours
+# above already refuses links, devices, absolute paths and '..'.
+_SAFE_EXTRACT: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def default_name(source: Path) -> str:
+    """A version folder ``iris/3`` publishes as ``iris``; a folder ``iris`` as ``iris``."""
+    return source.parent.name if VERSION.fullmatch(source.name) else source.name
+
+
+def next_version(model_dir: Path) -> int:
+    existing = [int(p.name) for p in _children(model_dir) if VERSION.fullmatch(p.name)]
+    return max(existing, default=0) + 1
+
+
+def publish(
+    repository: Path,
+    name: str,
+    version: int | None,
+    source: Path | None = None,
+    archive: BinaryIO | None = None,
+    allow_pickle: bool = False,
+) -> Path:
+    """Copy ``source`` (a folder) or ``archive`` (a tar stream) into
+    ``repository/name/version``; the new version folder. ConfigError on bad input."""
+    if not repository.is_dir():
+        raise ConfigError(f"model repository {repository} is not a folder")
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"'{name[:64]}' is not a model name (letters, digits, '_', '.', '-')")
+    model_dir = repository / name
+    model_dir.mkdir(exist_ok=True)
+    number = version if version is not None else next_version(model_dir)
+    if number < 1:
+        raise ConfigError("a version is a positive integer")
+    final = model_dir / str(number)
+    if final.exists():
+        raise ConfigError(f"{name} version {number} already exists in {repository}")
+    staging = model_dir / f".publish-{number}-{secrets.token_hex(4)}"
+    try:
+        if source is not None:
+            _copy_folder(source, staging)
+        else:
+            assert archive is not None
+            _extract(archive, staging)
+        if not manifest.files_of(staging):
+            raise ConfigError("nothing to publish: the source has no files")
+        try:
+            safety.check_folder(staging, allow_pickle)
+        except MlapiError as exc:
+            raise ConfigError(exc.message) from None
+        manifest.write(staging)
+        _flush(staging)
+        try:
+            staging.rename(final)  # atomic; fails if another publish got there first
+        except OSError:
+            raise ConfigError(
+                f"{name} version {number} was published by someone else meanwhile"
+            ) from None
+        _fsync_dir(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _children(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+
+
+def _copy_folder(source: Path, staging: Path) -> None:
+    if not source.is_dir():
+        raise ConfigError(f"{source} is not a folder")
+    for path in source.rglob("*"):
+        if path.is_symlink():
+            raise ConfigError(f"'{path.relative_to(source)}' is a symbolic link: copy real files")
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "manifest.json"))
+
+
+def _extract(archive: BinaryIO, staging: Path) -> None:
+    staging.mkdir()
+    try:
+        with tarfile.open(fileobj=archive, mode="r|*") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if not (member.isfile() or member.isdir()):
+                    raise ConfigError(f"'{member.name[:64]}' in the archive is not a plain file")
+                if member.name.startswith("/") or ".." in parts:
+                    raise ConfigError(f"'{member.name[:64]}' in the archive leaves its folder")
+                member.mode = 0o755 if member.isdir() else 0o644
+                tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)
+    except (tarfile.TarError, OSError) as exc:
+        raise ConfigError(f"the archive cannot be read ({type(exc).__name__})") from None
+    stale = staging / manifest.MANIFEST
+    stale.unlink(missing_ok=True)  # the manifest is written here, from these bytes
+
+
+def _flush(folder: Path) -> None:
+    """Every file and folder on disk before the rename makes them visible."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,247 @@
+"""Changing a model while traffic flows (issue 9): a new version loads beside the one
+that serves and is switched in only once READY; one that fails to load, verify or
+warm up changes nothing for clients; the repository poll and the load API take
+the same path; what the old version holds is answered there."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from mlapi.errors import ConfigError
+from mlapi.repository import publish
+from tests.conftest import wait_for
+from tests.fixtures.models import vector_toml, write_python_model
+
+Start = Callable[..., TestClient]
+# Answers x * its own version number, so every answer says which version gave it.
+SCALED = """
+    from pathlib import Path
+
+    class Scaled:
+        def load(self, path):
+            self.factor = float(Path(path).name)
+
+        def predict(self, inputs):
+            return {"y": inputs["x"] * self.factor}
+"""
+BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
+
+
+def _source(tmp_path: Path, label: str, source: str = SCALED) -> Path:
+    """A version folder outside the repository, ready to publish."""
+    folder = tmp_path / "incoming" / label
+    folder.mkdir(parents=True)
+    (folder / "model.py").write_text(source.replace("\n    ", "\n"))
+    (folder / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+    return folder
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    return repo
+
+
+def _answer(client: TestClient) -> tuple[int, float | None]:
+    response = client.post("/v2/models/m/infer", json=BODY)
+    if response.status_code != 200:
+        return response.status_code, None
+    return 200, response.json()["outputs"][0]["data"][0]
+
+
+@contextmanager
+def _traffic(client: TestClient) -> Iterator[list[tuple[int, float | None]]]:
+    """Requests back to back until the block ends (at most 20,000)."""
+    answers: list[tuple[int, float | None]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set() and len(answers) < 20_000:
+            answers.append(_answer(client))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        wait_for(lambda: len(answers) > 20, what="traffic")
+        yield answers
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _index(client: TestClient) -> list[dict[str, object]]:
+    return client.post("/v2/repository/index").json()  # type: ignore[no-any-return]
+
+
+def test_a_published_version_takes_over_with_nothing_failed(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo)
+    with _traffic(client) as answers:
+        publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
+        assert client.post("/v2/repository/models/m/load").status_code == 200
+        count = len(answers)
+        wait_for(lambda: len(answers) > count + 20, what="traffic after the switch")
+        assert client.get("/health").status_code == 200
+    assert {status for status, _ in answers} == {200}
+    values = [value for _, value in answers]
+    switched = values.index(2.0)
+    assert set(values[:switched]) == {1.0} and set(values[switched:]) == {2.0}
+    wait_for(lambda: [i["version"] for i in _index(client)] == ["2"], what="v1 unloaded")
+
+
+@pytest.mark.parametrize("broken", ["import", "warm-up", "manifest"])
+def test_a_version_that_fails_changes_nothing_for_clients(
+    serve_app: Start, tmp_path: Path, broken: str
+) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo)
+    if broken == "import":
+        publish.publish(repo, "m", 2, source=_source(tmp_path, "v2", "class Broken(:\n"))
+    elif broken == "warm-up":
+        raising = SCALED.replace(
+            "return {", "raise RuntimeError('no such weights')\n            return {"
+        )
+        publish.publish(repo, "m", 2, source=_source(tmp_path, "v2", raising))
+    else:
+        published = publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
+        with (published / "model.py").open("a") as handle:
+            handle.write("\n# changed after publishing\n")
+    with _traffic(client) as answers:
+        response = client.post("/v2/repository/models/m/load")
+        assert response.status_code == 400
+        assert "version 2" in response.json()["error"]
+        assert "keep serving" in response.json()["error"]
+        assert client.get("/health").status_code == 200
+    assert {answer for answer in answers} == {(200, 1.0)}
+    candidate = [item for item in _index(client) if item["version"] == "2"]
+    assert candidate and candidate[0]["state"] == "FAILED" and candidate[0]["candidate"]
+    reason = str(candidate[0]["reason"])
+    expected = {"import": "SyntaxError", "warm-up": "no such weights", "manifest": "'model.py'"}
+    assert expected[broken] in reason, reason
+
+
+def test_the_repository_poll_switches_new_versions_in_and_tries_a_failed_one_once(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    with _traffic(client) as answers:
+        publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
+        wait_for(lambda: answers[-1] == (200, 2.0), timeout_s=10, what="v2 serving")
+        publish.publish(repo, "m", 3, source=_source(tmp_path, "v3", "class Broken(:\n"))
+        wait_for(
+            lambda: any(i.get("state") == "FAILED" for i in _index(client)),
+            timeout_s=10,
+            what="v3 refused",
+        )
+        time.sleep(1.0)  # ten more polls: a failed version whose files did not change stays
+    assert {status for status, _ in answers} == {200}
+    assert answers[-1] == (200, 2.0)
+    metrics = client.get("/metrics").text
+    assert 'mlapi_model_rollouts_total{model="m",outcome="failed"} 1.0' in metrics
+    assert 'mlapi_model_rollouts_total{model="m",outcome="promoted"} 1.0' in metrics
+    assert 'mlapi_model_serving_version{model="m"} 2.0' in metrics
+    # fixed files: the same version number is tried again and switched in
+    shutil.rmtree(repo / "m" / "3")
+    publish.publish(repo, "m", 3, source=_source(tmp_path, "v3-fixed"))
+    wait_for(lambda: _answer(client) == (200, 3.0), timeout_s=10, what="the fixed v3")
+
+
+def test_a_folder_copied_in_by_hand_is_never_served_half_written(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    """A copy that takes a while (not through publish): each poll may see it half
+    done; it is served only once it loads whole."""
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.05")
+    folder = repo / "m" / "2"
+    folder.mkdir()
+    with _traffic(client) as answers:
+        (folder / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+        source = SCALED.replace("\n    ", "\n")
+        with (folder / "model.py").open("w") as handle:
+            for line in source.splitlines(keepends=True):
+                handle.write(line)
+                handle.flush()
+                time.sleep(0.1)  # two polls a line
+        wait_for(lambda: answers[-1] == (200, 2.0), timeout_s=10, what="v2 serving")
+    assert {status for status, _ in answers} == {200}
+    assert {value for _, value in answers} == {1.0, 2.0}
+
+
+HELD = """
+    import time
+    from pathlib import Path
+
+    class Held:
+        def load(self, path):
+            self.folder = Path(path)
+            self.factor = float(self.folder.name)
+
+        def predict(self, inputs):
+            deadline = time.monotonic() + 20
+            while not (self.folder.parent / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return {"y": inputs["x"] * self.factor}
+"""
+
+
+def test_requests_held_by_the_old_version_are_answered_there(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", HELD, vector_toml(extra="[warmup]\n    enabled = false"))
+    client = serve_app(repo)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        held = [pool.submit(_answer, client) for _ in range(4)]
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        wait_for(lambda: registry.get("m").holders == 4, what="four requests on v1")
+        source = _source(tmp_path, "v2", HELD)
+        (source / "model.toml").write_text(
+            vector_toml(extra="[warmup]\n    enabled = false").replace("\n    ", "\n")
+        )
+        publish.publish(repo, "m", 2, source=source)
+        assert client.post("/v2/repository/models/m/load").status_code == 200
+        (repo / "m" / "release").touch()
+        assert [future.result(timeout=30) for future in held] == [(200, 1.0)] * 4
+    assert _answer(client) == (200, 2.0)
+    wait_for(lambda: [i["version"] for i in _index(client)] == ["2"], what="v1 unloaded")
+
+
+def test_a_pinned_deployment_never_moves_by_itself(serve_app: Start, tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MODEL_VERSION="1", MLAPI_REPOSITORY_POLL_S="0.05")
+    publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
+    time.sleep(0.5)  # ten polls
+    assert _answer(client) == (200, 1.0)
+    assert [i["version"] for i in _index(client)] == ["1"]
+
+
+def test_two_publishes_of_one_version_one_wins(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    sources = [_source(tmp_path, f"twin{i}") for i in range(2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(
+            pool.map(lambda s: _try_publish(repo, s), sources)  # type: ignore[arg-type]
+        )
+    assert sorted(outcomes) == ["ok", "refused"]
+    assert [p.name for p in (repo / "m").iterdir() if p.name.startswith(".")] == []
+
+
+def _try_publish(repo: Path, source: Path) -> str:
+    try:
+        publish.publish(repo, "m", 2, source=source)
+    except ConfigError:
+        return "refused"
+    return "ok"
