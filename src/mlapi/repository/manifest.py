@@ -72,19 +72,16 @@ def verify(folder: Path) -> None:
 
 
 def fingerprint(folder: Path) -> str:
-    """Changes whenever the version's files do: the manifest's own hash when there is
-    one (a publish), else every file's name, size and modification time."""
-    manifest = folder / MANIFEST
+    """Changes whenever the version's files do: every file's name, size and
+    modification time, and the manifest's own bytes when there is one."""
     digest = hashlib.sha256()
     try:
+        manifest = folder / MANIFEST
         if manifest.exists():
             digest.update(manifest.read_bytes())
-        else:
-            for path in files_of(folder):
-                stat = path.stat()
-                digest.update(
-                    f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode()
-                )
+        for path in files_of(folder):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     except OSError:
         return ""  # the folder changes under us: the next look sees it settled
     return digest.hexdigest()

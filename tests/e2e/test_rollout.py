@@ -1,0 +1,204 @@
+"""Issue 9 on the production compose deployment: two replicas behind nginx, steady
+traffic through the one address, and model versions published into the models
+volume with the README's one command (no rebuild, no restart): a good one takes
+over on both replicas, a corrupt one and one that does not match its manifest are
+refused on both, and no client sees anything but a 200."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from mlapi.settings import DEFAULT_MODEL_PATH
+from tests.e2e.conftest import Stack, docker, make_stack, wait_until
+
+pytestmark = pytest.mark.e2e
+PROD = ["docker-compose.yml", "docker-compose.prod.yml"]
+IRIS = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+}
+# Version 2 answers differently from the bundled ONNX version 1.
+V2_MODEL = """
+import numpy as np
+
+class Relabelled:
+    def predict(self, inputs):
+        rows = inputs["input"].shape[0]
+        return {
+            "label": np.array(["setosa-v2"] * rows, dtype=object),
+            "probabilities": np.full((rows, 3), 1 / 3, dtype=np.float32),
+        }
+"""
+V2_TOML = """
+[[inputs]]
+name = "input"
+datatype = "FP32"
+shape = [-1, 4]
+
+[[outputs]]
+name = "label"
+datatype = "BYTES"
+shape = [-1]
+
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 3]
+"""
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in files.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return archive.getvalue()
+
+
+def _exec_stdin(stack: Stack, data: bytes, *command: str) -> subprocess.CompletedProcess[bytes]:
+    """`docker compose ... exec -T ml-api COMMAND` with ``data`` on its stdin."""
+    files = [arg for name in stack.files for arg in ("-f", name)]
+    return subprocess.run(
+        ["docker", "compose", "-p", stack.project, *files, "exec", "-T", "ml-api", *command],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **stack.env},
+        cwd=stack.folder,
+    )
+
+
+def _replica_index(container_id: str) -> list[dict[str, object]]:
+    """The repository index of one replica, read from inside it (the API key is in
+    the container's secret file)."""
+    script = (
+        "import urllib.request as u; key = open('/run/secrets/api_key').read().strip(); "
+        "r = u.Request('http://127.0.0.1:8000/v2/repository/index', data=b'{}', "
+        "headers={'Authorization': 'Bearer ' + key, 'Content-Type': 'application/json'}); "
+        "print(u.urlopen(r).read().decode())"
+    )
+    return json.loads(docker("exec", container_id, "python", "-c", script).stdout)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _traffic(stack: Stack, key: str) -> Iterator[list[tuple[int, str]]]:
+    """Eight clients, each about 15 requests a second (~120/s in all), until the
+    block ends; at most 180 s. Each answer: (status, model_version)."""
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=10) as client:
+            deadline = time.monotonic() + 180
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.post("/v2/models/iris/infer", json=IRIS)
+                    version = (
+                        response.json().get("model_version", "") if response.is_success else ""
+                    )
+                    answers.append((response.status_code, str(version)))
+                except httpx.TransportError as exc:
+                    answers.append((0, type(exc).__name__))
+                time.sleep(1 / 15)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def test_publishing_versions_into_the_production_deployment(
+    stack_factory: list[Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, PROD)
+    stack.env["MLAPI_REPOSITORY_POLL_S"] = "1"
+    stack_factory.append(stack)
+    key = "e2e-" + os.urandom(16).hex()
+    secret = stack.folder / "secrets" / "api_key.txt"
+    secret.write_text(key + "\n")
+    os.chown(secret, 1000, 1000)
+    secret.chmod(0o400)
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
+    replicas = [str(c["Id"]) for c in stack.containers("ml-api")]
+    assert len(replicas) == 2
+    restarts_before = {
+        cid: json.loads(docker("inspect", cid).stdout)[0]["RestartCount"] for cid in replicas
+    }
+
+    def served(version: str) -> bool:
+        return all(
+            [i["version"] for i in _replica_index(cid) if not i.get("candidate")] == [version]
+            for cid in replicas
+        )
+
+    def refused(version: str, words: str) -> bool:
+        for cid in replicas:
+            items = [i for i in _replica_index(cid) if i.get("version") == version]
+            if not (items and items[0]["state"] == "FAILED" and words in str(items[0]["reason"])):
+                return False
+        return True
+
+    with _traffic(stack, key) as answers:
+        wait_until(lambda: len(answers) > 100, 30, "traffic")
+        # version 2: the README's command, a tar of the folder on stdin
+        started = time.monotonic()
+        v2 = _tar({"model.py": V2_MODEL.encode(), "model.toml": V2_TOML.encode()})
+        published = _exec_stdin(
+            stack, v2, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "2"
+        )
+        assert published.returncode == 0, published.stderr
+        wait_until(lambda: served("2"), 30, "version 2 alone on both replicas")
+        swap_s = time.monotonic() - started
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 100, 30, "traffic after the switch")
+        assert {version for _, version in answers[-80:]} == {"2"}
+        # version 3: a corrupt model file, published the same way
+        onnx = (DEFAULT_MODEL_PATH / "iris" / "1" / "model.onnx").read_bytes()
+        corrupt = _tar({"model.onnx": onnx[:300]})
+        result = _exec_stdin(
+            stack, corrupt, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "3"
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: refused("3", "model.onnx"), 30, "version 3 refused on both")
+        # version 4: copied by other means, with a manifest its file does not match
+        manifest = json.dumps({"format": 1, "files": {"model.onnx": "0" * 64}}).encode()
+        # the manifest first: a copy in progress fails its check until it is whole
+        mismatched = _tar({"manifest.json": manifest, "model.onnx": onnx})
+        extract = (
+            "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|')"
+            ".extractall('/app/models/iris/4')"
+        )
+        result = _exec_stdin(stack, mismatched, "python", "-c", extract)
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: refused("4", "does not match"), 30, "version 4 refused on both")
+        assert httpx.get(stack.url + "/health", timeout=10).status_code == 200
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 50, 30, "traffic after the refusals")
+    statuses = [status for status, _ in answers]
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert {version for _, version in answers[-50:]} == {"2"}
+    for cid in replicas:
+        assert json.loads(docker("inspect", cid).stdout)[0]["RestartCount"] == restarts_before[cid]
+    print(
+        f"publish -> both replicas serving version 2 alone: {swap_s:.1f} s, "
+        f"{len(answers)} requests, all 200"
+    )

@@ -1,0 +1,192 @@
+"""Issue 9 as a user does it, without Docker: `mlapi serve` with two workers and a
+short repository poll, steady traffic, and `mlapi models publish` from a folder
+and from a tar stream; a corrupt version and one that does not match its manifest
+are refused on every worker while the served version keeps answering."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import wait_for
+from tests.fixtures.models import vector_toml, write_python_model
+from tests.process.conftest import MLAPI, Server, base_env
+
+pytestmark = pytest.mark.process
+SCALED = """
+from pathlib import Path
+
+class Scaled:
+    def load(self, path):
+        self.factor = float(Path(path).name)
+
+    def predict(self, inputs):
+        return {"y": inputs["x"] * self.factor}
+"""
+BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
+
+
+def _folder(tmp_path: Path, label: str, source: str = SCALED) -> Path:
+    folder = tmp_path / "incoming" / label
+    folder.mkdir(parents=True)
+    (folder / "model.py").write_text(source)
+    (folder / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+    return folder
+
+
+def _publish(
+    repo: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [MLAPI, "models", "publish", *args, "--model-path", str(repo)],
+        input=stdin,
+        capture_output=True,
+        env=base_env(),
+        timeout=60,
+    )
+
+
+@contextmanager
+def _traffic(server: Server) -> Iterator[list[tuple[int, float | None]]]:
+    """About 100 requests a second on four connections until the block ends (at most
+    60 s), each answer (status, value)."""
+    answers: list[tuple[int, float | None]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                response = client.post("/v2/models/m/infer", json=BODY)
+                value = response.json()["outputs"][0]["data"][0] if response.is_success else None
+                answers.append((response.status_code, value))
+                time.sleep(0.04)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) > 20, what="traffic")
+        yield answers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def _index(server: Server) -> list[dict[str, object]]:
+    return httpx.post(server.url + "/v2/repository/index", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def test_publish_while_traffic_flows_on_two_workers(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    server = start_server(MODEL_PATH=str(repo), WORKERS="2", MLAPI_REPOSITORY_POLL_S="0.5")
+    with _traffic(server) as answers:
+        # version 2 from a folder
+        started = time.monotonic()
+        published = _publish(repo, str(_folder(tmp_path, "2")), "--name", "m")
+        assert published.returncode == 0, published.stderr
+        assert b"version 2" in published.stdout
+        wait_for(lambda: answers[-8:] == [(200, 2.0)] * 8, timeout_s=30, what="v2 everywhere")
+        swap_s = time.monotonic() - started
+        # a corrupt version 3, then version 3 whose file no longer matches its manifest
+        assert (
+            _publish(
+                repo, str(_folder(tmp_path, "3", "class Broken(:\n")), "--name", "m"
+            ).returncode
+            == 0
+        )
+        wait_for(lambda: "SyntaxError" in str(_index(server)), timeout_s=30, what="v3 refused")
+        (repo / "m" / "3" / "model.py").write_text(SCALED + "\n# edited in place\n")
+        wait_for(
+            lambda: "does not match" in str(_index(server)), timeout_s=30, what="manifest check"
+        )
+        assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+        # version 4 as a tar stream on stdin, as `docker compose exec -T` passes it
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(_folder(tmp_path, "4"), arcname=".")
+        streamed = _publish(repo, "-", "--name", "m", "--version", "4", stdin=archive.getvalue())
+        assert streamed.returncode == 0, streamed.stderr
+        wait_for(lambda: answers[-8:] == [(200, 4.0)] * 8, timeout_s=30, what="v4 everywhere")
+    statuses = {status for status, _ in answers}
+    assert statuses == {200}, statuses
+    assert len(answers) > 50
+    assert swap_s < 30
+    print(f"publish -> both workers serving v2: {swap_s:.2f} s")
+    wait_for(
+        lambda: [i["version"] for i in _index(server) if not i.get("candidate")] == ["4"],
+        timeout_s=10,
+        what="older versions unloaded",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("-",), b"", b"--name is needed"),
+        (("-", "--name", "m"), b"not a tar archive", b"cannot be read"),
+        (("missing-folder", "--name", "m"), None, b"is not a folder"),
+        (("SRC", "--name", "bad name"), None, b"is not a model name"),
+        (("SRC", "--name", "m", "--version", "1"), None, b"already exists"),
+        (("SRC", "--name", "m", "--version", "\uff12"), None, b"is not a version"),
+    ],
+)
+def test_publish_refuses_bad_input_with_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], stdin: bytes | None, message: bytes
+) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    source = str(_folder(tmp_path, "new"))
+    result = _publish(repo, *(source if a == "SRC" else a for a in args), stdin=stdin)
+    assert result.returncode == 2, result
+    assert message in result.stderr and result.stderr.count(b"\n") == 1, result.stderr
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]  # nothing left behind
+
+
+def test_a_tar_that_leaves_its_folder_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = b"print('escaped')"
+        member = tarfile.TarInfo("../../evil.py")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    result = _publish(repo, "-", "--name", "m", stdin=archive.getvalue())
+    assert result.returncode == 2 and b"leaves its folder" in result.stderr
+    assert not (tmp_path / "evil.py").exists() and not (repo / "evil.py").exists()
+
+
+def test_a_load_while_the_server_stops_never_crashes_it(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    server = start_server(MODEL_PATH=str(repo), MLAPI_REPOSITORY_POLL_S="0.05")
+    assert _publish(repo, str(_folder(tmp_path, "2")), "--name", "m").returncode == 0
+    server.process.send_signal(signal.SIGTERM)
+    statuses = set()
+    for _ in range(20):  # loads through the drain grace, until the port closes
+        try:
+            statuses.add(
+                httpx.post(server.url + "/v2/repository/models/m/load", timeout=5).status_code
+            )
+        except httpx.TransportError:
+            break
+    assert server.process.wait(timeout=40) == 0
+    assert statuses <= {200}, statuses
+    assert "Traceback" not in server.log()
