@@ -94,6 +94,13 @@ class ModelLoadError(MlapiError):
     code = "model_load_failed"
 
 
+class InsufficientMemory(ModelLoadError):
+    """A model version would not fit in what is left of the memory limit."""
+
+    status = 507
+    code = "insufficient_memory"
+
+
 class UnsafeModelFile(ModelLoadError):
     """A file would be deserialised with pickle, which can run arbitrary code."""
 

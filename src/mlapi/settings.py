@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(None, alias="MLAPI_ADMIN_KEY")
     admin_key_file: Path | None = Field(None, alias="MLAPI_ADMIN_KEY_FILE")
     repository_api: bool = Field(True, alias="MLAPI_REPOSITORY_API")
+    # The memory a version may fill: bytes, or 512m / 2g; unset: the container's limit.
+    memory_limit: int | None = Field(None, alias="MLAPI_MEMORY_LIMIT", gt=0)
     # Seconds between looks at MODEL_PATH for new or changed versions; 0: never.
     repository_poll_s: float = Field(0.0, alias="MLAPI_REPOSITORY_POLL_S", ge=0, le=86400)
     reload: bool = Field(False, alias="RELOAD")
@@ -99,6 +101,20 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"v?[1-9][0-9]*", value):
             raise ValueError("must be a positive version number such as 1 or v1")
         return value
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if not text:
+            return None
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?", text)
+        if match is None:
+            raise ValueError("must be bytes or a size such as 512m or 2g")
+        scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+        return int(float(match.group(1)) * scale)
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

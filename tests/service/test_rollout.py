@@ -245,3 +245,61 @@ def _try_publish(repo: Path, source: Path) -> str:
     except ConfigError:
         return "refused"
     return "ok"
+
+
+def _rss_bytes() -> int:
+    import re
+
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def test_a_version_that_does_not_fit_in_memory_is_refused_with_the_numbers(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    limit = _rss_bytes() + 400 * 2**20  # this server (the test process) plus 400 MiB
+    client = serve_app(repo, MLAPI_MEMORY_LIMIT=str(limit))
+    big = _source(tmp_path, "big")
+    (big / "model.toml").write_text("memory_mb = 2000\n" + (big / "model.toml").read_text())
+    publish.publish(repo, "m", 2, source=big)
+    with _traffic(client) as answers:
+        response = client.post("/v2/repository/models/m/load")
+        assert response.status_code == 507, response.text
+        error = response.json()["error"]
+        assert "needs about 2,000 MiB" in error and "memory_mb" in error
+        assert f"limit of {limit / 2**20:,.0f} MiB" in error
+        assert client.get("/health").status_code == 200
+    assert set(answers) == {(200, 1.0)}
+    metrics = client.get("/metrics").text
+    assert 'mlapi_model_rollouts_total{model="m",outcome="refused"} 1.0' in metrics
+    small = _source(tmp_path, "small")
+    (small / "model.toml").write_text("memory_mb = 20\n" + (small / "model.toml").read_text())
+    publish.publish(repo, "m", 3, source=small)
+    assert client.post("/v2/repository/models/m/load").status_code == 200
+    assert _answer(client) == (200, 3.0)
+
+
+def test_at_start_a_model_that_does_not_fit_is_failed_and_the_others_serve(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    write_python_model(repo, "huge", SCALED, "memory_mb = 100000\n" + vector_toml())
+    client = serve_app(repo, wait_ready=False)
+    wait_for(lambda: "needs about 100,000 MiB" in client.get("/health").text, what="huge refused")
+    assert _answer(client) == (200, 1.0)
+    assert client.post("/v2/repository/models/huge/load").status_code == 507
+
+
+def test_a_new_version_whose_config_cannot_be_read_changes_nothing(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo)
+    bad = _source(tmp_path, "bad")
+    (bad / "model.toml").write_text("surprise = 1\n")
+    publish.publish(repo, "m", 2, source=bad)
+    response = client.post("/v2/repository/models/m/load")
+    assert response.status_code == 400 and "surprise" in response.json()["error"]
+    assert _answer(client) == (200, 1.0)
+    assert any("surprise" in str(item.get("reason")) for item in _index(client))

@@ -14,7 +14,7 @@ from mlapi.api.codec import loads_json
 from mlapi.api.context import ApiContext
 from mlapi.api.guard import check_not_cross_site
 from mlapi.api.responses import json_response, route
-from mlapi.errors import BadRequest, Forbidden, ModelLoadError
+from mlapi.errors import BadRequest, Forbidden, InsufficientMemory, ModelLoadError
 from mlapi.registry import State
 
 _MAX_CONTROL_BODY = 64 * 1024
@@ -51,14 +51,23 @@ def routes(ctx: ApiContext) -> list[Route]:
         await _options(request)
         record = await registry.load(request.path_params["model"])
         failed = [c for c in record.candidates.values() if c.state is State.FAILED]
+        if record.rollout_error:
+            raise ModelLoadError(
+                f"failed to load '{record.name}': {record.rollout_error}; "
+                f"the versions that served keep serving"
+            )
         if record.is_ready and not failed:
             return json_response({"name": record.name, "state": State.READY.value})
         if failed:  # what served before keeps serving
             reasons = "; ".join(f"version {c.version}: {c.reason}" for c in failed)
             kept = "; the versions that served keep serving" if record.serves() else ""
-            raise ModelLoadError(f"failed to load '{record.name}': {reasons}{kept}")
+            error = InsufficientMemory if all(c.refused for c in failed) else ModelLoadError
+            raise error(f"failed to load '{record.name}': {reasons}{kept}")
         reasons = "; ".join(str(item.get("reason", item["state"])) for item in record.describe())
-        raise ModelLoadError(f"failed to load '{record.name}': {reasons}")
+        refused = any(v.refused for v in record.versions.values())
+        raise (InsufficientMemory if refused else ModelLoadError)(
+            f"failed to load '{record.name}': {reasons}"
+        )
 
     async def unload(request: Request) -> Response:
         await _options(request)

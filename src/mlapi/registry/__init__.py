@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 
-from mlapi.errors import MlapiError, NotFound, without_host_paths
+from mlapi.errors import InsufficientMemory, MlapiError, NotFound, without_host_paths
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.loading import Loader, settle_garbage_collector
 from mlapi.registry.versions import ModelRecord, ModelVersion, State
@@ -202,6 +202,10 @@ class ModelRegistry:
         self, record: ModelRecord, entry: repo_scan.ModelEntry, changed_only: bool
     ) -> None:
         fresh = self._record_for(entry, quiet=changed_only)
+        if fresh.error and fresh.error != record.rollout_error:
+            self._count(record.name, "failed")
+            log.warning("model %s: what serves keeps serving: %s", record.name, fresh.error)
+        record.rollout_error = fresh.error
         candidates = [
             version
             for number, version in fresh.versions.items()
@@ -228,7 +232,7 @@ class ModelRegistry:
                 self._count(record.name, "promoted")
                 log.info("model %s v%d now serves", record.name, version.version)
             elif version.state is State.FAILED:
-                self._count(record.name, "failed")
+                self._count(record.name, "refused" if version.refused else "failed")
                 log.warning(
                     "model %s v%d was not switched in; what served keeps serving: %s",
                     record.name,
@@ -319,6 +323,7 @@ class ModelRegistry:
                 await asyncio.to_thread(self._loader.load_and_warm, version)
             except MlapiError as exc:
                 version.state, version.reason = State.FAILED, exc.message
+                version.refused = isinstance(exc, InsufficientMemory)
             except Exception as exc:  # a runtime bug must not kill the other models
                 version.state = State.FAILED
                 version.reason = f"unexpected {type(exc).__name__} while loading"

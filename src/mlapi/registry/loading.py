@@ -14,6 +14,7 @@ import numpy as np
 from mlapi.batching import Batcher
 from mlapi.errors import MlapiError, ModelLoadError
 from mlapi.observability.metrics import Metrics
+from mlapi.registry.memory import MemoryBudget, resident_bytes
 from mlapi.registry.versions import ModelVersion, State
 from mlapi.repository import manifest
 from mlapi.repository.config import ModelConfig
@@ -30,6 +31,7 @@ class Loader:
         self._settings = settings
         self.metrics = metrics
         self.intra_op_threads = intra_op_threads
+        self.budget = MemoryBudget(settings.memory_limit, settings.workers, settings.cache_dir)
 
     def publish_state(self, version: ModelVersion) -> None:
         self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
@@ -40,6 +42,8 @@ class Loader:
         started = time.perf_counter()
         manifest.verify(version.path)
         safety.check_folder(version.path, self._settings.allow_pickle)
+        self.budget.check(version.path, version.config, version.fingerprint)
+        resident_before = resident_bytes()
         runtime_name, model_file = catalog.choose(version.path, version.config)
         ctx = LoadContext(
             model_dir=version.path,
@@ -58,6 +62,7 @@ class Loader:
         started = time.perf_counter()
         warm_up(version.name, runtime, version.config)
         version.warmup_seconds = time.perf_counter() - started
+        self.budget.remember(version.fingerprint, resident_bytes() - resident_before)
         version.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )

@@ -53,6 +53,7 @@ class ModelVersion:
     fingerprint: str = ""  # what its files were when it was loaded (repository.files)
     holders: int = 0  # inference requests that resolved to this version and are not done
     retiring: bool = False  # replaced: answers what it holds, gets nothing new
+    refused: bool = False  # FAILED because it would not fit in memory
 
     @property
     def signature(self) -> Signature:
@@ -146,6 +147,7 @@ class ModelRecord:
     # a rollout's candidate versions while they load, then those that failed (shown in
     # the index, never served; the versions that serve are untouched by them)
     candidates: dict[int, ModelVersion] = field(default_factory=dict)
+    rollout_error: str | None = None  # the folder as it is now cannot be read (while one serves)
 
     def ready_version(self, version: int | None) -> ModelVersion:
         if version is not None:
@@ -186,6 +188,16 @@ class ModelRecord:
         if with_candidates:
             for candidate in sorted(self.candidates.values(), key=lambda v: v.version):
                 items.append({**candidate.describe(), "candidate": True})
+            if self.rollout_error:
+                failed = State.FAILED.value
+                items.append(
+                    {
+                        "name": self.name,
+                        "state": failed,
+                        "reason": self.rollout_error,
+                        "candidate": True,
+                    }
+                )
         return items
 
 

@@ -25,6 +25,8 @@ _TOP_KEYS = {
     "python_class",
     "trusted_types",
     "platform",
+    "memory_mb",
+    "rollout",
 }
 
 
@@ -55,6 +57,18 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """After a new version is switched in, the one it replaced stays loaded for
+    ``bake_s``; if the new one's server errors (5xx) pass ``max_error_ratio`` of at
+    least ``min_requests`` requests within the last ``window_s``, the server goes back."""
+
+    bake_s: float = 60.0
+    window_s: float = 30.0
+    max_error_ratio: float = 0.2
+    min_requests: int = 20
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     runtime: str | None = None
     file: str | None = None
@@ -67,6 +81,8 @@ class ModelConfig:
     python_class: str | None = None
     trusted_types: tuple[str, ...] = ()
     platform: str | None = None
+    memory_mb: float | None = None  # what the model needs in memory, when files do not say
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 def read_raw(path: Path) -> dict[str, Any]:
@@ -109,6 +125,8 @@ def parse(raw: dict[str, Any]) -> ModelConfig:
         python_class=_opt_str(raw, "python_class"),
         trusted_types=_opt_str_tuple(raw, "trusted_types") or (),
         platform=_opt_str(raw, "platform"),
+        memory_mb=_memory_mb(raw),
+        rollout=_rollout(raw.get("rollout", {})),
     )
 
 
@@ -203,3 +221,28 @@ def _version_policy(value: Any) -> VersionPolicy:
     if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:
         raise ModelLoadError("model.toml: [version_policy] latest must be an int >= 1")
     return VersionPolicy(latest=latest)
+
+
+def _memory_mb(raw: dict[str, Any]) -> float | None:
+    value = raw.get("memory_mb")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ModelLoadError("model.toml: 'memory_mb' must be a number > 0")
+    return float(value)
+
+
+def _rollout(value: Any) -> RolloutConfig:
+    table = _table(value, "rollout", {"bake_s", "window_s", "max_error_ratio", "min_requests"})
+    defaults = RolloutConfig()
+    ratio = float(_positive(table, "max_error_ratio", "rollout", defaults.max_error_ratio))
+    if ratio > 1:
+        raise ModelLoadError("model.toml: [rollout] max_error_ratio must be between 0 and 1")
+    return RolloutConfig(
+        bake_s=float(_positive(table, "bake_s", "rollout", defaults.bake_s)),
+        window_s=max(0.1, float(_positive(table, "window_s", "rollout", defaults.window_s))),
+        max_error_ratio=ratio,
+        min_requests=max(
+            1, int(_positive(table, "min_requests", "rollout", defaults.min_requests))
+        ),
+    )

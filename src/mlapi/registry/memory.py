@@ -1,0 +1,154 @@
+"""Whether a model version fits in memory before it loads, so that an update never
+gets the container OOM-killed (which would drop every request in flight).
+
+What a version needs: its ``memory_mb`` in model.toml when given, else what the
+same files measured when they last loaded here (kept in MLAPI_CACHE_DIR), else
+twice the size of its files. What is left: the limit (MLAPI_MEMORY_LIMIT, else the
+container's cgroup limit, v2 or v1, else the host's memory) less what is in use
+(against MLAPI_MEMORY_LIMIT, this process's resident memory times WORKERS; against
+a cgroup limit, the cgroup's memory without reclaimable page cache; on a bare host,
+what the kernel says is not available) less a headroom. Each worker loads its own copy,
+so a version needs its size times WORKERS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+import orjson
+
+from mlapi.errors import InsufficientMemory
+from mlapi.repository import manifest
+from mlapi.repository.config import ModelConfig
+
+log = logging.getLogger("mlapi.registry")
+MIB = 1 << 20
+CGROUP = Path("/sys/fs/cgroup")
+_UNLIMITED = 1 << 60
+_MEASURED_FILE = "memory.json"
+
+
+def resident_bytes() -> int:
+    """This process's resident memory."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+)\s+kB", status)
+        return int(match.group(1)) * 1024 if match else 0
+    except OSError:
+        return 0
+
+
+def cgroup_limit(root: Path = CGROUP) -> int | None:
+    """The memory limit of this process's cgroup (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``); None when there is none."""
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= _UNLIMITED:
+            return None
+        return int(text)
+    return None
+
+
+def cgroup_used(root: Path = CGROUP) -> int | None:
+    """Memory in use in this cgroup, less the page cache the kernel can drop."""
+    for current, stat, inactive in (
+        ("memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+    ):
+        try:
+            used = int((root / current).read_text())
+            stats = dict(
+                line.split() for line in (root / stat).read_text().splitlines() if " " in line
+            )
+        except (OSError, ValueError):
+            continue
+        return max(0, used - int(stats.get(inactive, 0)))
+    return None
+
+
+def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+    """(total, in use) of the host: MemTotal, and MemTotal less MemAvailable."""
+    fields = {}
+    for line in meminfo.read_text().splitlines():
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0]) * 1024
+    total = fields.get("MemTotal", 0)
+    return total, total - fields.get("MemAvailable", total)
+
+
+class MemoryBudget:
+    def __init__(self, limit: int | None, workers: int, cache_dir: Path | None) -> None:
+        self._override = limit
+        self._workers = workers
+        self._measured_path = cache_dir / _MEASURED_FILE if cache_dir else None
+        self._lock = threading.Lock()
+
+    def limit_and_used(self) -> tuple[int, int]:
+        """(limit, in use). MLAPI_MEMORY_LIMIT is a budget for this server alone, so
+        it is set against this server's own memory; a container's limit against
+        everything in the container."""
+        if self._override is not None:
+            return self._override, resident_bytes() * self._workers
+        container = cgroup_limit()
+        if container is not None:
+            return container, cgroup_used() or resident_bytes() * self._workers
+        return host_memory()
+
+    def need(self, folder: Path, config: ModelConfig, fingerprint: str) -> tuple[int, str]:
+        """(bytes one copy needs, where that figure comes from)."""
+        if config.memory_mb is not None:
+            return int(config.memory_mb * MIB), "memory_mb in model.toml"
+        measured = self._measured().get(fingerprint)
+        if isinstance(measured, int) and measured > 0:
+            return measured, "measured at its last load"
+        size = sum(path.stat().st_size for path in manifest.files_of(folder))
+        return max(2 * size, MIB), "twice its files"
+
+    def check(self, folder: Path, config: ModelConfig, fingerprint: str) -> None:
+        """InsufficientMemory, with the numbers, when the version does not fit."""
+        one, source = self.need(folder, config, fingerprint)
+        needed = one * self._workers
+        limit, used = self.limit_and_used()
+        headroom = max(64 * MIB, limit // 20)
+        left = limit - used - headroom
+        if needed > left:
+            per_worker = f" ({self._workers} workers x {_mib(one)})" if self._workers > 1 else ""
+            raise InsufficientMemory(
+                f"needs about {_mib(needed)}{per_worker}, from {source}; {_mib(max(left, 0))} "
+                f"is left under the memory limit of {_mib(limit)} ({_mib(used)} in use, "
+                f"{_mib(headroom)} kept free). Raise the limit (MLAPI_MEMORY_LIMIT or the "
+                f"container's) or unload a model"
+            )
+
+    def remember(self, fingerprint: str, measured: int) -> None:
+        """What one copy took when it loaded (resident memory before and after)."""
+        if self._measured_path is None or not fingerprint or measured <= 0:
+            return
+        with self._lock:
+            known = self._measured()
+            known[fingerprint] = measured
+            try:
+                tmp = self._measured_path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(orjson.dumps(dict(list(known.items())[-500:])))
+                tmp.replace(self._measured_path)
+            except OSError as exc:
+                log.debug("memory measurements not kept: %s", type(exc).__name__)
+
+    def _measured(self) -> dict[str, object]:
+        if self._measured_path is None:
+            return {}
+        try:
+            known = orjson.loads(self._measured_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:,.0f} MiB"
