@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--version", dest="model_version", type=_version_number, help="default: newest + 1"
     )
+    rollback = model_commands.add_parser(
+        "rollback", help="stop serving a model's newest version: every server goes back"
+    )
+    rollback.add_argument("name", help="the model")
+    rollback.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
 
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(
@@ -98,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             if args.models_command == "list":
                 return _models_list(settings)
+            if args.models_command == "rollback":
+                return _models_rollback(settings, args.name)
             if args.models_command == "publish":
                 return _models_publish(settings, args.source, args.name, args.model_version)
             return _models_validate(settings, args.path)
@@ -184,6 +191,28 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             allow_pickle=settings.allow_pickle,
         )
     print(f"published {final.parent.name} version {final.name} to {final}")
+    return 0
+
+
+def _models_rollback(settings: Settings, name: str) -> int:
+    """Mark the version the policy serves now as rolled back, in the repository: each
+    server (every worker, every replica on the volume) goes back to the one before
+    at its next look (MLAPI_REPOSITORY_POLL_S) or load, at once if that one is still
+    loaded from the switch."""
+    from mlapi.repository import rollback, scan
+
+    model_dir = settings.model_path / name
+    if not scan.MODEL_NAME.fullmatch(name) or not model_dir.is_dir():
+        raise ConfigError(f"no model '{name[:64]}' in {settings.model_path}")
+    entry = scan.scan_model(model_dir)
+    if entry.error or not entry.versions:
+        raise ConfigError(f"model '{name}' has nothing to roll back: {entry.error}")
+    newest = max(item.version for item in entry.versions)
+    left = [v for v in entry.available if v != newest and v not in entry.rolled_back]
+    if not left:
+        raise ConfigError(f"model '{name}' has no other version to go back to")
+    rollback.mark(model_dir, newest, "rolled back by hand (mlapi models rollback)")
+    print(f"rolled back {name} version {newest}; servers go back at their next look or load")
     return 0
 
 

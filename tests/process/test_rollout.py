@@ -40,7 +40,8 @@ def _folder(tmp_path: Path, label: str, source: str = SCALED) -> Path:
     folder = tmp_path / "incoming" / label
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(source)
-    (folder / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+    bake = "[rollout]\nbake_s = 1\n"  # what is replaced stays loaded 1 s (default 60)
+    (folder / "model.toml").write_text(bake + vector_toml().replace("\n    ", "\n"))
     return folder
 
 

@@ -34,6 +34,8 @@ SCALED = """
             return {"y": inputs["x"] * self.factor}
 """
 BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
+# What a switch replaced stays loaded for bake_s (default 60) as the rollback target.
+BAKE_1S = "[rollout]\nbake_s = 1\n"
 
 
 def _source(tmp_path: Path, label: str, source: str = SCALED) -> Path:
@@ -41,7 +43,7 @@ def _source(tmp_path: Path, label: str, source: str = SCALED) -> Path:
     folder = tmp_path / "incoming" / label
     folder.mkdir(parents=True)
     (folder / "model.py").write_text(source.replace("\n    ", "\n"))
-    (folder / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+    (folder / "model.toml").write_text(BAKE_1S + vector_toml().replace("\n    ", "\n"))
     return folder
 
 
@@ -209,7 +211,7 @@ def test_requests_held_by_the_old_version_are_answered_there(
         wait_for(lambda: registry.get("m").holders == 4, what="four requests on v1")
         source = _source(tmp_path, "v2", HELD)
         (source / "model.toml").write_text(
-            vector_toml(extra="[warmup]\n    enabled = false").replace("\n    ", "\n")
+            BAKE_1S + vector_toml(extra="[warmup]\n    enabled = false").replace("\n    ", "\n")
         )
         publish.publish(repo, "m", 2, source=source)
         assert client.post("/v2/repository/models/m/load").status_code == 200
@@ -303,3 +305,61 @@ def test_a_new_version_whose_config_cannot_be_read_changes_nothing(
     assert response.status_code == 400 and "surprise" in response.json()["error"]
     assert _answer(client) == (200, 1.0)
     assert any("surprise" in str(item.get("reason")) for item in _index(client))
+
+
+# Answers the warm-up (zeros) and fails on every real request.
+FAILS_ON_TRAFFIC = """
+    from pathlib import Path
+
+    class FailsOnTraffic:
+        def load(self, path):
+            self.factor = float(Path(path).name)
+
+        def predict(self, inputs):
+            if (inputs["x"] != 0).any():
+                raise RuntimeError("cannot handle real rows")
+            return {"y": inputs["x"] * self.factor}
+"""
+WATCHED = "[rollout]\nbake_s = 30\nwindow_s = 5\nmax_error_ratio = 0.2\nmin_requests = 10\n"
+
+
+def test_a_version_that_fails_on_real_traffic_is_rolled_back_by_itself(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    bad = _source(tmp_path, "bad", FAILS_ON_TRAFFIC)
+    (bad / "model.toml").write_text(WATCHED + vector_toml().replace("\n    ", "\n"))
+    with _traffic(client) as answers:
+        publish.publish(repo, "m", 2, source=bad)
+        wait_for(lambda: any(s == 500 for s, _ in answers), timeout_s=10, what="v2 serving")
+        wait_for(lambda: answers[-20:] == [(200, 1.0)] * 20, timeout_s=10, what="v1 serving again")
+        time.sleep(0.5)  # five more polls: a rolled-back version is not tried again
+    failed = [status for status, _ in answers if status != 200]
+    assert set(failed) == {500}
+    assert len(failed) <= 20, f"{len(failed)} failed answers before the rollback"
+    assert answers[-1] == (200, 1.0)
+    (rolled,) = [i for i in _index(client) if i.get("version") == "2"]
+    assert rolled["state"] in ("FAILED", "ROLLED_BACK") and "rolled back" in str(rolled["reason"])
+    assert "10 requests" in str(rolled["reason"]) or "of 1" in str(rolled["reason"])
+    metrics = client.get("/metrics").text
+    assert 'mlapi_model_rollouts_total{model="m",outcome="rolled_back"} 1.0' in metrics
+    assert 'mlapi_model_serving_version{model="m"} 1.0' in metrics
+    assert (repo / "m" / ".rolled-back-2").exists()  # the other workers follow this mark
+
+
+def test_mlapi_models_rollback_sends_every_server_back(serve_app: Start, tmp_path: Path) -> None:
+    from mlapi.cli import main
+
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    good = _source(tmp_path, "v2")
+    (good / "model.toml").write_text(WATCHED + vector_toml().replace("\n    ", "\n"))
+    publish.publish(repo, "m", 2, source=good)
+    wait_for(lambda: _answer(client) == (200, 2.0), timeout_s=10, what="v2 serving")
+    assert main(["models", "rollback", "m", "--model-path", str(repo)]) == 0
+    wait_for(lambda: _answer(client) == (200, 1.0), timeout_s=10, what="v1 back")
+    rolled = [i for i in _index(client) if i.get("version") == "2"]
+    assert rolled and "by hand" in str(rolled[0]["reason"])
+    # nothing older than v1 is left to go back to
+    assert main(["models", "rollback", "m", "--model-path", str(repo)]) == 2

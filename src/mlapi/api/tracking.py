@@ -94,6 +94,11 @@ class Tracked:
         metrics = model.metrics if model is not None else None
         if model is not None:
             model.holders -= 1
+            if model.outcomes is not None:  # it bakes after a switch: watch its errors
+                failed = outcome in ("error", "timeout")
+                model.outcomes.append((time.monotonic(), failed))
+                if failed and model.alert is not None:
+                    model.alert.set()
         if self.counted:
             tracking.active -= 1
             if metrics is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class ModelVersion:
     holders: int = 0  # inference requests that resolved to this version and are not done
     retiring: bool = False  # replaced: answers what it holds, gets nothing new
     refused: bool = False  # FAILED because it would not fit in memory
+    # while it bakes after a switch: (time, server error?) of each request it answered
+    outcomes: deque[tuple[float, bool]] | None = None
+    alert: asyncio.Event | None = None  # set on a server error while it bakes
 
     @property
     def signature(self) -> Signature:
@@ -148,6 +152,9 @@ class ModelRecord:
     # the index, never served; the versions that serve are untouched by them)
     candidates: dict[int, ModelVersion] = field(default_factory=dict)
     rollout_error: str | None = None  # the folder as it is now cannot be read (while one serves)
+    # what a switch replaced, kept loaded (never routed to) while the new version bakes
+    previous: dict[int, ModelVersion] = field(default_factory=dict)
+    rolled_back: dict[int, str] = field(default_factory=dict)  # version -> why (repository marks)
 
     def ready_version(self, version: int | None) -> ModelVersion:
         if version is not None:
@@ -188,6 +195,19 @@ class ModelRecord:
         if with_candidates:
             for candidate in sorted(self.candidates.values(), key=lambda v: v.version):
                 items.append({**candidate.describe(), "candidate": True})
+            for kept in sorted(self.previous.values(), key=lambda v: v.version):
+                items.append({**kept.describe(), "previous": True})
+            shown = {int(str(item["version"])) for item in items if "version" in item}
+            for number, why in sorted(self.rolled_back.items()):
+                if number not in shown:
+                    items.append(
+                        {
+                            "name": self.name,
+                            "version": str(number),
+                            "state": "ROLLED_BACK",
+                            "reason": why,
+                        }
+                    )
             if self.rollout_error:
                 failed = State.FAILED.value
                 items.append(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mlapi.errors import ModelLoadError
 from mlapi.repository import config as model_config
+from mlapi.repository import rollback
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII only: isdigit() takes '²'
@@ -32,6 +33,7 @@ class ModelEntry:
     versions: tuple[VersionEntry, ...] = ()
     error: str | None = None
     notes: tuple[str, ...] = field(default=())
+    rolled_back: dict[int, str] = field(default_factory=dict)  # version -> why
 
 
 def scan(root: Path, pinned_version: int | None = None) -> list[ModelEntry]:
@@ -66,6 +68,7 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
     except ModelLoadError as exc:
         return ModelEntry(name, model_dir, tuple(available), error=exc.message)
 
+    marks: dict[int, str] = {}
     if pinned_version is not None:
         if pinned_version not in available:
             listed = ", ".join(map(str, available))
@@ -76,14 +79,17 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
                 error=f"MODEL_VERSION={pinned_version} not found (available: {listed})",
             )
         selected = [pinned_version]
-    else:
-        selected = policy.select(available)
+    else:  # a rolled-back version is left out of the choice (a pin is never moved)
+        marks = rollback.rolled_back(model_dir)
+        selected = policy.select([v for v in available if v not in marks])
         if not selected:
             return ModelEntry(
                 name, model_dir, tuple(available), error="version_policy selects no version"
             )
     versions = tuple(_version_entry(name, model_dir, v, model_raw) for v in selected)
-    return ModelEntry(name, model_dir, tuple(available), versions, notes=tuple(notes))
+    return ModelEntry(
+        name, model_dir, tuple(available), versions, notes=tuple(notes), rolled_back=marks
+    )
 
 
 def _version_entry(name: str, model_dir: Path, version: int, model_raw: dict) -> VersionEntry:  # type: ignore[type-arg]
