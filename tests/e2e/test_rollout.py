@@ -41,6 +41,9 @@ class Relabelled:
         }
 """
 V2_TOML = """
+[rollout]
+bake_s = 2
+
 [[inputs]]
 name = "input"
 datatype = "FP32"
@@ -153,7 +156,8 @@ def test_publishing_versions_into_the_production_deployment(
     def refused(version: str, words: str) -> bool:
         for cid in replicas:
             items = [i for i in _replica_index(cid) if i.get("version") == version]
-            if not (items and items[0]["state"] == "FAILED" and words in str(items[0]["reason"])):
+            state = items[0]["state"] if items else None
+            if state not in ("FAILED", "ROLLED_BACK") or words not in str(items[0]["reason"]):
                 return False
         return True
 
@@ -190,14 +194,48 @@ def test_publishing_versions_into_the_production_deployment(
         result = _exec_stdin(stack, mismatched, "python", "-c", extract)
         assert result.returncode == 0, result.stderr
         wait_until(lambda: refused("4", "does not match"), 30, "version 4 refused on both")
+        # version 5: needs more memory than the 1 GiB containers have left
+        big = _tar(
+            {"model.py": V2_MODEL.encode(), "model.toml": b"memory_mb = 4000\n" + V2_TOML.encode()}
+        )
+        result = _exec_stdin(
+            stack, big, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "5"
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: refused("5", "needs about"), 30, "version 5 refused on both")
+        assert "limit of 1,024 MiB" in str(_replica_index(replicas[0]))
         assert httpx.get(stack.url + "/health", timeout=10).status_code == 200
         count = len(answers)
         wait_until(lambda: len(answers) > count + 50, 30, "traffic after the refusals")
-    statuses = [status for status, _ in answers]
-    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert {version for _, version in answers[-50:]} == {"2"}
+        refusals_end = len(answers)
+        # version 6: loads and warms up, then fails on real traffic: rolled back by itself
+        raising = "        if inputs['input'].any():\n            raise RuntimeError('bad rows')\n"
+        failing = V2_MODEL.replace("        rows = ", raising + "        rows = ")
+        watched = V2_TOML.replace("bake_s = 2", "bake_s = 60\nwindow_s = 10\nmin_requests = 10")
+        bad = _tar({"model.py": failing.encode(), "model.toml": watched.encode()})
+        result = _exec_stdin(
+            stack, bad, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "6"
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: refused("6", "rolled back"), 60, "version 6 rolled back on both")
+        count = len(answers)
+        wait_until(lambda: len(answers) > count + 100, 30, "traffic after the rollback")
+        after_rollback = answers[count:]
+    early = [status for status, _ in answers[:refusals_end]]
+    assert set(early) == {200}, {s: early.count(s) for s in set(early)}
+    failed = [status for status, _ in answers[refusals_end:count] if status != 200]
+    # each of the 4 workers rolls back after min_requests (10) errors, or follows the mark
+    assert len(failed) <= 4 * 10 + 20, f"{len(failed)} failed answers before the rollback"
+    assert set(failed) <= {500}, set(failed)
+    assert {status for status, _ in after_rollback} == {200}
+    assert {version for _, version in after_rollback[-50:]} == {"2"}
     for cid in replicas:
-        assert json.loads(docker("inspect", cid).stdout)[0]["RestartCount"] == restarts_before[cid]
+        (state,) = json.loads(docker("inspect", cid).stdout)
+        assert state["RestartCount"] == restarts_before[cid]
+        assert state["State"]["OOMKilled"] is False
+    metrics = httpx.get(stack.url + "/metrics", timeout=10).text
+    assert 'mlapi_model_rollouts_total{model="iris",outcome="rolled_back"}' in metrics
+    print(f"version 6 failed {len(failed)} requests before every replica rolled back")
     print(
         f"publish -> both replicas serving version 2 alone: {swap_s:.1f} s, "
         f"{len(answers)} requests, all 200"
