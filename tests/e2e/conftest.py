@@ -152,6 +152,16 @@ def stack_factory(engine: None, tmp_path: Path) -> Iterator[list[Stack]]:
         stack.down()
 
 
+def write_api_key(stack: Stack) -> str:
+    """A fresh API key in the stack's secret file (owner 1000, mode 0400): the key."""
+    key = "e2e-" + os.urandom(16).hex()
+    secret = stack.folder / "secrets" / "api_key.txt"
+    secret.write_text(key + "\n")
+    os.chown(secret, 1000, 1000)
+    secret.chmod(0o400)
+    return key
+
+
 def wait_until(check: object, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until
+from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until, write_api_key
 from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -41,11 +41,7 @@ def _healthy(stack: Stack, count: int) -> bool:
 def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     stack = make_stack(tmp_path, PROD)
     stack_factory.append(stack)
-    key = "e2e-" + os.urandom(16).hex()
-    secret = stack.folder / "secrets" / "api_key.txt"
-    secret.write_text(key + "\n")
-    os.chown(secret, 1000, 1000)
-    secret.chmod(0o400)
+    key = write_api_key(stack)
 
     stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
 
@@ -175,10 +171,7 @@ def test_monitoring_profile_scrapes_every_replica(
 ) -> None:
     stack = make_stack(tmp_path, PROD)
     stack_factory.append(stack)
-    secret = stack.folder / "secrets" / "api_key.txt"
-    secret.write_text("monitoring-test-key")
-    os.chown(secret, 1000, 1000)
-    secret.chmod(0o400)
+    write_api_key(stack)
     stack.env["PROMETHEUS_IMAGE"] = os.environ.get(
         "MLAPI_TEST_PROMETHEUS_IMAGE", "mlapi-prometheus:bookworm"
     )

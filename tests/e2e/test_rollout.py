@@ -21,7 +21,7 @@ import httpx2 as httpx
 import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
-from tests.e2e.conftest import Stack, docker, make_stack, wait_until
+from tests.e2e.conftest import Stack, docker, make_stack, wait_until, write_api_key
 
 pytestmark = pytest.mark.e2e
 PROD = ["docker-compose.yml", "docker-compose.prod.yml"]
@@ -135,11 +135,7 @@ def test_publishing_versions_into_the_production_deployment(
     stack = make_stack(tmp_path, PROD)
     stack.env["MLAPI_REPOSITORY_POLL_S"] = "1"
     stack_factory.append(stack)
-    key = "e2e-" + os.urandom(16).hex()
-    secret = stack.folder / "secrets" / "api_key.txt"
-    secret.write_text(key + "\n")
-    os.chown(secret, 1000, 1000)
-    secret.chmod(0o400)
+    key = write_api_key(stack)
     stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "240")
     replicas = [str(c["Id"]) for c in stack.containers("ml-api")]
     assert len(replicas) == 2

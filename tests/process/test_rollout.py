@@ -9,6 +9,7 @@ import io
 import signal
 import subprocess
 import tarfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,20 +20,11 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.fixtures.models import vector_toml, write_python_model
+from tests.fixtures.models import SCALED_MODEL, vector_toml, write_python_model
 from tests.process.conftest import MLAPI, Server, base_env
 
 pytestmark = pytest.mark.process
-SCALED = """
-from pathlib import Path
-
-class Scaled:
-    def load(self, path):
-        self.factor = float(Path(path).name)
-
-    def predict(self, inputs):
-        return {"y": inputs["x"] * self.factor}
-"""
+SCALED = textwrap.dedent(SCALED_MODEL)
 BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
 
 
@@ -191,3 +183,31 @@ def test_a_load_while_the_server_stops_never_crashes_it(
     assert server.process.wait(timeout=40) == 0
     assert statuses <= {200}, statuses
     assert "Traceback" not in server.log()
+
+
+def test_with_a_memory_limit_a_version_that_does_not_fit_is_refused_on_every_worker(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    server = start_server(
+        MODEL_PATH=str(repo), WORKERS="2", MLAPI_REPOSITORY_POLL_S="0.2", MLAPI_MEMORY_LIMIT="1g"
+    )
+    big = _folder(tmp_path, "2")
+    (big / "model.toml").write_text("memory_mb = 600\n" + (big / "model.toml").read_text())
+    with _traffic(server) as answers:
+        assert _publish(repo, str(big), "--name", "m").returncode == 0
+        # two workers x 600 MiB cannot fit in 1 GiB: each worker refuses it
+        wait_for(
+            lambda: "needs about 1,200 MiB (2 workers x 600 MiB)" in str(_index(server)),
+            timeout_s=20,
+            what="v2 refused",
+        )
+        load = httpx.post(server.url + "/v2/repository/models/m/load", timeout=30)
+        assert load.status_code == 507 and "limit of 1,024 MiB" in load.json()["error"]
+        small = _folder(tmp_path, "3")
+        (small / "model.toml").write_text("memory_mb = 50\n" + (small / "model.toml").read_text())
+        assert _publish(repo, str(small), "--name", "m").returncode == 0
+        wait_for(lambda: answers[-8:] == [(200, 3.0)] * 8, timeout_s=30, what="v3 everywhere")
+    assert {status for status, _ in answers} == {200}
+    assert server.process.poll() is None

@@ -19,20 +19,10 @@ from starlette.testclient import TestClient
 from mlapi.errors import ConfigError
 from mlapi.repository import publish
 from tests.conftest import wait_for
-from tests.fixtures.models import vector_toml, write_python_model
+from tests.fixtures.models import SCALED_MODEL, vector_toml, write_python_model
 
 Start = Callable[..., TestClient]
-# Answers x * its own version number, so every answer says which version gave it.
-SCALED = """
-    from pathlib import Path
-
-    class Scaled:
-        def load(self, path):
-            self.factor = float(Path(path).name)
-
-        def predict(self, inputs):
-            return {"y": inputs["x"] * self.factor}
-"""
+SCALED = SCALED_MODEL
 BODY = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
 # What a switch replaced stays loaded for bake_s (default 60) as the rollback target.
 BAKE_1S = "[rollout]\nbake_s = 1\n"

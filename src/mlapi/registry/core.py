@@ -1,0 +1,114 @@
+"""What the registry's parts share: the records of this process's models, loading
+versions on threads (at most ``load_concurrency`` at once, so the event loop keeps
+answering health checks), and retiring the ones that leave."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mlapi.errors import InsufficientMemory, MlapiError, without_host_paths
+from mlapi.observability.metrics import Metrics
+from mlapi.registry.loading import Loader, settle_garbage_collector
+from mlapi.registry.versions import ModelRecord, ModelVersion, State
+from mlapi.repository import manifest
+from mlapi.repository import scan as repo_scan
+from mlapi.settings import Settings, available_cpus
+
+log = logging.getLogger("mlapi.registry")
+ROLLOUT_OUTCOMES = ("promoted", "failed", "refused", "rolled_back")
+
+
+class RegistryCore:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self._settings = settings
+        self.metrics = metrics or Metrics()
+        self._records: dict[str, ModelRecord] = {}
+        self._load_slots = asyncio.Semaphore(settings.load_concurrency)
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.scan_error: str | None = None
+        threads = settings.intra_op_threads
+        if not threads:
+            threads = max(1, int(available_cpus() // settings.workers))
+        self.intra_op_threads = threads
+        self._loader = Loader(settings, self.metrics, threads)
+
+    def _retire(self, versions: object) -> None:
+        """Let each version answer what it holds, then free it, in the background."""
+        grace_s = self._settings.request_timeout_s + self._settings.body_timeout_s
+        for version in list(versions):  # type: ignore[call-overload]
+            task = asyncio.create_task(self._retire_one(version, grace_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire_one(self, version: ModelVersion, grace_s: float) -> None:
+        await version.retire(grace_s)
+        self._loader.publish_state(version)
+        log.info("model %s v%d unloaded", version.name, version.version)
+        settle_garbage_collector()
+
+    def _count(self, name: str, outcome: str) -> None:
+        self.metrics.rollouts.labels(name, outcome).inc()
+
+    def _publish_serving(self, record: ModelRecord) -> None:
+        ready = [v.version for v in record.versions.values() if v.state is State.READY]
+        self.metrics.serving_version.labels(record.name).set(max(ready, default=0))
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._model_locks.setdefault(name, asyncio.Lock())
+
+    def _record_for(self, entry: repo_scan.ModelEntry, quiet: bool = False) -> ModelRecord:
+        model_error = without_host_paths(entry.error, entry.path) if entry.error else None
+        record = ModelRecord(entry.name, error=model_error)
+        for outcome in ROLLOUT_OUTCOMES:  # every outcome is exposed, from 0
+            self.metrics.rollouts.labels(entry.name, outcome)
+        if not quiet:
+            for note in entry.notes:
+                log.warning("model %s: %s", entry.name, note)
+        for item in entry.versions:
+            version = ModelVersion(
+                item.name,
+                item.version,
+                item.path,
+                item.config,
+                timeout_s=self._settings.request_timeout_s,
+                fingerprint=manifest.fingerprint(item.path),
+            )
+            if item.error:
+                version.state = State.FAILED
+                version.reason = without_host_paths(item.error, item.path)
+            record.versions[item.version] = version
+        if model_error and not quiet:
+            log.error("model %s cannot be served: %s", entry.name, model_error)
+        return record
+
+    async def _load_versions(self, versions: list[ModelVersion]) -> None:
+        await asyncio.gather(*(self._load_one(v) for v in versions if v.state is State.LOADING))
+
+    async def _load_one(self, version: ModelVersion) -> None:
+        async with self._load_slots:
+            try:
+                await asyncio.to_thread(self._loader.load_and_warm, version)
+            except MlapiError as exc:
+                version.state, version.reason = State.FAILED, exc.message
+                version.refused = isinstance(exc, InsufficientMemory)
+            except Exception as exc:  # a runtime bug must not kill the other models
+                version.state = State.FAILED
+                version.reason = f"unexpected {type(exc).__name__} while loading"
+                log.exception("model %s v%d: unexpected error", version.name, version.version)
+        if version.state is State.FAILED:
+            version.reason = without_host_paths(version.reason or "", version.path)
+            log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
+            version.close()
+        elif version.state is State.UNAVAILABLE:
+            log.info("model %s v%d was unloaded while it loaded", version.name, version.version)
+        else:
+            log.info(
+                "model %s v%d READY (%s, load %.3fs, warm-up %.3fs)",
+                version.name,
+                version.version,
+                version.runtime_name,
+                version.load_seconds or 0.0,
+                version.warmup_seconds or 0.0,
+            )
