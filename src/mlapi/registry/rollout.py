@@ -26,16 +26,7 @@ class Rollouts(RegistryCore):
             log.warning("model %s: what serves keeps serving: %s", record.name, fresh.error)
         record.rollout_error = fresh.error
         record.rolled_back = dict(entry.rolled_back)
-        reused: list[ModelVersion] = []  # copies kept loaded since a switch: back at once
-        candidates: list[ModelVersion] = []
-        for number, version in fresh.versions.items():
-            if changed_only and self._unchanged(record, number, version):
-                continue
-            kept = record.previous.get(number)
-            if kept is not None and kept.fingerprint == version.fingerprint:
-                reused.append(record.previous.pop(number))
-            else:
-                candidates.append(version)
+        reused, candidates = self._pick(record, fresh, changed_only)
         stale = set(record.versions) - set(fresh.versions)
         if not candidates and not reused and not stale:
             return
@@ -46,6 +37,43 @@ class Rollouts(RegistryCore):
         }
         record.candidates.update({v.version: v for v in candidates})
         await self._load_versions(candidates)
+        replaced, switched = self._switch_in(record, reused, candidates)
+        if any(
+            version.state is State.READY
+            for number, version in record.versions.items()
+            if number in fresh.versions
+        ):  # what the policy selects serves: the versions it no longer selects can go
+            replaced += [record.versions.pop(number) for number in stale]
+        elif stale:
+            log.warning(
+                "model %s: the selected version(s) %s did not load; v%s keep serving",
+                record.name,
+                sorted(fresh.versions),
+                ", v".join(map(str, sorted(stale))),
+            )
+        self._keep_or_retire(record, replaced, switched)
+        self._publish_serving(record)
+
+    def _pick(
+        self, record: ModelRecord, fresh: ModelRecord, changed_only: bool
+    ) -> tuple[list[ModelVersion], list[ModelVersion]]:
+        """(copies kept loaded since a switch, back at once; versions to load)."""
+        reused: list[ModelVersion] = []
+        candidates: list[ModelVersion] = []
+        for number, version in fresh.versions.items():
+            if changed_only and self._unchanged(record, number, version):
+                continue
+            kept = record.previous.get(number)
+            if kept is not None and kept.fingerprint == version.fingerprint:
+                reused.append(record.previous.pop(number))
+            else:
+                candidates.append(version)
+        return reused, candidates
+
+    def _switch_in(
+        self, record: ModelRecord, reused: list[ModelVersion], candidates: list[ModelVersion]
+    ) -> tuple[list[ModelVersion], list[ModelVersion]]:
+        """Route to every READY one; (what they replaced, the newly loaded among them)."""
         replaced: list[ModelVersion] = []
         switched: list[ModelVersion] = []
         for version in [*reused, *candidates]:
@@ -67,31 +95,23 @@ class Rollouts(RegistryCore):
                     version.version,
                     version.reason,
                 )
-        selected_serve = [
-            version
-            for number, version in record.versions.items()
-            if number in fresh.versions and version.state is State.READY
-        ]
-        if selected_serve:  # what the policy selects serves: the rest can go
-            replaced += [record.versions.pop(number) for number in stale]
-        elif stale:
-            log.warning(
-                "model %s: the selected version(s) %s did not load; v%s keep serving",
-                record.name,
-                sorted(fresh.versions),
-                ", v".join(map(str, sorted(stale))),
-            )
-        baking = [v for v in switched if v.config is not None and v.config.rollout.bake_s > 0]
+        return replaced, switched
+
+    def _keep_or_retire(
+        self, record: ModelRecord, replaced: list[ModelVersion], switched: list[ModelVersion]
+    ) -> None:
+        """A new version that bakes keeps what it replaced loaded as the rollback
+        target; otherwise that is retired."""
         if switched:  # an older bake is over: its rollback target goes
             self._retire(record.previous.values())
             record.previous = {}
+        baking = [v for v in switched if v.config is not None and v.config.rollout.bake_s > 0]
         if baking and replaced:
             record.previous = {v.version: v for v in replaced}
             for version in baking:
                 self._start_bake(record, version)
         else:
             self._retire(replaced)
-        self._publish_serving(record)
 
     # ----- after a switch: bake, and roll back by itself ------------------------
     def _start_bake(self, record: ModelRecord, version: ModelVersion) -> None:
