@@ -4,19 +4,16 @@ Bad input: one line on stderr, exit code 2."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import orjson
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mlapi import __version__
 from mlapi.errors import ConfigError
-from mlapi.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mlapi.settings import Settings
 
 # Command-line options that override settings: (flag, environment name, type, help).
 SERVE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -88,7 +85,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["healthcheck"]:  # run every few seconds: none of the settings stack
+        from mlapi import healthcheck
+
+        return healthcheck.main(given[1:])
+    args = _parser().parse_args(given)
+    from mlapi.settings import load_settings
+
     try:
         overrides = {
             env: getattr(args, env)
@@ -98,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**overrides)
         if args.command == "serve":
             return _serve(settings)
-        if args.command == "healthcheck":
-            return _healthcheck(settings, args.url, args.timeout)
         if args.command == "models":
             if args.models_command == "list":
                 return _models_list(settings)
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.models_command == "publish":
                 return _models_publish(settings, args.source, args.name, args.model_version)
             return _models_validate(settings, args.path)
+        import orjson
+
         sys.stdout.write(
             orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
@@ -123,24 +127,6 @@ def _serve(settings: Settings) -> int:
     from mlapi import server
 
     return server.run(settings)
-
-
-def _healthcheck(settings: Settings, url: str | None, timeout: float) -> int:
-    if url is None:
-        host = settings.api_host
-        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        host = f"[{host}]" if ":" in host else host
-        url = f"http://{host}:{settings.api_port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            ok = response.status == 200
-    except urllib.error.HTTPError as exc:
-        sys.stderr.write(f"mlapi: not ready: {url} answered {exc.code}\n")
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        sys.stderr.write(f"mlapi: not ready: {url} unreachable ({exc})\n")
-        return 1
-    return 0 if ok else 1
 
 
 def _models_list(settings: Settings) -> int:
@@ -217,6 +203,8 @@ def _models_rollback(settings: Settings, name: str) -> int:
 
 
 def _models_validate(settings: Settings, path: Path) -> int:
+    import asyncio
+
     from mlapi.registry import ModelRegistry, State
 
     if not path.is_dir():

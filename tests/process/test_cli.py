@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +99,19 @@ def test_sigterm_stops_the_server_with_exit_0(start_server: Callable[..., Server
     server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH))
     assert server.stop() == 0
     assert "Traceback" not in server.log()
+
+
+def test_healthcheck_imports_no_settings_stack(tmp_path: Path) -> None:
+    """Docker runs it every 2 s: it must cost a bare Python start, not the 0.2 s of
+    CPU that importing pydantic and the settings took."""
+    probe = (
+        "import sys; from mlapi.cli import main; "
+        "code = main(['healthcheck', '--url', 'http://127.0.0.1:1/health']); "
+        "print(code, sorted(m for m in ('pydantic', 'mlapi.settings', 'asyncio', "
+        "'http.client', 'urllib.request') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
+    assert result.stdout.strip() == "1 []", result
+    assert "unreachable" in result.stderr
