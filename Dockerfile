@@ -9,6 +9,9 @@ ARG PYTHON_IMAGE=python:3.12-slim
 FROM ${PYTHON_IMAGE} AS builder
 # onnxruntime-gpu for docker-compose.gpu.yml; the CPU build otherwise.
 ARG ONNXRUNTIME_PACKAGE=onnxruntime
+# Optional parts, comma-separated: "sklearn" adds scikit-learn and skops (about
+# 170 MB) for skops models. The default image serves ONNX and Python models.
+ARG MLAPI_EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -22,7 +25,9 @@ COPY pyproject.toml README.md ./
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     python3 -c "import os, re, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e.strip() for e in os.environ['MLAPI_EXTRAS'].split(',') if e.strip()]; \
+deps = project['dependencies'] + [d for e in extras for d in project['optional-dependencies'][e]]; \
 pkg = os.environ['ONNXRUNTIME_PACKAGE']; \
 print('\n'.join(re.sub(r'^onnxruntime(?=[<>=!~ ]|$)', pkg, d) for d in deps))" > /tmp/requirements.txt; \
     /opt/venv/bin/pip install -r /tmp/requirements.txt
@@ -31,11 +36,37 @@ RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     /opt/venv/bin/pip install --no-deps .
 
-# What production copies: the same venv without the installer and without the
-# third-party test suites (about 60 MB no server needs).
+# What production copies: the same venv without what no server runs: debug
+# symbols, the installer, third-party test suites, uvicorn's reload and websocket
+# extras (the dev target keeps them), onnxruntime's model-conversion tools and the
+# libraries only they use (protobuf, flatbuffers, packaging), numpy's C headers and
+# test-only extension modules (not f2py: `from numpy import *` imports it),
+# pydantic's v1 copy, type stubs, Cython sources, and pip's RECORD files (nothing
+# uninstalls here: pip is gone).
 FROM builder AS venv-prod
-RUN /opt/venv/bin/python -m pip uninstall -q -y pip setuptools wheel 2>/dev/null || true; \
-    find /opt/venv/lib -type d -name tests -prune -exec rm -rf {} +
+# The libraries' debug symbols (uvloop alone carries 10 MB) go with binutils' strip;
+# not the libraries auditwheel vendored (*.libs/): patchelf laid them out so that
+# strip breaks them (numpy's OpenBLAS: "ELF load command ... not page-aligned").
+# binutils is not pinned: it only runs in this build stage, never ships, and its
+# version follows whichever Debian release the base image is.
+# hadolint ignore=DL3008
+RUN apt-get update -qq; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils \
+        >/dev/null; \
+    rm -rf /var/lib/apt/lists/*; \
+    find /opt/venv -type f -name '*.so*' -not -path '*.libs/*' \
+        -exec strip --strip-unneeded {} +; \
+    /opt/venv/bin/python -m pip uninstall -q -y pip setuptools wheel \
+        watchfiles websockets pyyaml protobuf flatbuffers packaging 2>/dev/null || true; \
+    site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+    rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/tools \
+        "$site"/onnxruntime/quantization "$site"/onnxruntime/datasets \
+        "$site"/onnxruntime/backend "$site"/numpy/distutils \
+        "$site"/numpy/_core/include "$site"/numpy/_core/_simd.* \
+        "$site"/numpy/_core/_*_tests.* "$site"/pydantic/v1; \
+    find /opt/venv/lib -type d -name tests -prune -exec rm -rf {} +; \
+    find /opt/venv/lib -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \
+        -o -name '*.c' -o -name '*.h' -o -name RECORD \) -delete
 
 FROM builder AS builder-dev
 RUN --mount=type=secret,id=pip_ca \

@@ -3,6 +3,7 @@ Pickle/joblib files load here only when the operator set MLAPI_ALLOW_PICKLE."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,14 +61,28 @@ class SklearnRuntime:
         self._model = None
 
 
+# What the message says where scikit-learn is not installed (the default image).
+NOT_INSTALLED = (
+    "scikit-learn models need the scikit-learn runtime, which this installation does not "
+    "have: use the image built with MLAPI_EXTRAS=sklearn (docker compose build --build-arg "
+    "MLAPI_EXTRAS=sklearn), or pip install 'mlapi[sklearn]'; or export the model to ONNX"
+)
+
+
+def _import(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelLoadError(NOT_INSTALLED) from None
+
+
 def _load(ctx: LoadContext) -> Any:
     suffix = ctx.model_file.suffix.lower()
     shown = ctx.relative(ctx.model_file)
     if suffix in PICKLE_SUFFIXES:
         if not ctx.allow_pickle:  # the folder check runs first; this is a second lock
             raise ModelLoadError(f"refused '{shown}': pickle files need MLAPI_ALLOW_PICKLE=true")
-        import joblib
-
+        joblib = _import("joblib")
         try:
             return joblib.load(ctx.model_file)
         except Exception as exc:
@@ -75,8 +90,7 @@ def _load(ctx: LoadContext) -> Any:
                 f"'{shown}' could not be unpickled ({type(exc).__name__})"
             ) from None
 
-    import skops.io as sio
-
+    sio = _import("skops.io")
     try:
         untrusted = sio.get_untrusted_types(file=ctx.model_file)
     except Exception as exc:
