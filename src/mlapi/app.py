@@ -18,10 +18,10 @@ from starlette.routing import Route
 from mlapi import logs
 from mlapi.api import health, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
-from mlapi.api.codec import Limits
 from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
 from mlapi.api.guard import RequestGuard
+from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import Tracking
 from mlapi.lifecycle import Lifecycle

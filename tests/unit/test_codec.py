@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from mlapi.api import codec
+from mlapi.api.limits import Limits
 from mlapi.errors import BadRequest
 from mlapi.tensors import DATATYPES, Signature, TensorSpec
 
@@ -231,7 +232,7 @@ def test_json_output_keeps_fp32_precision_and_nan_does_not_break_encoding() -> N
 def test_bad_json_input_is_a_bad_request(body: bytes, fragment: str) -> None:
     # limits far above any case here: an impossible shape is refused by its data count
     # before anything that size is allocated, whatever MLAPI_MAX_ELEMENTS says
-    limits = codec.Limits(max_elements=10**15)
+    limits = Limits(max_elements=10**15)
     with pytest.raises(BadRequest) as caught:
         codec.parse_infer(body, None, _signature(), limits)
     assert fragment in caught.value.message

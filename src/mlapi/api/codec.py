@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlapi.errors import BadRequest, PayloadTooLarge
+from mlapi.api.limits import DEFAULT_LIMITS, Limits, shown
+from mlapi.errors import BadRequest
 from mlapi.tensors import DATATYPES, Signature, TensorSpec, datatype_of
 
 MAX_DIMS = 16
@@ -24,44 +25,12 @@ _NUMBER_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 _U32 = struct.Struct("<I")
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The work one request may ask for: tensor elements over all its inputs, and the
-    bytes of one BYTES element."""
-
-    max_elements: int = 1 << 20
-    max_bytes_element: int = 1 << 20
-
-    def check_elements(self, name: str, total: int) -> None:
-        if total > self.max_elements:
-            raise PayloadTooLarge(
-                f"input '{shown(name)}' brings the request to {total} elements, over the "
-                f"limit of {self.max_elements} (MLAPI_MAX_ELEMENTS)"
-            )
-
-    def check_bytes_element(self, name: str, size: int) -> None:
-        if size > self.max_bytes_element:
-            raise PayloadTooLarge(
-                f"input '{shown(name)}' has a BYTES element of {size} bytes, over the limit "
-                f"of {self.max_bytes_element} (MLAPI_MAX_BYTES_ELEMENT)"
-            )
-
-
-DEFAULT_LIMITS = Limits()
-
-
 @dataclass(slots=True)
 class InferRequest:
     id: str | None
     inputs: dict[str, np.ndarray]
     output_names: tuple[str, ...]  # what to compute and return, in order
     binary_outputs: frozenset[str]
-
-
-def shown(name: object) -> str:
-    """A client-supplied name, cut short for error messages."""
-    text = str(name)
-    return text if len(text) <= 64 else text[:64] + "..."
 
 
 def loads_json(data: bytes | memoryview) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlapi.api.auth import Authenticator
-from mlapi.api.codec import Limits
+from mlapi.api.limits import Limits
 from mlapi.api.tracking import Tracking
 from mlapi.lifecycle import Lifecycle
 from mlapi.registry import ModelRegistry

@@ -15,6 +15,7 @@ from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.context import ApiContext
 from mlapi.api.lane import convert
+from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.api.tracking import outcome_of
 from mlapi.errors import BadRequest, MlapiError, NotReady
@@ -63,9 +64,7 @@ def routes(ctx: ApiContext) -> list[Route]:
     ]
 
 
-def _decode(
-    body: bytes, signature: Signature, limits: codec.Limits
-) -> tuple[dict[str, np.ndarray], int]:
+def _decode(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int]:
     """The model's inputs from a V1 body, and how many instances it holds."""
     document = codec.loads_json(body)
     if not isinstance(document, dict) or set(document) != {"instances"}:
@@ -80,9 +79,7 @@ def _encode(results: dict[str, np.ndarray], count: int) -> Response:
     return json_response({"predictions": _predictions(results, count)})
 
 
-def _inputs(
-    signature: Signature, instances: list[Any], limits: codec.Limits
-) -> dict[str, np.ndarray]:
+def _inputs(signature: Signature, instances: list[Any], limits: Limits) -> dict[str, np.ndarray]:
     if signature.dynamic or not signature.inputs:
         raise BadRequest("V1 predict needs a model with declared inputs; use the V2 infer route")
     if len(signature.inputs) == 1 and not isinstance(instances[0], dict):
@@ -103,7 +100,7 @@ def _inputs(
     return inputs
 
 
-def _rows(spec: TensorSpec, rows: list[Any], elements: int, limits: codec.Limits) -> np.ndarray:
+def _rows(spec: TensorSpec, rows: list[Any], elements: int, limits: Limits) -> np.ndarray:
     try:
         dims = np.shape(rows) if spec.datatype != "BYTES" else np.asarray(rows, dtype=object).shape
     except ValueError:

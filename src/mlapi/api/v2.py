@@ -11,6 +11,7 @@ from mlapi import __version__
 from mlapi.api import codec
 from mlapi.api.context import ApiContext
 from mlapi.api.lane import convert
+from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.batching import Gone
 from mlapi.errors import NotReady
@@ -23,7 +24,7 @@ async def run_infer(
     model: ModelVersion,
     body: bytes,
     header_length: str | None,
-    limits: codec.Limits,
+    limits: Limits,
     gone: Gone | None = None,
 ) -> tuple[bytes, int | None]:
     """Decode, infer, encode: the one infer path behind every V2 infer route. Returns
