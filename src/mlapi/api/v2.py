@@ -10,7 +10,7 @@ from starlette.routing import Route
 from mlapi import __version__
 from mlapi.api import codec
 from mlapi.api.context import ApiContext
-from mlapi.api.lane import convert
+from mlapi.api.lane import OFFLOAD_BYTES, off_loop
 from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.batching import Gone
@@ -30,11 +30,16 @@ async def run_infer(
     """Decode, infer, encode: the one infer path behind every V2 infer route. Returns
     the body and, when binary outputs follow the JSON, the JSON header's length.
     ``gone`` tells whether the client has disconnected (its queued work is dropped)."""
+    # The hot path: small bodies are converted inline, with no extra coroutine.
     signature = model.signature
-    parsed = await convert(len(body), codec.parse_infer, body, header_length, signature, limits)
+    if len(body) > OFFLOAD_BYTES:
+        parsed = await off_loop(codec.parse_infer, body, header_length, signature, limits)
+    else:
+        parsed = codec.parse_infer(body, header_length, signature, limits)
     results = await model.infer(parsed.inputs, parsed.output_names, gone)
-    size = sum(array.nbytes for array in results.values())
-    return await convert(size, codec.render_infer, model.name, model.version, parsed, results)
+    if sum(array.nbytes for array in results.values()) > OFFLOAD_BYTES:
+        return await off_loop(codec.render_infer, model.name, model.version, parsed, results)
+    return codec.render_infer(model.name, model.version, parsed, results)
 
 
 def routes(ctx: ApiContext) -> list[Route]:
