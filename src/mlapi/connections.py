@@ -122,9 +122,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._body_pending:
             self._body_too_slow()
 
-    def _disarm(self) -> None:
-        self._deadline_at = None
-
     def _headers_too_slow(self) -> None:
         if not self._in_headers or self.transport.is_closing():
             return
@@ -157,7 +154,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` with the protocol's error body and close the connection."""
-        self._disarm()
+        self._deadline_at = None
         body = orjson.dumps({"error": message})
         self.transport.write(
             b"".join(

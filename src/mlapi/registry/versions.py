@@ -53,7 +53,6 @@ class ModelVersion:
     withdrawn: bool = False  # unloaded: a load still running for it must not finish it
     fingerprint: str = ""  # what its files were when it was loaded (repository.files)
     holders: int = 0  # inference requests that resolved to this version and are not done
-    retiring: bool = False  # replaced: answers what it holds, gets nothing new
     refused: bool = False  # FAILED because it would not fit in memory
     # while it bakes after a switch: (time, server error?) of each request it answered
     outcomes: deque[tuple[float, bool]] | None = None
@@ -84,7 +83,7 @@ class ModelVersion:
     ) -> dict[str, np.ndarray]:
         """Run the model through its batcher, on its own worker thread."""
         batcher = self.batcher
-        if batcher is None or self.state is not State.READY:  # retiring versions stay READY
+        if batcher is None or self.state is not State.READY:  # READY until retired
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -112,7 +111,6 @@ class ModelVersion:
         swapped another in); the requests that already hold this version, queued or
         still sending their body, are answered here; then the model is freed. Waits at
         most ``within_s`` for them."""
-        self.retiring = True
         self.withdrawn = True  # a load still running for it frees it, never serves it
         deadline = time.monotonic() + within_s
         while self.holders > 0 and time.monotonic() < deadline:
@@ -164,7 +162,7 @@ class ModelRecord:
             if found.state is not State.READY:
                 raise NotReady(_not_ready(found))
             return found
-        ready = [v for v in self.versions.values() if v.state is State.READY and not v.retiring]
+        ready = [v for v in self.versions.values() if v.state is State.READY]
         if not ready:
             if self.error:
                 raise NotReady(f"model '{self.name}' is not ready: {self.error}")
@@ -174,7 +172,7 @@ class ModelRecord:
 
     def serves(self) -> bool:
         """Whether some version of this model answers requests now."""
-        return any(v.state is State.READY and not v.retiring for v in self.versions.values())
+        return any(v.state is State.READY for v in self.versions.values())
 
     @property
     def is_ready(self) -> bool:
