@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mlapi.api import codec
+from mlapi.api.limits import Limits
 from mlapi.errors import BadRequest, PayloadTooLarge
 from mlapi.tensors import DATATYPES, Signature, TensorSpec
 
@@ -218,3 +220,43 @@ def test_a_tensor_with_one_thing_wrong_is_refused_or_decoded_exactly(
         np.testing.assert_array_equal(decoded, array)  # same values, flat or nested
     if decoded.dtype.kind == "f":
         assert np.isfinite(decoded).all()
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from(list(',:"\\[]{} a\u00e9')), max_size=12)
+
+
+@given(
+    st.lists(TRICKY_TEXT, min_size=1, max_size=40)
+    | st.lists(st.integers(-5, 5), min_size=1, max_size=40),
+    TRICKY_TEXT,
+)
+@example(['"' + "," * 11] * 40, "")  # an escaped quote, then commas still in the string
+@example(["\\", "," * 12] * 20, "\\")  # an escaped backslash, then the string's end
+@settings(max_examples=400)
+def test_the_json_pre_check_never_refuses_a_request_within_the_element_cap(
+    data: list[Any], note: str
+) -> None:
+    """Strings full of commas, colons, quotes and backslashes (escaped in the JSON)
+    cannot push a request at the cap over it before it is parsed."""
+    datatype = "BYTES" if isinstance(data[0], str) else "INT64"
+    document = {
+        "id": note,
+        "parameters": {note: note},
+        "inputs": [
+            {"name": "x", "datatype": datatype, "shape": [len(data)], "data": data},
+        ],
+    }
+    body = orjson.dumps(document)
+    limits = Limits(max_elements=len(data))
+    limits.check_json(body)
+    parsed = codec.parse_infer(body, None, _signature(datatype, 1), limits)
+    assert len(parsed.inputs["x"]) == len(data)
+
+
+def test_a_json_body_far_over_the_element_cap_is_refused_before_it_is_parsed() -> None:
+    document = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [400], "data": [0] * 400}]}
+    body = orjson.dumps(document)[:-3]  # cut short: parsing it would be a 400
+    with pytest.raises(PayloadTooLarge, match="MLAPI_MAX_ELEMENTS"):
+        codec.parse_infer(body, None, _signature("INT64", 1), Limits(max_elements=100))
+    with pytest.raises(BadRequest, match="not valid JSON"):  # within the cap: parsed
+        codec.parse_infer(body, None, _signature("INT64", 1), Limits(max_elements=400))

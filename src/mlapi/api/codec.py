@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlapi.api.limits import DEFAULT_LIMITS, Limits, shown
+from mlapi.api.limits import DEFAULT_LIMITS, MAX_DIMS, Limits, shown
 from mlapi.errors import BadRequest
 from mlapi.tensors import DATATYPES, Signature, TensorSpec, datatype_of
 
-MAX_DIMS = 16
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
@@ -51,9 +50,11 @@ def parse_infer(
                 "Inference-Header-Content-Length must be between 1 and the body length"
             )
         cut = int(header_length)
+        limits.check_json(memoryview(body)[:cut])
         document = loads_json(memoryview(body)[:cut])
         binary = body[cut:]
     else:
+        limits.check_json(body)
         document = loads_json(body)
     if not isinstance(document, dict):
         raise BadRequest("the request body must be a JSON object")

@@ -66,6 +66,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
 def _decode(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int]:
     """The model's inputs from a V1 body, and how many instances it holds."""
+    limits.check_json(body)
     document = codec.loads_json(body)
     if not isinstance(document, dict) or set(document) != {"instances"}:
         raise BadRequest("the request body must be an object with only 'instances'")
