@@ -18,10 +18,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 from uvicorn.supervisors import ChangeReload
 
 from mlapi import logs, supervisor
+from mlapi.api.fastpath import FastInfer
 from mlapi.app import create_app
 from mlapi.connections import ConnectionLimits, guarded_protocol
 from mlapi.lifecycle import Lifecycle
@@ -39,7 +39,7 @@ class AppFactory:
         self.settings = settings
         self.lifecycle = lifecycle or Lifecycle()
 
-    def __call__(self) -> Starlette:
+    def __call__(self) -> FastInfer:
         configure_logging(self.settings)
         return create_app(self.settings, lifecycle=self.lifecycle)
 
@@ -120,7 +120,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> boo
     return bool(server.started)
 
 
-def reloaded_app() -> Starlette:
+def reloaded_app() -> FastInfer:
     """The app of a reloaded dev server: uvicorn re-imports the code in a fresh
     process and can only do that from an import string, so the settings are
     rebuilt there from the environment (where _run_reloading put them)."""

@@ -271,3 +271,66 @@ def test_requests_past_max_inflight_get_503_and_the_admitted_ones_their_answer(
     assert httpx.post(url, json=HELD_BODY, timeout=10).status_code == 200
     overloaded = 'mlapi_requests_total{model="held",outcome="overloaded"'
     wait_for(lambda: metric(server, overloaded) == 1, timeout_s=5, what="the 503 counted")
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """One response (status line and headers, body by Content-Length) off a socket;
+    what follows it stays in ``buffer``."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, bytes(buffer[:200])
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        rest += chunk
+    buffer[:] = rest[length:]
+    return head, rest[:length]
+
+
+def test_responses_keep_their_framing_with_100_continue_pipelining_and_large_bodies(
+    start_server: Callable[..., Server],
+) -> None:
+    """Headers leave with the body in one write: an interim 100 Continue must still go
+    at once (the client waits for it before sending its body), pipelined responses
+    come back whole and in order, and a large body (a vectored write) arrives intact."""
+    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH))
+    host, port = server.url.removeprefix("http://").split(":")
+    rows = np.random.default_rng(2).normal(4, 2, size=(900, 4)).astype(np.float32)
+    big = orjson.dumps(_request(rows))
+    small = orjson.dumps(_request(rows[:1]))
+
+    def post(body: bytes, extra: bytes = b"") -> bytes:
+        return (
+            b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+            % len(body)
+            + extra
+            + b"\r\n"
+        )
+
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        buffer = bytearray()
+        sock.sendall(post(small, b"Expect: 100-continue\r\n"))
+        interim = sock.recv(4096)  # before the body is sent
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        sock.sendall(small)
+        head, body = _read_response(sock, buffer)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert orjson.loads(body)["outputs"][0]["shape"] == [1]
+
+        sock.sendall(post(big) + big + post(small) + small + post(big) + big)
+        shapes = []
+        for _ in range(3):
+            head, body = _read_response(sock, buffer)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            shapes.append(orjson.loads(body)["outputs"][0]["shape"])
+        assert shapes == [[900], [1], [900]]
+        assert len(body) > 16384  # the large answer took the vectored write
+        assert not buffer

@@ -290,3 +290,29 @@ def test_max_delay_waits_for_more_rows_only_up_to_the_delay() -> None:
     assert len(_burst_batches(0.0, 0.01)) >= 5
     # ...and a 5 ms delay never holds a request for the next one 30 ms later
     assert _burst_batches(5.0, 0.03) == [1] * 6
+
+
+def test_a_request_past_its_deadline_fails_and_its_queued_work_is_withdrawn() -> None:
+    """The running request's result is dropped at its deadline; the queued one is
+    taken out of the queue, never run; one without a deadline still gets its answer."""
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool)
+            model.gate.clear()
+            running = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",), None, 0.05))
+            await asyncio.to_thread(model.started.wait, 5)
+            queued = asyncio.ensure_future(batcher.submit(_rows(2.0, width=3), ("y",), None, 0.05))
+            patient = asyncio.ensure_future(batcher.submit(_rows(4.0, rows=2), ("y",)))
+            for timed in (running, queued):
+                with pytest.raises(TimeoutError):
+                    await timed
+            assert batcher.queue_depth == 1  # only the request without a deadline waits
+            model.gate.set()
+            result = await patient
+            np.testing.assert_array_equal(result["y"], np.full((2, 2), 8.0))
+            await batcher.close()
+
+    run(scenario())
+    assert model.calls == [1, 2]  # the withdrawn 1x3 request never ran

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 
 import orjson
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mlapi.api.auth import duplicate_credentials
 from mlapi.api.body import BODY_TIMED_OUT, receive_body
@@ -32,8 +33,9 @@ _BINARY = [(b"content-type", b"application/octet-stream")]
 
 
 class FastInfer:
-    def __init__(self, app: ASGIApp, ctx: ApiContext, max_header_bytes: int) -> None:
+    def __init__(self, app: Starlette, ctx: ApiContext, max_header_bytes: int) -> None:
         self.app = app
+        self.state = app.state  # the application's state, as on the Starlette app
         self._registry = ctx.registry
         self._auth = ctx.auth
         self._tracking = ctx.tracking

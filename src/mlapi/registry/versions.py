@@ -86,8 +86,7 @@ class ModelVersion:
         if batcher is None or self.state is not State.READY:  # READY until retired
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await batcher.submit(inputs, tuple(output_names), gone)
+            return await batcher.submit(inputs, tuple(output_names), gone, self.timeout_s)
         except TimeoutError:
             # the queued work was withdrawn by the cancellation; a running batch's
             # result for this request is dropped
