@@ -41,7 +41,8 @@ lint: $(VENV)/.installed-test
 check: test lint
 
 # The side-by-side benchmark (not a test): needs wrk; peers' venvs come from
-# bench/setup_peers.sh. Writes bench/results/.
+# bench/setup_peers.sh. Writes bench/results/; with a Docker engine running, also
+# measures the production image and its start to healthy (bench/deployment.py).
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q matplotlib
 	bench/setup_peers.sh

@@ -1,6 +1,6 @@
 """How long a model update takes and what it costs in memory (not a test).
 
-For the bundled iris model and bench/run.py's 100-tree forest: `mlapi serve` (one
+For the bundled iris model and bench/models.py's 100-tree forest: `mlapi serve` (one
 worker, MLAPI_REPOSITORY_POLL_S=0.2) serves version 1 under steady traffic;
 `mlapi models publish` adds version 2; we time publish -> the first answer from
 version 2 and -> every answer from version 2, and read the worker's resident memory
@@ -29,7 +29,8 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MLAPI, N_FEATURES, make_models
+from models import N_FEATURES, make_models
+from targets import MLAPI
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 

@@ -1,0 +1,240 @@
+"""Starting a server pinned to a core, checking its answers, and driving it with
+wrk from another core; resident memory of a server and its children."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from models import Models
+from targets import Target, free_port
+
+
+def get_status(url: str, timeout_s: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read(), {k.lower(): v for k, v in response.headers.items()}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (OSError, AttributeError):
+            continue
+    return total / 1024
+
+
+class Server:
+    def __init__(self, target: Target, models: Models, model: str, cores: str = "0") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            **target.env(models, model),
+        }
+        cwd = target.cwd(models, model) if target.cwd else models.folder
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", cores, *target.command(models, model, self.port)],
+            env=env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, path: str, timeout_s: float = 120) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"exited {self.process.returncode}: " + self.tail())
+            if get_status(self.url + path) == 200:
+                return time.monotonic() - self.started
+            time.sleep(0.02)
+        raise RuntimeError("not ready in time: " + self.tail())
+
+    def tail(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-600:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+def check_answers(server: Server, target: Target, models: Models, model: str) -> None:
+    """Before any timing: the server's labels agree with in-process predictions."""
+    rng = np.random.default_rng(3)
+    reference = models.reference[model]
+    for rows in (1, 8, 1, 8, 3):
+        x = models.features[rng.integers(0, len(models.features), rows)]
+        body = target.body(x)
+        got = target.labels(*post(server.url + target.path(model), body, target.headers(body)))
+        want = reference.predict(x.astype(np.float64)).tolist()
+        agree = sum(int(a == b) for a, b in zip(got or [], want, strict=False))
+        if got is None or len(got) != rows or agree < rows:
+            # float32 ONNX vs float64 sklearn may differ on a knife-edge row; allow none here
+            raise RuntimeError(f"wrong answer: got {got}, expected {want}")
+
+
+@dataclass
+class Load:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _lua_string(data: bytes) -> str:
+    """Any bytes as a Lua string literal (decimal escapes outside printable ASCII)."""
+    out = []
+    for byte in data:
+        char = chr(byte)
+        if 32 <= byte < 127 and char not in '"\\':
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def wrk(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    cores: str = "1",
+) -> Load:
+    """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
+    lines += [
+        f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}"
+        for k, v in headers.items()
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    try:
+        output = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                cores,
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
+        found = re.search(pattern, output)
+        errors += int(found.group(1)) if found else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", output)
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return Load(rps, latency("50%"), latency("99%"), errors)
+
+
+@dataclass
+class Pair:
+    """Two servers driven in turn, the same body shape, several rounds: medians."""
+
+    first: str
+    second: str
+    model: str
+    rows: int
+    first_rps: list[float]
+    second_rps: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.first_rps) / statistics.median(self.second_rps)
+
+    def median_rows_per_s(self, which: str) -> float:
+        rps = self.first_rps if which == self.first else self.second_rps
+        return statistics.median(rps) * self.rows
+
+
+def paired(
+    first: Target,
+    second: Target,
+    models: Models,
+    model: str,
+    rows: int,
+    rounds: int,
+    seconds: float,
+) -> Pair:
+    """Both servers up (on core 0, one idle while the other works), each checked,
+    then wrk on one and the other in turn: a ratio that the machine's drift over
+    minutes does not decide."""
+    servers = [Server(first, models, model), Server(second, models, model)]
+    try:
+        x = models.features[np.random.default_rng(5).integers(0, len(models.features), rows)]
+        calls = []
+        for server, target in zip(servers, (first, second), strict=True):
+            server.wait_ready(target.ready)
+            check_answers(server, target, models, model)
+            body = target.body(x)
+            calls.append((server.url + target.path(model), body, target.headers(body)))
+            wrk(*calls[-1], 64, 2)
+        measured: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for index, call in enumerate(calls):
+                measured[index].append(wrk(*call, 64, seconds).requests_per_s)
+    finally:
+        for server in servers:
+            server.stop()
+    return Pair(first.name, second.name, model, rows, measured[0], measured[1])
