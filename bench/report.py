@@ -81,6 +81,7 @@ def _rps(run: Run) -> float:
 def goals(
     results: Results,
     limits: dict[str, float],
+    cold_starts: dict[str, float],
     deployment: dict[str, float] | None,
 ) -> list[Goal]:
     """Every target of issues 4 and 15, measured in this run."""
@@ -159,11 +160,15 @@ def goals(
             None if single is None else single.p50_ms <= 0.5,
         )
     )
-    ours_reports = [r for r in results.reports if r.target == OURS and r.cold_start_s]
+    if cold_starts:
+        shown = ", ".join(f"{model} {value:.2f} s" for model, value in cold_starts.items())
+        cold = max(cold_starts.values())
+        out.append(
+            Goal("cold start to /health 200 <= 1 s (median of 3 starts)", shown, cold <= 1.0)
+        )
+    ours_reports = [r for r in results.reports if r.target == OURS and r.rss_mb]
     if ours_reports:
-        cold = max(r.cold_start_s or 0 for r in ours_reports)
         rss = max(r.rss_mb or 0 for r in ours_reports)
-        out.append(Goal("cold start to /health 200 <= 1 s", f"{cold:.2f} s", cold <= 1.0))
         out.append(Goal("RSS of one worker with a model <= 150 MB", f"{rss:.0f} MB", rss <= 150))
     if deployment:
         added = deployment["image_added_mb"]
@@ -187,11 +192,12 @@ def write_report(
     reports: list[ServerReport],
     pairs: list[Pair],
     limits: dict[str, float],
+    cold_starts: dict[str, float],
     deployment: dict[str, float] | None,
     settings: str,
 ) -> tuple[str, list[Goal]]:
     results = Results(reports, pairs)
-    found = goals(results, limits, deployment)
+    found = goals(results, limits, cold_starts, deployment)
     lines = ["| goal | measured | holds? |", "|---|---|---|"]
     for goal in found:
         holds = {True: "yes", False: "**no**", None: "-"}[goal.holds]

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -117,6 +118,24 @@ def run_pairs(models: Models, args: argparse.Namespace) -> list[Pair]:
     return pairs
 
 
+def cold_starts(models: Models, starts: int = 3) -> dict[str, float]:
+    """ml-api from launch to /health 200, the median of a few starts per model, each
+    on a quiet core (a peer's shutdown just before a start was seen to double it)."""
+    medians = {}
+    for model in ("logreg", "forest"):
+        seconds = []
+        for _ in range(starts):
+            time.sleep(1.0)
+            target = mlapi("onnx")
+            server = Server(target, models, model)
+            try:
+                seconds.append(server.wait_ready(target.ready))
+            finally:
+                server.stop()
+        medians[model] = statistics.median(seconds)
+    return medians
+
+
 def in_process_limits(models: Models, seconds: float = 2.0) -> dict[str, float]:
     """onnxruntime alone on core 0, one thread: what no server can beat."""
     import onnxruntime as ort
@@ -205,7 +224,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating runs per close comparison (0: none)"
+        "--rounds", type=int, default=5, help="alternating runs per close comparison (0: none)"
     )
     parser.add_argument("--no-deployment", action="store_true", help="skip the Docker figures")
     parser.add_argument(
@@ -232,6 +251,7 @@ def main() -> None:
                 reports.append(bench_target(target, models, model, args))
         pairs = run_pairs(models, args) if args.rounds else []
         limits = in_process_limits(models)
+        starts = cold_starts(models)
         study = workers_study(models, args.seconds) if args.workers_study else []
     base = None if args.no_deployment else deployment.engine_base()
     figures = None
@@ -243,7 +263,7 @@ def main() -> None:
         f"server on core 0, wrk on core 1; ml-api rows are {OURS} unless named"
         + (f"; images on {base}" if base else "")
     )
-    text, goals = write_report(reports, pairs, limits, figures, settings)
+    text, goals = write_report(reports, pairs, limits, starts, figures, settings)
     text += "\n".join(study)
     (RESULTS / "results.md").write_text(text + "\n")
     (RESULTS / "results.json").write_text(
@@ -253,6 +273,7 @@ def main() -> None:
                 "reports": [asdict(r) for r in reports],
                 "pairs": [asdict(p) for p in pairs],
                 "limits": limits,
+                "cold_start_s": starts,
                 "deployment": figures,
             },
             indent=2,
