@@ -36,21 +36,42 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[st
         return response.read(), {k.lower(): v for k, v in response.headers.items()}
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
     total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
+    for current in _tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
             total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                todo.extend(int(c) for c in children)
         except (OSError, AttributeError):
             continue
     return total / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process and its descendants."""
+    ticks = 0
+    for current in _tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -121,6 +142,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None  # the server's CPU per request, when its pid was given
 
 
 def _lua_string(data: bytes) -> str:
@@ -142,8 +164,11 @@ def wrk(
     connections: int,
     seconds: float,
     cores: str = "1",
+    pid: int | None = None,
 ) -> Load:
-    """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections."""
+    """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections.
+    With the server's ``pid``, also its CPU time per request: what a request costs,
+    which neighbours on a shared machine change far less than the rate."""
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
     lines += [
         f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}"
@@ -151,6 +176,7 @@ def wrk(
     ]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
+    cpu_before = cpu_s(pid) if pid else 0.0
     try:
         output = subprocess.run(
             [
@@ -172,6 +198,7 @@ def wrk(
         ).stdout
     finally:
         os.unlink(script.name)
+    cpu_used = cpu_s(pid) - cpu_before if pid else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
 
     def latency(label: str) -> float:
@@ -185,7 +212,9 @@ def wrk(
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", output)
     if socket_errors:
         errors += sum(int(x) for x in socket_errors.groups())
-    return Load(rps, latency("50%"), latency("99%"), errors)
+    done = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    cpu_us = 1e6 * cpu_used / done if pid and done else None
+    return Load(rps, latency("50%"), latency("99%"), errors, cpu_us)
 
 
 @dataclass
@@ -198,10 +227,19 @@ class Pair:
     rows: int
     first_rps: list[float]
     second_rps: list[float]
+    first_cpu_us: list[float]
+    second_cpu_us: list[float]
 
     @property
     def ratio(self) -> float:
+        """Throughput, first over second (medians)."""
         return statistics.median(self.first_rps) / statistics.median(self.second_rps)
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Requests per CPU second, first over second (medians): the capacity of a
+        core given to each, whatever the neighbours took from it during the run."""
+        return statistics.median(self.second_cpu_us) / statistics.median(self.first_cpu_us)
 
     def median_rows_per_s(self, which: str) -> float:
         rps = self.first_rps if which == self.first else self.second_rps
@@ -230,11 +268,14 @@ def paired(
             body = target.body(x)
             calls.append((server.url + target.path(model), body, target.headers(body)))
             wrk(*calls[-1], 64, 2)
-        measured: list[list[float]] = [[], []]
+        rates: list[list[float]] = [[], []]
+        costs: list[list[float]] = [[], []]
         for _ in range(rounds):
             for index, call in enumerate(calls):
-                measured[index].append(wrk(*call, 64, seconds).requests_per_s)
+                load = wrk(*call, 64, seconds, pid=servers[index].process.pid)
+                rates[index].append(load.requests_per_s)
+                costs[index].append(load.cpu_us or 0.0)
     finally:
         for server in servers:
             server.stop()
-    return Pair(first.name, second.name, model, rows, measured[0], measured[1])
+    return Pair(first.name, second.name, model, rows, *rates, *costs)

@@ -57,7 +57,7 @@ def bench_target(
             headers = target.headers(body)
             wrk(url, body, headers, 64, args.warmup_s)
             for connections in args.connections:
-                load = wrk(url, body, headers, connections, args.seconds)
+                load = wrk(url, body, headers, connections, args.seconds, pid=server.process.pid)
                 rps = load.requests_per_s
                 report.runs.append(
                     Run(
@@ -70,6 +70,7 @@ def bench_target(
                         load.p50_ms,
                         load.p99_ms,
                         load.errors,
+                        load.cpu_us,
                     )
                 )
                 print(
@@ -111,7 +112,7 @@ def run_pairs(models: Models, args: argparse.Namespace) -> list[Pair]:
         pair = paired(*wanted, models, model, rows, args.rounds, min(args.seconds, 4.0))
         print(
             f"  {first} / {second} {model} rows={rows}: {pair.ratio:.2f}x "
-            f"({pair.first_rps} / {pair.second_rps})",
+            f"throughput, {pair.cpu_ratio:.2f}x per CPU second",
             flush=True,
         )
         pairs.append(pair)
