@@ -279,6 +279,8 @@ def test_at_start_a_model_that_does_not_fit_is_failed_and_the_others_serve(
     write_python_model(repo, "huge", SCALED, "memory_mb = 100000\n" + vector_toml())
     client = serve_app(repo, wait_ready=False)
     wait_for(lambda: "needs about 100,000 MiB" in client.get("/health").text, what="huge refused")
+    # m loads beside it, in its own time (huge is refused before it loads anything)
+    wait_for(lambda: client.get("/v2/models/m/ready").status_code == 200, what="m ready")
     assert _answer(client) == (200, 1.0)
     assert client.post("/v2/repository/models/huge/load").status_code == 507
 
