@@ -178,28 +178,32 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class _OneSend:
     """The transport as one request's cycle sees it: the response's status line and
-    headers are held until its first body write and leave with it, in one send()
+    headers (the cycle's first write, but for an interim 100 Continue, which goes at
+    once) are held until the first body write and leave with it, in one send()
     instead of two (uvicorn writes them apart; the second syscall cost 3% of a
-    loaded server's CPU). An interim 100 Continue goes at once."""
+    loaded server's CPU). Every later write goes straight through."""
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_fresh", "_held", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: bytes | None = None
+        self._fresh = True  # nothing of the response written yet
 
     def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if len(data) <= 16384:
-                self._transport.write(held + data)
-            else:  # no copy of a large body: one vectored write
-                self._transport.writelines((held, data))
-        elif data.startswith(b"HTTP/") and data != _CONTINUE:
+        if self._fresh and data != _CONTINUE:
+            self._fresh = False
             self._held = data
-        else:
+            return
+        held = self._held
+        if held is None:
             self._transport.write(data)
+            return
+        self._held = None
+        if len(data) <= 16384:
+            self._transport.write(held + data)
+        else:  # no copy of a large body: one vectored write
+            self._transport.writelines((held, data))
 
     def close(self) -> None:
         if self._held is not None:  # headers of a response cut short: sent as before

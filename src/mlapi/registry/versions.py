@@ -88,7 +88,7 @@ class ModelVersion:
         try:
             return await batcher.submit(inputs, tuple(output_names), gone, self.timeout_s)
         except TimeoutError:
-            # the queued work was withdrawn by the cancellation; a running batch's
+            # the batcher withdrew the queued work at the deadline; a running batch's
             # result for this request is dropped
             raise GatewayTimeout(
                 f"model '{self.name}' did not answer within {self.timeout_s:g}s "
