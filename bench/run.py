@@ -33,7 +33,7 @@ import numpy as np
 from load import Pair, Server, check_answers, paired, rss_mb, wrk
 from models import Models, make_models
 from report import Run, ServerReport, chart, write_report
-from targets import BARE, OURS, OURS_BINARY, TARGETS, VENVS, Target, mlapi, v2_body
+from targets import BARE, OURS, OURS_BINARY, TARGETS, Target, mlapi, v2_body
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -43,7 +43,7 @@ def bench_target(
     target: Target, models: Models, model: str, args: argparse.Namespace
 ) -> ServerReport:
     report = ServerReport(target.name, model)
-    if target.venv and not (VENVS / target.venv / "bin" / "python").exists():
+    if target.missing():
         report.problem = f"venv bench/.venvs/{target.venv} missing (bench/setup_peers.sh)"
         return report
     server = Server(target, models, model)
@@ -101,7 +101,7 @@ def run_pairs(models: Models, args: argparse.Namespace) -> list[Pair]:
     pairs = []
     for first, second, model, rows in PAIRS:
         wanted = [by_name[first], by_name[second]]
-        if any(t.venv and not (VENVS / t.venv / "bin" / "python").exists() for t in wanted):
+        if any(t.missing() for t in wanted):
             continue
         if args.only and not all(
             any(t.name.startswith(p) for p in args.only.split(",")) for t in wanted

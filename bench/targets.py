@@ -41,6 +41,10 @@ class Target:
     cwd: Callable[[Models, str], Path] | None = None
     notes: str = ""
 
+    def missing(self) -> bool:
+        """True when this peer's venv has not been made (bench/setup_peers.sh)."""
+        return self.venv is not None and not (VENVS / self.venv / "bin" / "python").exists()
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -201,6 +205,21 @@ def _mlserver(batched: bool) -> Target:
     )
 
 
+def _joblib_env(batched: bool, **extra: str) -> Callable[[Models, str], dict[str, str]]:
+    """What the LitServe and BentoML apps in bench/peers read: the joblib model and
+    the batch size (0: no batching)."""
+    return lambda m, model: {
+        "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
+        "BENCH_BATCH": "64" if batched else "0",
+        **extra,
+    }
+
+
+def _rows_body(rows: np.ndarray) -> bytes:
+    """The LitServe and BentoML apps' request: the rows as a nested list."""
+    return json.dumps({"input": rows.astype(np.float64).tolist()}).encode()
+
+
 def _litserve(batched: bool) -> Target:
     return Target(
         name="LitServe" + (" batched" if batched else ""),
@@ -210,12 +229,9 @@ def _litserve(batched: bool) -> Target:
             str(HERE / "peers" / "litserve_app.py"),
             str(port),
         ],
-        env=lambda m, model: {
-            "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
-            "BENCH_BATCH": "64" if batched else "0",
-        },
+        env=_joblib_env(batched),
         path=lambda model: "/predict",
-        body=lambda rows: json.dumps({"input": rows.astype(np.float64).tolist()}).encode(),
+        body=_rows_body,
         labels=_json_labels(lambda response: [int(x) for x in response["label"]]),
     )
 
@@ -231,13 +247,9 @@ def _bentoml(batched: bool) -> Target:
             "--port",
             str(port),
         ],
-        env=lambda m, model: {
-            "BENCH_MODEL": str(m.folder / "joblib" / model / "1" / "model.joblib"),
-            "BENCH_BATCH": "64" if batched else "0",
-            "BENTOML_DO_NOT_TRACK": "true",
-        },
+        env=_joblib_env(batched, BENTOML_DO_NOT_TRACK="true"),
         path=lambda model: "/predict",
-        body=lambda rows: json.dumps({"input": rows.astype(np.float64).tolist()}).encode(),
+        body=_rows_body,
         labels=_json_labels(lambda response: np.asarray(response).argmax(axis=1).tolist()),
         ready="/readyz",
         cwd=lambda m, model: HERE / "peers",
