@@ -76,12 +76,71 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("name", help="the model")
     rollback.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
 
+    _doctor_parser(commands)
+
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(
         dest="config_command", required=True, parser_class=_Parser
     )
     config_commands.add_parser("show", help="print the settings, secrets redacted")
     return parser
+
+
+def _doctor_parser(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="audit compose files against the guide; size them from measured models",
+    )
+    doctor.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        type=Path,
+        help="a compose file, in merge order (default: what `docker compose` reads here)",
+    )
+    doctor.add_argument(
+        "--model-path", type=Path, help="the models the service serves (default: bundled)"
+    )
+    doctor.add_argument("--env-file", type=Path, help="variables file (default: ./.env)")
+    doctor.add_argument("--format", choices=("text", "json"), default="text")
+    doctor.add_argument("--write-env", type=Path, help="write the suggested values to this file")
+    doctor.add_argument(
+        "--no-compose",
+        action="store_true",
+        help="merge the files itself even when Docker Compose is installed",
+    )
+    doctor.add_argument("--no-measure", action="store_true", help="check the files only")
+    doctor.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds one model may take to load"
+    )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Exit 0 without a fail, 1 with one, 2 when it could not run. The process
+    environment is read here (as Compose reads it) to interpolate the files."""
+    import os
+
+    from mlapi import doctor
+    from mlapi.doctor import report
+
+    options = doctor.Options(
+        files=tuple(args.files or ()),
+        model_path=args.model_path,
+        env_file=args.env_file,
+        use_compose=False if args.no_compose else None,
+        measure=not args.no_measure,
+        timeout_s=args.timeout,
+    )
+    result = doctor.run(options, os.environ)
+    text = report.as_json(result) if args.format == "json" else report.as_text(result)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.write_env is not None:
+        if result.sizing is None:
+            raise ConfigError("--write-env needs the measurement (without --no-measure)")
+        report.write_env(args.write_env, result.sizing.suggested())
+        sys.stderr.write(f"mlapi doctor: wrote the suggested values to {args.write_env}\n")
+    return 1 if result.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return healthcheck.main(given[1:])
     args = _parser().parse_args(given)
+    if args.command == "doctor":  # reads compose files, not this process's settings
+        try:
+            return _doctor(args)
+        except ConfigError as exc:
+            sys.stderr.write(f"mlapi: error: {exc}\n")
+            return 2
     from mlapi.settings import load_settings
 
     try:

@@ -1,0 +1,147 @@
+"""The child process doctor measures in: ``python -m mlapi.doctor.probe JSON``. It
+holds itself to the CPUs it is given, imports what a server worker imports, and
+then (when given a version folder) loads and warms that version through the
+registry's own loader, times inference at batch 1 and at the model's max batch
+size, and prints one JSON line: times in seconds, memory in bytes."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlapi.repository.config import ModelConfig
+    from mlapi.runtimes.base import Runtime
+
+_STARTED = time.perf_counter()
+_LATENCY_RUNS = 200
+_LATENCY_BUDGET_S = 1.5
+
+
+def _status_bytes(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"{field}:\s+(\d+)\s+kB", text)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def _median_ms(call: Callable[[], object]) -> float:
+    times: list[float] = []
+    deadline = time.perf_counter() + _LATENCY_BUDGET_S
+    while len(times) < _LATENCY_RUNS and (len(times) < 5 or time.perf_counter() < deadline):
+        began = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
+def _batch_inputs(runtime: Runtime, config: ModelConfig, rows: int) -> dict[str, Any] | None:
+    """Inputs of ``rows`` rows: the [warmup] inputs' first row, else zeros, repeated."""
+    import numpy as np
+
+    from mlapi.registry import loading
+    from mlapi.tensors import DATATYPES
+
+    signature = runtime.signature
+    given = config.warmup.inputs
+    if given is None and signature.dynamic:
+        return None
+    arrays: dict[str, Any] = {}
+    if given is not None:
+        for name, value in given.items():
+            spec = signature.input(name)
+            arrays[name] = np.asarray(value, dtype=DATATYPES[spec.datatype] if spec else None)
+    else:
+        for spec in signature.inputs:
+            arrays[spec.name] = loading._zeros(spec.datatype, spec.shape)
+    if rows == 1:
+        return arrays
+    return {name: np.repeat(value[:1], rows, axis=0) for name, value in arrays.items()}
+
+
+def _measure_version(spec: dict[str, Any], report: dict[str, Any]) -> None:
+    from mlapi.errors import MlapiError
+    from mlapi.observability.metrics import Metrics
+    from mlapi.registry import loading
+    from mlapi.registry.loading import Loader
+    from mlapi.registry.versions import ModelVersion
+    from mlapi.repository import manifest
+    from mlapi.repository import scan as repo_scan
+    from mlapi.settings import available_cpus, load_settings
+
+    folder = Path(spec["folder"])
+    entry = repo_scan.scan_model(folder.parent)
+    item = next((v for v in entry.versions if v.version == int(folder.name)), None)
+    if item is None or item.config is None:
+        report["error"] = (item.error if item else entry.error) or "not a version the scan serves"
+        return
+    settings = load_settings(
+        env_file=None,
+        MODEL_PATH=str(folder.parent.parent),
+        WORKERS=spec["workers"],
+        MLAPI_INTRA_OP_THREADS=spec["intra_op_threads"],
+        MLAPI_MEMORY_LIMIT=1 << 50,  # measure; the fit is doctor's to judge
+    )
+    threads = settings.intra_op_threads or max(1, int(available_cpus() // settings.workers))
+    loader = Loader(settings, Metrics(), threads)
+    version = ModelVersion(
+        item.name, item.version, item.path, item.config, fingerprint=manifest.fingerprint(item.path)
+    )
+    try:
+        loader.load_and_warm(version)
+    except MlapiError as exc:
+        report["error"] = exc.message
+        return
+    except Exception as exc:  # a broken model is a finding, never a doctor crash
+        report["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return
+    report["load_seconds"] = version.load_seconds
+    report["warmup_seconds"] = version.warmup_seconds
+    runtime = version.loaded_runtime()
+    outputs = runtime.signature.output_names()
+    batching = item.config.batching
+    batchable = batching.enabled and loading.stackable(runtime.signature)
+    max_rows = batching.max_batch_size if batchable else 1
+    report["max_batch_size"] = max_rows
+    for key, rows in (("batch_1", 1), ("batch_max", max_rows)):
+        inputs = _batch_inputs(runtime, item.config, rows)
+        if inputs is not None:
+            report[key] = _median_ms(partial(runtime.predict, inputs, outputs))
+    loading.settle_garbage_collector()
+    report["steady_rss_bytes"] = _status_bytes("VmRSS")
+    version.close()
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    interpreter_rss = _status_bytes("VmRSS")
+    cpus = spec.get("cpu_ids")
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+    import uvicorn  # noqa: F401  what a worker imports before its models
+
+    import mlapi.app  # noqa: F401
+
+    gc.collect()
+    report: dict[str, Any] = {
+        "import_seconds": time.perf_counter() - _STARTED,
+        "base_rss_bytes": _status_bytes("VmRSS"),
+        "interpreter_rss_bytes": interpreter_rss,
+    }
+    if spec.get("folder"):
+        _measure_version(spec, report)
+    report["peak_rss_bytes"] = _status_bytes("VmHWM")
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""doctor's checks, one rule at a time: the guide's deployment broken that way gives
+the finding with its severity; the same deployment as the guide has it does not
+(its own merge; tests/e2e/test_doctor.py shows Docker Compose's merge agrees)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlapi import doctor
+from mlapi.doctor import report as doctor_report
+from tests.fixtures.compose import CASES, HOST_BYTES, Case, case_id, measured, write_project
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}
+
+
+def audit(files: list[Path], case: Case, broken: bool) -> doctor.Report:
+    options = doctor.Options(files=tuple(files), use_compose=False)
+    deployment, merged_by = doctor.read(options, ENV)
+    numbers = measured(case.measured_load_s, case.model_error if broken else None)
+    return doctor.audit(deployment, merged_by, numbers, HOST_BYTES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_each_broken_rule_is_named_and_gone_once_fixed(case: Case, tmp_path: Path) -> None:
+    broken = audit(write_project(tmp_path / "broken", case, broken=True), case, True)
+    named = [f for f in broken.findings if f.id == case.id and f.severity == case.severity]
+    assert named, [(f.id, f.severity, f.message) for f in broken.findings]
+    assert all(f.message and f.severity in ("fail", "warn", "ok") for f in broken.findings)
+    if case.severity == "fail":
+        assert broken.failed
+        assert named[0].fix, "a fail says what to set"
+    fixed = audit(write_project(tmp_path / "fixed", case, broken=False), case, False)
+    left = [(f.id, f.severity, f.message) for f in fixed.findings if f.severity != "ok"]
+    assert left == [], left
+
+
+def test_the_numbers_behind_the_sizing_findings(tmp_path: Path) -> None:
+    """370 MiB needed on two workers (2 x (60 server + 80 model + 10 transient) + 70
+    supervisor); 640 MiB suggested (x 1.15 + room for an update of the model per
+    worker, rounded up to 64 MiB); start (2 x 0.3 s imports + 10.1 s) x 2 = 22 s."""
+    case = CASES[0]
+    files = write_project(tmp_path, case, broken=False)
+    report = audit(files, case, False)
+    assert report.sizing is not None
+    assert report.sizing.need_bytes == 370 << 20
+    assert report.sizing.suggested() == {
+        "ML_API_START_PERIOD": "22s",
+        "ML_API_MEMORY": "640m",
+        "ML_API_CPUS": "2",
+        "WORKERS": "2",
+    }
+
+
+def test_a_small_host_gets_fewer_workers(tmp_path: Path) -> None:
+    case = CASES[0]
+    deployment, merged_by = doctor.read(
+        doctor.Options(files=tuple(write_project(tmp_path, case, broken=False)), use_compose=False),
+        ENV,
+    )
+    report = doctor.audit(deployment, merged_by, measured(), host_bytes=500 << 20)
+    assert report.sizing is not None and report.sizing.workers == 1
+    assert [f.severity for f in report.findings if f.id == "memory.over_host"] == ["fail"]
+
+
+def test_write_env_sets_the_values_and_keeps_the_rest(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# mine\nAPI_PORT=8100\nML_API_MEMORY=1g\nexport WORKERS=4\n")
+    doctor_report.write_env(env, {"ML_API_MEMORY": "640m", "WORKERS": "2", "ML_API_CPUS": "2"})
+    assert env.read_text().splitlines() == [
+        "# mine",
+        "API_PORT=8100",
+        "ML_API_MEMORY=640m",
+        "WORKERS=2",
+        "# sized by mlapi doctor",
+        "ML_API_CPUS=2",
+    ]
