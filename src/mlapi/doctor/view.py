@@ -106,16 +106,21 @@ class Deployment:
     project_dir: Path
     files: tuple[Path, ...]
     services: dict[str, Service] = field(default_factory=dict)
-    volumes: tuple[str, ...] = ()  # the top-level volume keys
-    secrets: dict[str, Secret] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()  # the top-level volume keys that services mount
+    secrets: dict[str, Secret] = field(default_factory=dict)  # those services read
 
 
 def deployment(data: dict[str, Any], project_dir: Path, files: tuple[Path, ...]) -> Deployment:
     result = Deployment(project_dir, files)
     for name, raw in (data.get("services") or {}).items():
         result.services[name] = _service(name, raw or {}, project_dir)
-    result.volumes = tuple(sorted(data.get("volumes") or {}))
+    # Only what a service uses, as Compose prints it (it drops the rest).
+    mounted = {m.source for s in result.services.values() for m in s.mounts}
+    result.volumes = tuple(sorted(key for key in data.get("volumes") or {} if key in mounted))
+    used = {name for s in result.services.values() for name in s.secrets}
     for key, raw in (data.get("secrets") or {}).items():
+        if key not in used:
+            continue
         raw = raw or {}
         file = raw.get("file")
         result.secrets[key] = Secret(
