@@ -117,3 +117,27 @@ def test_doctor_sizes_a_slow_model_s_start_period(
     assert after.returncode == 0, after.stdout
     stack.compose("up", "-d", "--wait", "--wait-timeout", "120")
     assert _healthy(stack)
+
+
+@pytest.mark.parametrize("merge", ["dev (auto-loaded override)", "prod"])
+def test_without_docker_on_the_path_the_cli_finds_the_same(merge: str, tmp_path: Path) -> None:
+    """No `docker` to run: the CLI falls back to its own merge by itself."""
+    only_git = tmp_path / "bin"
+    only_git.mkdir()
+    (only_git / "git").symlink_to("/usr/bin/git")
+    files = [a for name in MERGES[merge] for a in ("-f", name)]
+    results = []
+    for path in (os.environ["PATH"], str(only_git)):
+        done = subprocess.run(
+            [MLAPI, "doctor", *files, "--format", "json", "--no-measure"],
+            cwd=ROOT,
+            env={**ENV, "PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout)["findings"])
+    with_compose, without = results
+    assert without == with_compose
+    assert with_compose, "the checked-in files give some findings (a missing secret file at least)"

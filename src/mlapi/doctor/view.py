@@ -112,7 +112,7 @@ class Deployment:
 
 def deployment(data: dict[str, Any], project_dir: Path, files: tuple[Path, ...]) -> Deployment:
     result = Deployment(project_dir, files)
-    for name, raw in (data.get("services") or {}).items():
+    for name, raw in sorted((data.get("services") or {}).items()):  # Compose's order
         result.services[name] = _service(name, raw or {}, project_dir)
     # Only what a service uses, as Compose prints it (it drops the rest).
     mounted = {m.source for s in result.services.values() for m in s.mounts}
