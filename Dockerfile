@@ -10,7 +10,9 @@ FROM ${PYTHON_IMAGE} AS builder
 # onnxruntime-gpu for docker-compose.gpu.yml; the CPU build otherwise.
 ARG ONNXRUNTIME_PACKAGE=onnxruntime
 # Optional parts, comma-separated: "sklearn" adds scikit-learn and skops (about
-# 170 MB) for skops models. The default image serves ONNX and Python models.
+# 170 MB) for skops models; "text" adds the tokenizers library (about 12 MB; without
+# huggingface-hub, which only downloads from the Hub) for text models. The default
+# image serves ONNX and Python models.
 ARG MLAPI_EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,7 +32,11 @@ extras = [e.strip() for e in os.environ['MLAPI_EXTRAS'].split(',') if e.strip()]
 deps = project['dependencies'] + [d for e in extras for d in project['optional-dependencies'][e]]; \
 pkg = os.environ['ONNXRUNTIME_PACKAGE']; \
 print('\n'.join(re.sub(r'^onnxruntime(?=[<>=!~ ]|$)', pkg, d) for d in deps))" > /tmp/requirements.txt; \
-    /opt/venv/bin/pip install -r /tmp/requirements.txt
+    grep -v '^tokenizers' /tmp/requirements.txt > /tmp/with-deps.txt || true; \
+    /opt/venv/bin/pip install -r /tmp/with-deps.txt; \
+    if grep -q '^tokenizers' /tmp/requirements.txt; then \
+        /opt/venv/bin/pip install --no-deps "$(grep '^tokenizers' /tmp/requirements.txt)"; \
+    fi
 COPY src ./src
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlapi import logs
-from mlapi.api import health, openapi, repository, v1, v2
+from mlapi.api import health, openai, openapi, repository, v1, v2
 from mlapi.api.auth import Authenticator
 from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
@@ -95,6 +95,7 @@ def create_app(
             *health.routes(ctx),
             *v2.routes(ctx),
             *repository.routes(ctx),
+            *openai.routes(ctx),
             *v1.routes(ctx),
             Route("/openapi.json", route(openapi_json), methods=["GET"]),
             Route("/metrics", route(metrics_text), methods=["GET"]),

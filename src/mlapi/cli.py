@@ -70,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--version", dest="model_version", type=_version_number, help="default: newest + 1"
     )
+    imported = model_commands.add_parser(
+        "import",
+        help="convert a sentence-transformers / Hugging Face text model folder, check it "
+        "against the original, and publish it",
+    )
+    imported.add_argument("source", type=Path, help="the folder (config.json, *.safetensors, ...)")
+    imported.add_argument("--name", required=True, help="model name in the repository")
+    imported.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
+    imported.add_argument(
+        "--version", dest="model_version", type=_version_number, help="default: newest + 1"
+    )
+    imported.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
     rollback = model_commands.add_parser(
         "rollback", help="stop serving a model's newest version: every server goes back"
     )
@@ -121,8 +133,13 @@ def _doctor(args: argparse.Namespace) -> int:
     environment is read here (as Compose reads it) to interpolate the files."""
     import os
 
-    from mlapi import doctor
-    from mlapi.doctor import report
+    try:
+        from mlapi import doctor
+        from mlapi.doctor import report
+    except ImportError as exc:  # the production image leaves PyYAML out
+        raise ConfigError(
+            f"mlapi doctor needs {exc.name}: run it where mlapi is pip-installed"
+        ) from None
 
     options = doctor.Options(
         files=tuple(args.files or ()),
@@ -174,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _models_rollback(settings, args.name)
             if args.models_command == "publish":
                 return _models_publish(settings, args.source, args.name, args.model_version)
+            if args.models_command == "import":
+                return _models_import(settings, args)
             return _models_validate(settings, args.path)
         import orjson
 
@@ -242,6 +261,40 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             allow_pickle=settings.allow_pickle,
         )
     print(f"published {final.parent.name} version {final.name} to {final}")
+    return 0
+
+
+def _models_import(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+
+    from mlapi.importers import text
+    from mlapi.repository import publish, scan
+
+    source: Path = args.source
+    if not scan.MODEL_NAME.fullmatch(args.name):
+        raise ConfigError(f"--name '{args.name[:64]}' is not a model name (letters, digits, _.-)")
+    if not text.is_text_folder(source):
+        raise ConfigError(
+            f"{source} is not a sentence-transformers or Hugging Face text model folder "
+            "(config.json and tokenizer.json)"
+        )
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError("--max-length must be a positive number of tokens")
+    with tempfile.TemporaryDirectory(prefix="mlapi-import-") as folder:
+        staging = Path(folder) / "version"
+        report = text.export(source, staging, args.max_length)
+        final = publish.publish(
+            settings.model_path, args.name, args.model_version, source=staging, allow_pickle=False
+        )
+    check = (
+        f"lowest cosine {report.worst:.6f}"
+        if report.task == "embedding"
+        else f"largest score difference {report.worst:.2e}"
+    )
+    print(
+        f"imported {source.name} as {args.name} version {final.name} ({report.task}, "
+        f"{report.width} wide; {check} against the original on {report.samples} texts) to {final}"
+    )
     return 0
 
 

@@ -64,8 +64,13 @@ def internal_error(request: Request, exc: BaseException) -> Response:
     )
 
 
-def route(handler: Handler, auth: Authenticator | None = None) -> Handler:
-    """Wrap a handler: check the API key when ``auth`` is given, render errors."""
+def route(
+    handler: Handler,
+    auth: Authenticator | None = None,
+    render: Callable[[MlapiError], Response] = error_response,
+) -> Handler:
+    """Wrap a handler: check the API key when ``auth`` is given, render errors (in
+    the protocol's shape, or the one ``render`` gives)."""
 
     async def wrapped(request: Request) -> Response:
         try:
@@ -73,7 +78,7 @@ def route(handler: Handler, auth: Authenticator | None = None) -> Handler:
                 auth.check(request)
             return await handler(request)
         except MlapiError as exc:
-            return error_response(exc)
+            return render(exc)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; nothing to log
         except Exception as exc:

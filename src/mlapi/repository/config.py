@@ -27,6 +27,7 @@ _TOP_KEYS = {
     "platform",
     "memory_mb",
     "rollout",
+    "text",
 }
 
 
@@ -83,6 +84,7 @@ class ModelConfig:
     platform: str | None = None
     memory_mb: float | None = None  # what the model needs in memory, when files do not say
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    text: dict[str, Any] | None = None  # the text runtime's table (runtimes/text_config.py)
 
 
 def read_raw(path: Path) -> dict[str, Any]:
@@ -127,7 +129,15 @@ def parse(raw: dict[str, Any]) -> ModelConfig:
         platform=_opt_str(raw, "platform"),
         memory_mb=_memory_mb(raw),
         rollout=_rollout(raw.get("rollout", {})),
+        text=_opt_table(raw, "text"),
     )
+
+
+def _opt_table(raw: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ModelLoadError(f"model.toml: [{key}] must be a table")
+    return value
 
 
 def _opt_str(raw: dict[str, Any], key: str) -> str | None:

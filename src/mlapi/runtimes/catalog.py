@@ -11,6 +11,7 @@ from mlapi.runtimes.safety import PICKLE_SUFFIXES
 
 _BY_SUFFIX = {".onnx": "onnx", ".skops": "sklearn", ".py": "python"}
 _PREFERRED = ("model.onnx", "model.skops", "model.py")
+TOKENIZER = "tokenizer.json"
 
 
 def factory(name: str) -> RuntimeFactory:
@@ -28,7 +29,11 @@ def factory(name: str) -> RuntimeFactory:
         from mlapi.runtimes.python import PythonRuntime
 
         return PythonRuntime
-    raise ModelLoadError(f"unknown runtime '{name}' (known: onnx, sklearn, python)")
+    if name == "text":
+        from mlapi.runtimes.text import TextRuntime
+
+        return TextRuntime
+    raise ModelLoadError(f"unknown runtime '{name}' (known: onnx, sklearn, python, text)")
 
 
 def choose(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
@@ -42,6 +47,8 @@ def choose(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
     else:
         model_file = _find_model_file(version_dir)
     runtime = config.runtime or _runtime_for(model_file)
+    if runtime == "onnx" and config.runtime is None and (version_dir / TOKENIZER).is_file():
+        runtime = "text"  # an encoder with its tokenizer beside it
     return runtime, model_file
 
 

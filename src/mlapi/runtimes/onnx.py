@@ -55,23 +55,7 @@ class OnnxRuntime:
     platform = "onnxruntime_onnx"
 
     def __init__(self, ctx: LoadContext) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if ctx.intra_op_threads:
-            options.intra_op_num_threads = ctx.intra_op_threads
-        options.log_severity_level = 3
-        providers = _providers(ctx.device)
-        try:
-            data = ctx.model_file.read_bytes()
-            self._session, self.from_cache = _session(data, options, providers, ctx.cache_dir)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            detail = first_line.replace(str(ctx.model_dir), "<model>")[:300]
-            raise ModelLoadError(
-                f"'{ctx.relative(ctx.model_file)}' is not a valid ONNX model: {detail}"
-            ) from None
+        self._session, self.from_cache = open_session(ctx)
         self.providers = self._session.get_providers()
         if ctx.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
@@ -103,6 +87,27 @@ class OnnxRuntime:
 
     def close(self) -> None:
         del self._session
+
+
+def open_session(ctx: LoadContext) -> tuple[ort.InferenceSession, bool]:
+    """An onnxruntime session for ``ctx.model_file``, with the server's thread budget
+    (one inter-op thread, intra-op threads per worker); (session, from the cache?)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if ctx.intra_op_threads:
+        options.intra_op_num_threads = ctx.intra_op_threads
+    options.log_severity_level = 3
+    providers = _providers(ctx.device)
+    try:
+        return _session(ctx.model_file.read_bytes(), options, providers, ctx.cache_dir)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = first_line.replace(str(ctx.model_dir), "<model>")[:300]
+        raise ModelLoadError(
+            f"'{ctx.relative(ctx.model_file)}' is not a valid ONNX model: {detail}"
+        ) from None
 
 
 def _session(

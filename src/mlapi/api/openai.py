@@ -1,0 +1,231 @@
+"""OpenAI-compatible routes for text models: ``POST /v1/embeddings`` (what the
+OpenAI client libraries call) and ``GET /v1/models`` (the models it serves). Same
+API key, limits, batcher, metrics and drain as every route; errors in OpenAI's
+shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlapi.api import codec
+from mlapi.api.body import read_body
+from mlapi.api.context import ApiContext
+from mlapi.api.lane import convert
+from mlapi.api.limits import Limits
+from mlapi.api.responses import error_headers, json_response, route
+from mlapi.api.tracking import outcome_of
+from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
+from mlapi.registry.versions import ModelVersion
+
+MAX_INPUTS = 2048  # OpenAI's own limit on one request's inputs
+_KEYS = {"input", "model", "encoding_format", "dimensions", "user"}
+_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
+
+
+class InvalidParameter(BadRequest):
+    """A 400 that names the request field at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def openai_error(error: MlapiError) -> Response:
+    body = {
+        "error": {
+            "message": error.message,
+            "type": "invalid_request_error" if error.status < 500 else "server_error",
+            "param": getattr(error, "param", None),
+            "code": _CODES.get(error.status, error.code),
+        }
+    }
+    return json_response(body, error.status, error_headers(error) or None)
+
+
+def embedding_model(version: ModelVersion) -> Any:
+    """The text runtime of an embedding model, or None."""
+    from mlapi.runtimes.text import TextRuntime
+
+    runtime = version.runtime
+    if isinstance(runtime, TextRuntime) and runtime.settings.task == "embedding":
+        return runtime
+    return None
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
+    limits = ctx.limits
+
+    async def embeddings(request: Request) -> Response:
+        tracked = None
+        try:
+            body = await read_body(request, max_body)
+            document = await convert(len(body), _document, body, limits)
+            name = document["model"]
+            tracked = tracking.begin(
+                name, "POST", request.url.path, request.headers.get("x-request-id")
+            )
+            model = _model(registry, name)
+            tracked.resolved(model)
+            tracked.enter()
+            rows = _rows(document["input"], limits)
+            runtime = embedding_model(model)
+            dimensions = _dimensions(document.get("dimensions"), runtime)
+            results = await model.infer({"text": rows}, ("embedding", "tokens"))
+            response = await convert(
+                results["embedding"].nbytes,
+                _encode,
+                results,
+                name,
+                document.get("encoding_format") or "float",
+                dimensions,
+                runtime.settings.normalize,
+            )
+        except MlapiError as exc:
+            if tracked is not None:
+                tracked.done(exc.status, outcome_of(exc))
+            raise
+        except Exception:
+            if tracked is not None:
+                tracked.done(500, "error")
+            raise
+        tracked.done(200, "ok")
+        return response
+
+    async def models(request: Request) -> Response:
+        listed = []
+        for record in registry.records():
+            try:
+                version = registry.get(record.name)
+            except (NotFound, NotReady):
+                continue
+            if embedding_model(version) is not None:
+                listed.append(
+                    {"id": record.name, "object": "model", "created": 0, "owned_by": "ml-api"}
+                )
+        return json_response({"object": "list", "data": listed})
+
+    return [
+        Route("/v1/embeddings", route(embeddings, ctx.auth, openai_error), methods=["POST"]),
+        Route("/v1/models", route(models, ctx.auth, openai_error), methods=["GET"]),
+    ]
+
+
+def _model(registry: Any, name: str) -> ModelVersion:
+    try:
+        model: ModelVersion = registry.get(name)
+    except NotFound:
+        raise NotFound(f"The model '{name[:128]}' does not exist") from None
+    if embedding_model(model) is None:
+        raise InvalidParameter(f"model '{name[:128]}' does not make embeddings", "model")
+    return model
+
+
+def _document(body: bytes, limits: Limits) -> dict[str, Any]:
+    limits.check_json(body)
+    document = codec.loads_json(body)
+    if not isinstance(document, dict):
+        raise BadRequest("the request body must be a JSON object")
+    unknown = sorted(set(document) - _KEYS)
+    if unknown:
+        raise InvalidParameter(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    if not isinstance(document.get("model"), str) or not document["model"]:
+        raise InvalidParameter("'model' must be the name of a model", "model")
+    if "input" not in document:
+        raise InvalidParameter("'input' is required", "input")
+    if document.get("encoding_format") not in (None, "float", "base64"):
+        raise InvalidParameter("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    if not isinstance(document.get("user", ""), str):
+        raise InvalidParameter("'user' must be a string", "user")
+    return document
+
+
+def _rows(given: Any, limits: Limits) -> np.ndarray:
+    """One string, a list of strings, a list of token ids, or a list of such lists."""
+    if isinstance(given, str):
+        items: list[Any] = [given]
+    elif isinstance(given, list) and given and all(_is_id(x) for x in given):
+        items = [given]
+    elif isinstance(given, list):
+        items = given
+    else:
+        raise InvalidParameter("'input' must be a string or an array", "input")
+    if not items:
+        raise InvalidParameter("'input' must not be empty", "input")
+    if len(items) > MAX_INPUTS:
+        raise InvalidParameter(f"'input' holds {len(items)} items; at most {MAX_INPUTS}", "input")
+    total = 0
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            if not item:
+                raise InvalidParameter(f"input[{index}] is an empty string", "input")
+            total += len(item)
+        elif isinstance(item, list) and item and all(_is_id(x) for x in item):
+            total += len(item)
+        else:
+            raise InvalidParameter(
+                f"input[{index}] must be a non-empty string or array of token ids", "input"
+            )
+    limits.check_elements("input", total)
+    rows = np.empty(len(items), dtype=object)
+    for index, item in enumerate(items):  # a list of ids stays one row, not a numpy axis
+        rows[index] = item
+    return rows
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dimensions(value: Any, runtime: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_id(value) or value < 1:
+        raise InvalidParameter("'dimensions' must be a positive integer", "dimensions")
+    allowed = runtime.settings.dimensions
+    if not allowed:
+        raise InvalidParameter(
+            "this model does not support 'dimensions' (its model.toml [text] lists none)",
+            "dimensions",
+        )
+    if value not in allowed:
+        raise InvalidParameter(
+            f"'dimensions' must be one of {list(allowed)} for this model", "dimensions"
+        )
+    return int(value)
+
+
+def _encode(
+    results: dict[str, np.ndarray],
+    name: str,
+    encoding: str,
+    dimensions: int | None,
+    normalize: bool,
+) -> Response:
+    vectors = results["embedding"]
+    if dimensions is not None:
+        vectors = np.ascontiguousarray(vectors[:, :dimensions])
+        if normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = vectors.astype("<f4", copy=False)
+    data: list[dict[str, Any]] = []
+    for index, vector in enumerate(vectors):
+        embedding: Any = (
+            base64.b64encode(vector.tobytes()).decode("ascii") if encoding == "base64" else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = int(results["tokens"].sum())
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )

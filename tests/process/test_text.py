@@ -1,0 +1,164 @@
+"""A text model served by `mlapi serve`, called by the `openai` Python package,
+unmodified: its embeddings are sentence-transformers' own (cosine >= 0.999), in
+both encodings, through the same key, metrics and drain as every route."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+from tests.conftest import wait_for
+from tests.fixtures.text import minilm_source, text_models  # noqa: F401
+from tests.process.conftest import MLAPI, Server, base_env, metric
+
+pytestmark = pytest.mark.process
+KEY = "sk-local-test-key"
+SENTENCES = [
+    "How do I serve a model on my own machine?",
+    "Serving machine learning models locally",
+    "The cat sat on the mat.",
+    "Prices of wheat rose sharply in the spring of 1847, after a poor harvest across "
+    "much of northern Europe, and bread riots followed in several towns.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_source()), device="cpu")
+    return np.asarray(model.encode(SENTENCES), dtype=np.float32)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_the_openai_client_gets_sentence_transformers_embeddings(
+    start_server: Callable[..., Server],
+    text_models: Path,  # noqa: F811
+    reference: np.ndarray,
+) -> None:
+    from openai import AuthenticationError, OpenAI
+
+    server = start_server(MODEL_PATH=str(text_models), API_KEY=KEY)
+    client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    # a list, in the base64 the client asks for when the caller does not say
+    listed = client.embeddings.create(model="minilm", input=SENTENCES)
+    got = np.array([item.embedding for item in listed.data], dtype=np.float32)
+    assert got.shape == (4, 384)
+    assert cosine(got, reference).min() >= 0.999
+    assert listed.usage.prompt_tokens == listed.usage.total_tokens > len(SENTENCES)
+    # floats, and one string at a time
+    for index, sentence in enumerate(SENTENCES):
+        one = client.embeddings.create(model="minilm", input=sentence, encoding_format="float")
+        vector = np.array([one.data[0].embedding], dtype=np.float32)
+        assert cosine(vector, reference[index : index + 1])[0] >= 0.999
+    assert [m.id for m in client.models.list().data] == ["minilm", "minilm-dims", "minilm-strict"]
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).embeddings.create(
+            model="minilm", input="x"
+        )
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("mlapi_requests_total{") and 'model="minilm"' in line and '"ok"' in line
+    )
+    assert float(line.split()[-1]) >= 1 + len(SENTENCES)
+
+
+def test_sigterm_answers_the_embedding_requests_in_flight(
+    start_server: Callable[..., Server],
+    text_models: Path,  # noqa: F811
+) -> None:
+    server = start_server(MODEL_PATH=str(text_models), MLAPI_DRAIN_GRACE_S="0.5")
+    answers: list[object] = []
+    body = {"model": "minilm", "input": ["a longer sentence to keep the encoder busy " * 20] * 32}
+
+    def call() -> None:
+        try:
+            answers.append(httpx.post(server.url + "/v1/embeddings", json=body, timeout=60))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    # every request accepted and in flight (queued or encoding) before the signal
+    wait_for(
+        lambda: metric(server, 'mlapi_inflight_requests{model="minilm"') >= len(threads),
+        timeout_s=30,
+        what="six requests in flight",
+    )
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert server.process.wait(timeout=60) == 0
+    codes = [getattr(answer, "status_code", answer) for answer in answers]
+    assert codes == [200] * len(threads), codes
+
+
+def run_import(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MLAPI, "models", "import", *args],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_a_sentence_transformers_folder(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    done = run_import(str(minilm_source()), "--name", "search", "--model-path", str(repository))
+    assert done.returncode == 0, done.stderr
+    assert "imported" in done.stdout and "lowest cosine" in done.stdout
+    folder = repository / "search" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.toml",
+        "tokenizer.json",
+    ]
+    listed = subprocess.run(
+        [MLAPI, "models", "list"],
+        env=base_env(MODEL_PATH=str(repository)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "search" in listed.stdout and " text " in listed.stdout
+    # the next import is the next version
+    again = run_import(str(minilm_source()), "--name", "search", "--model-path", str(repository))
+    assert again.returncode == 0 and (repository / "search" / "2" / "model.onnx").is_file()
+
+
+def test_import_refuses_what_it_cannot_convert_safely(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(minilm_source() / name, pickled / name)
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    cases = [
+        ([str(pickled), "--name", "m"], "pickle"),
+        ([str(tmp_path), "--name", "m"], "not a sentence-transformers"),
+        ([str(minilm_source()), "--name", "../escape"], "not a model name"),
+        ([str(minilm_source()), "--name", "m", "--max-length", "0"], "--max-length"),
+    ]
+    for args, message in cases:
+        done = run_import(*args, "--model-path", str(repository))
+        assert done.returncode == 2, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    assert list(repository.iterdir()) == []
