@@ -175,11 +175,14 @@ def _rows(given: Any, limits: Limits) -> np.ndarray:
     limits.check_elements("input", total)
     rows = np.empty(len(items), dtype=object)
     for index, item in enumerate(items):  # a list of ids stays one row, not a numpy axis
-        rows[index] = item
+        rows[index] = item if isinstance(item, str) else [int(token) for token in item]
     return rows
 
 
 def _is_id(value: Any) -> bool:
+    """An integer (JSON's 8.0 is one too, as JSON Schema says)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -188,6 +191,7 @@ def _dimensions(value: Any, runtime: Any) -> int | None:
         return None
     if not _is_id(value) or value < 1:
         raise InvalidParameter("'dimensions' must be a positive integer", "dimensions")
+    value = int(value)
     allowed = runtime.settings.dimensions
     if not allowed:
         raise InvalidParameter(

@@ -133,6 +133,54 @@ def _tensor(with_data: bool) -> dict[str, Any]:
     return {"type": "object", "required": ["name", "datatype", "shape"], "properties": properties}
 
 
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    """Errors of the OpenAI-compatible routes, in OpenAI's shape (403 and 431 come
+    before any route, from the request guard, in the protocol's)."""
+    schema = {"$ref": "#/components/schemas/OpenAIError"}
+    return {
+        code: {**entry, "content": {"application/json": {"schema": schema}}}
+        for code, entry in _errors(*statuses).items()
+    }
+
+
+def _embeddings_op() -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1}
+    ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    many = {"minItems": 1, "maxItems": 2048}
+    text_or_ids = {
+        "oneOf": [
+            text,
+            {"type": "array", "items": text, **many},
+            ids,
+            {"type": "array", "items": ids, **many},
+        ]
+    }
+    body = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "input": text_or_ids,
+            "encoding_format": {"enum": ["float", "base64"]},
+            "dimensions": {"type": "integer", "minimum": 1},
+            "user": {"type": "string"},
+        },
+    }
+    return {
+        "post": {
+            "summary": "Embeddings of texts (OpenAI-compatible)",
+            "security": _SECURED,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json({"type": "object"}, "embeddings and token usage"),
+                **_openai_errors(400, 401, 404, 408, 413, 415, 503),
+                **_errors(403, 431),
+            },
+        }
+    }
+
+
 def document() -> dict[str, Any]:
     both = [_MODEL, _VERSION]
     return {
@@ -189,6 +237,18 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/models/{model}": _ready_op([_MODEL]),
+            "/v1/embeddings": _embeddings_op(),
+            "/v1/models": {
+                "get": {
+                    "summary": "The embedding models (OpenAI-compatible)",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": _json({"type": "object"}, "list of models"),
+                        **_openai_errors(401),
+                        **_errors(403, 431),
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -206,6 +266,22 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}},
+                },
+                "OpenAIError": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["message", "type", "param", "code"],
+                            "properties": {
+                                "message": {"type": "string"},
+                                "type": {"type": "string"},
+                                "param": {"type": ["string", "null"]},
+                                "code": {"type": ["string", "null"]},
+                            },
+                        }
+                    },
                 },
                 "InferRequest": {
                     "type": "object",
