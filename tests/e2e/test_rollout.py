@@ -214,6 +214,14 @@ def test_publishing_versions_into_the_production_deployment(
         )
         assert result.returncode == 0, result.stderr
         wait_until(lambda: refused("6", "rolled back"), 60, "version 6 rolled back on both")
+        # The index answers from one worker of each replica; the other worker rolls back
+        # on its own errors or follows the mark at its next look (POLL_S=1). Counted
+        # in `failed` below until then; every answer after that must be 200.
+        wait_until(
+            lambda: all(status == 200 for status, _ in answers[-60:]),
+            30,
+            "every worker back on version 2",
+        )
         count = len(answers)
         wait_until(lambda: len(answers) > count + 100, 30, "traffic after the rollback")
         after_rollback = answers[count:]
