@@ -9,8 +9,10 @@ from mlapi.repository.config import ModelConfig
 from mlapi.runtimes.base import RuntimeFactory
 from mlapi.runtimes.safety import PICKLE_SUFFIXES
 
-_BY_SUFFIX = {".onnx": "onnx", ".skops": "sklearn", ".py": "python"}
-_PREFERRED = ("model.onnx", "model.skops", "model.py")
+_BY_SUFFIX = {".onnx": "onnx", ".skops": "sklearn", ".py": "python", ".ubj": "xgboost"}
+# Names whose suffix alone says too little (.json, .txt): XGBoost's JSON, LightGBM's text.
+_BY_NAME = {"model.json": "xgboost", "model.txt": "lightgbm"}
+_PREFERRED = ("model.onnx", "model.skops", "model.py", "model.ubj", "model.json", "model.txt")
 TOKENIZER = "tokenizer.json"
 
 
@@ -33,7 +35,17 @@ def factory(name: str) -> RuntimeFactory:
         from mlapi.runtimes.text import TextRuntime
 
         return TextRuntime
-    raise ModelLoadError(f"unknown runtime '{name}' (known: onnx, sklearn, python, text)")
+    if name == "xgboost":
+        from mlapi.runtimes.trees import XGBoostRuntime
+
+        return XGBoostRuntime
+    if name == "lightgbm":
+        from mlapi.runtimes.trees import LightGBMRuntime
+
+        return LightGBMRuntime
+    raise ModelLoadError(
+        f"unknown runtime '{name}' (known: onnx, sklearn, python, text, xgboost, lightgbm)"
+    )
 
 
 def choose(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
@@ -62,7 +74,8 @@ def _find_model_file(version_dir: Path) -> Path:
         return known[0]
     if not known:
         raise ModelLoadError(
-            "no model file in the version folder (expected model.onnx, model.skops or model.py)"
+            "no model file in the version folder (expected model.onnx, model.skops, model.py, "
+            "model.json or model.ubj for XGBoost, model.txt for LightGBM)"
         )
     raise ModelLoadError(
         f"several model files {[p.name for p in known]}: name one with 'file' in model.toml"
@@ -70,6 +83,8 @@ def _find_model_file(version_dir: Path) -> Path:
 
 
 def _runtime_for(model_file: Path) -> str:
+    if model_file.name in _BY_NAME:
+        return _BY_NAME[model_file.name]
     suffix = model_file.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         return "sklearn"
