@@ -126,7 +126,8 @@ def _findings(
         found += hygiene.stop_grace(service, sources)
     found += hygiene.ports(deployment, sources)
     found += hygiene.literal_secrets(deployment, sources)
-    found += hygiene.env_file(deployment.project_dir, env_file)
+    files = [secret.file for secret in deployment.secrets.values() if secret.file is not None]
+    found += hygiene.env_file(deployment.project_dir, env_file, files)
     found += hygiene.secret_files(deployment)
     found += hygiene.volumes(deployment, api, sources)
     if report.production:

@@ -15,7 +15,8 @@ from mlapi.errors import ConfigError
 
 _GOOD_RESTART = ("always", "unless-stopped", "on-failure")
 _SECRET_NAME = re.compile(
-    r"(^|_)(API_?KEY|KEY|PASSWORD|PASSWD|PASS|TOKEN|SECRET|CREDENTIALS?|PRIVATE_KEY)$"
+    r"(^|_)(API_?KEY|ACCESS_KEY|SECRET_KEY|PRIVATE_KEY|ADMIN_KEY|PASSWORD|PASSWD|TOKEN"
+    r"|SECRET|CREDENTIALS?)$"
 )
 _EVERY_INTERFACE = ("", "0.0.0.0", "::", "[::]")
 _MONITORING = ("prometheus", "grafana", "alertmanager", "node-exporter", "cadvisor")
@@ -50,7 +51,8 @@ def ports(deployment: Deployment, sources: Sources) -> list[Finding]:
     findings = []
     for service in deployment.services.values():
         for port in service.ports:
-            if port.published and port.host_ip in _EVERY_INTERFACE:
+            # a bare "8000" publishes too, on a random host port of every interface
+            if port.host_ip in _EVERY_INTERFACE:
                 findings.append(
                     Finding(
                         "ports.all_interfaces",
@@ -92,8 +94,9 @@ def literal_secrets(deployment: Deployment, sources: Sources) -> list[Finding]:
     return findings
 
 
-def env_file(project_dir: Path, env_path: Path | None) -> list[Finding]:
-    """Secrets in a committed ``.env``; ``.env`` or ``secrets/`` not ignored by git."""
+def env_file(project_dir: Path, env_path: Path | None, secret_files: list[Path]) -> list[Finding]:
+    """Secrets in a committed ``.env``; ``.env`` or a secret file of the project not
+    ignored by git."""
     path = env_path or project_dir / ".env"
     findings = []
     tracked = _git(project_dir, "ls-files", "--error-unmatch", str(path)) == 0
@@ -113,7 +116,8 @@ def env_file(project_dir: Path, env_path: Path | None) -> list[Finding]:
                         f"git rm --cached {path.name}; rotate {key}; use a Docker secret",
                     )
                 )
-    for probe in (project_dir / ".env", project_dir / "secrets" / "api_key.txt"):
+    inside = [p for p in secret_files if project_dir in p.parents]
+    for probe in (project_dir / ".env", *inside):
         if _git(project_dir, "check-ignore", "-q", str(probe)) == 1:
             shown = probe.relative_to(project_dir)
             findings.append(
@@ -122,7 +126,7 @@ def env_file(project_dir: Path, env_path: Path | None) -> list[Finding]:
                     "fail",
                     None,
                     f"git does not ignore {shown}: a secret put there gets committed",
-                    f"add '{'.env' if probe.name == '.env' else 'secrets/*'}' to .gitignore",
+                    f"add '{shown}' (or its folder) to .gitignore",
                 )
             )
     return findings

@@ -43,8 +43,9 @@ def _median_ms(call: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def _batch_inputs(runtime: Runtime, config: ModelConfig, rows: int) -> dict[str, Any] | None:
-    """Inputs of ``rows`` rows: the [warmup] inputs' first row, else zeros, repeated."""
+def _batch_inputs(runtime: Runtime, config: ModelConfig, rows: int | None) -> dict[str, Any] | None:
+    """Inputs of ``rows`` rows: the [warmup] inputs' first row, else zeros, repeated;
+    with ``rows`` None (a model that does not batch), the inputs as they are."""
     import numpy as np
 
     from mlapi.registry import loading
@@ -62,7 +63,7 @@ def _batch_inputs(runtime: Runtime, config: ModelConfig, rows: int) -> dict[str,
     else:
         for spec in signature.inputs:
             arrays[spec.name] = loading._zeros(spec.datatype, spec.shape)
-    if rows == 1:
+    if rows is None:
         return arrays
     return {name: np.repeat(value[:1], rows, axis=0) for name, value in arrays.items()}
 
@@ -111,7 +112,8 @@ def _measure_version(spec: dict[str, Any], report: dict[str, Any]) -> None:
     batchable = batching.enabled and loading.stackable(runtime.signature)
     max_rows = batching.max_batch_size if batchable else 1
     report["max_batch_size"] = max_rows
-    for key, rows in (("batch_1", 1), ("batch_max", max_rows)):
+    sizes = (1, max_rows) if batchable else (None, None)
+    for key, rows in zip(("batch_1", "batch_max"), sizes, strict=True):
         inputs = _batch_inputs(runtime, item.config, rows)
         if inputs is not None:
             report[key] = _median_ms(partial(runtime.predict, inputs, outputs))
