@@ -72,16 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     imported = model_commands.add_parser(
         "import",
-        help="convert a sentence-transformers / Hugging Face text model folder, check it "
-        "against the original, and publish it",
+        help="convert a text model folder (sentence-transformers) or a trusted pickle "
+        "(scikit-learn, XGBoost, LightGBM) to a safe format, check it against the original, "
+        "and publish it",
     )
-    imported.add_argument("source", type=Path, help="the folder (config.json, *.safetensors, ...)")
+    imported.add_argument("source", type=Path, help="a text model folder, or a .pkl/.joblib file")
     imported.add_argument("--name", required=True, help="model name in the repository")
     imported.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
     imported.add_argument(
         "--version", dest="model_version", type=_version_number, help="default: newest + 1"
     )
     imported.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
+    imported.add_argument(
+        "--trust", action="store_true", help="load a pickle (it runs code): only one you trust"
+    )
+    imported.add_argument(
+        "--to", choices=("onnx", "skops"), help="a pickle's target (default: ONNX, else skops)"
+    )
+    imported.add_argument("--sample", type=Path, help="rows (.npy) to check the converted model on")
     rollback = model_commands.add_parser(
         "rollback", help="stop serving a model's newest version: every server goes back"
     )
@@ -267,34 +275,45 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
 def _models_import(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
-    from mlapi.importers import text
+    from mlapi.importers import tabular, text
     from mlapi.repository import publish, scan
 
     source: Path = args.source
     if not scan.MODEL_NAME.fullmatch(args.name):
         raise ConfigError(f"--name '{args.name[:64]}' is not a model name (letters, digits, _.-)")
-    if not text.is_text_folder(source):
-        raise ConfigError(
-            f"{source} is not a sentence-transformers or Hugging Face text model folder "
-            "(config.json and tokenizer.json)"
-        )
     if args.max_length is not None and args.max_length < 1:
         raise ConfigError("--max-length must be a positive number of tokens")
+    if not text.is_text_folder(source) and not tabular.is_pickle(source):
+        raise ConfigError(
+            f"{source} is neither a sentence-transformers or Hugging Face text model folder "
+            "(config.json and tokenizer.json) nor a pickle (.pkl, .joblib)"
+        )
     with tempfile.TemporaryDirectory(prefix="mlapi-import-") as folder:
         staging = Path(folder) / "version"
-        report = text.export(source, staging, args.max_length)
+        if text.is_text_folder(source):
+            report = text.export(source, staging, args.max_length)
+            check = (
+                f"{report.task}, {report.width} wide; "
+                + (
+                    f"lowest cosine {report.worst:.6f}"
+                    if report.task == "embedding"
+                    else f"largest score difference {report.worst:.2e}"
+                )
+                + f" against the original on {report.samples} texts"
+            )
+        else:
+            done = tabular.export(source, staging, args.trust, args.to, args.sample)
+            for note in done.notes:
+                sys.stderr.write(f"mlapi: {note}\n")
+            where = "generated" if done.generated else "given"
+            check = (
+                f"{done.format}; largest difference {done.largest_difference:.2e} against the "
+                f"original on {done.rows} {where} rows, labels equal"
+            )
         final = publish.publish(
             settings.model_path, args.name, args.model_version, source=staging, allow_pickle=False
         )
-    check = (
-        f"lowest cosine {report.worst:.6f}"
-        if report.task == "embedding"
-        else f"largest score difference {report.worst:.2e}"
-    )
-    print(
-        f"imported {source.name} as {args.name} version {final.name} ({report.task}, "
-        f"{report.width} wide; {check} against the original on {report.samples} texts) to {final}"
-    )
+    print(f"imported {source.name} as {args.name} version {final.name} ({check}) to {final}")
     return 0
 
 

@@ -153,7 +153,7 @@ def test_import_refuses_what_it_cannot_convert_safely(tmp_path: Path) -> None:
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
     cases = [
         ([str(pickled), "--name", "m"], "pickle"),
-        ([str(tmp_path), "--name", "m"], "not a sentence-transformers"),
+        ([str(tmp_path), "--name", "m"], "neither a sentence-transformers"),
         ([str(minilm_source()), "--name", "../escape"], "not a model name"),
         ([str(minilm_source()), "--name", "m", "--max-length", "0"], "--max-length"),
     ]

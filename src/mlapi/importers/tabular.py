@@ -1,0 +1,240 @@
+"""A pickled (or joblib) scikit-learn estimator or pipeline, which the user says they
+trust, to a version folder in a format that cannot run code: ONNX where skl2onnx can
+convert it (a double-precision input first, so that tree thresholds compare as in
+scikit-learn), else skops with the types it holds listed as trusted; an XGBoost or
+LightGBM estimator to the library's own file (``model.json``, ``model.txt``).
+
+The result is served by the runtime that will serve it in production, on sample rows
+(the user's ``--sample``, else rows generated from ``n_features_in_``), and compared
+with the original: labels must be equal and probabilities (or predictions) within
+``TOLERANCE``; else it is refused, or with no ``--to`` given, ONNX falls back to skops."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlapi.errors import ConfigError, MlapiError
+from mlapi.repository import config as model_config
+from mlapi.runtimes import catalog
+from mlapi.runtimes.base import LoadContext
+from mlapi.runtimes.safety import PICKLE_SUFFIXES
+
+TOLERANCE = 1e-5
+GENERATED_ROWS = 240
+
+
+@dataclass(frozen=True)
+class TabularImport:
+    format: str  # onnx, skops, xgboost, lightgbm
+    rows: int
+    generated: bool
+    largest_difference: float
+    notes: tuple[str, ...] = ()
+
+
+def is_pickle(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES
+
+
+def export(
+    source: Path, staging: Path, trust: bool, to: str | None, sample: Path | None
+) -> TabularImport:
+    if not trust:
+        raise ConfigError(
+            f"{source.name} is a pickle: loading it runs any code it holds. Pass --trust "
+            "only for a file you made or whose maker you trust"
+        )
+    try:
+        import joblib
+    except ImportError:
+        raise ConfigError("importing a pickle needs joblib: pip install 'mlapi[import]'") from None
+    try:
+        model = joblib.load(source)
+    except Exception as exc:
+        raise ConfigError(f"{source.name} does not load: {type(exc).__name__}: {exc}") from None
+    if not callable(getattr(model, "predict", None)):
+        raise ConfigError(f"{source.name} holds a {type(model).__name__}, which has no predict()")
+    rows, generated = _rows(model, sample)
+    staging.mkdir(parents=True, exist_ok=True)
+    module = type(model).__module__.split(".")[0]
+    if module in ("xgboost", "lightgbm"):
+        return _library_file(model, module, staging, rows, generated)
+    notes: list[str] = []
+    if to in (None, "onnx"):
+        try:
+            _onnx(model, rows, staging)
+            return _checked(model, "onnx", staging, rows, generated, notes)
+        except ConfigError as exc:
+            if to == "onnx":
+                raise
+            notes.append(f"ONNX: {exc}; kept as skops instead")
+            for leftover in staging.iterdir():
+                leftover.unlink()
+    _skops(model, staging)
+    return _checked(model, "skops", staging, rows, generated, notes)
+
+
+def _rows(model: Any, sample: Path | None) -> tuple[np.ndarray, bool]:
+    if sample is not None:
+        try:
+            rows = np.load(sample, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--sample {sample}: not a .npy array ({exc})") from None
+        if rows.ndim != 2 or not len(rows):
+            raise ConfigError(f"--sample {sample}: needs a 2-D array of rows")
+        return rows.astype(np.float64), False
+    width = getattr(model, "n_features_in_", None)
+    if not isinstance(width, int):
+        raise ConfigError("the model does not say its number of features: give --sample")
+    generator = np.random.default_rng(0)
+    scales = np.repeat([1.0, 10.0, 100.0], GENERATED_ROWS // 3)[:, None]
+    return generator.normal(size=(len(scales), width)) * scales, True
+
+
+def _labels(model: Any) -> list[Any] | None:
+    classes = getattr(model, "classes_", None)
+    return None if classes is None else [c.item() if hasattr(c, "item") else c for c in classes]
+
+
+def _write_toml(staging: Path, lines: list[str]) -> None:
+    (staging / "model.toml").write_text("\n".join(["# Made by `mlapi models import`.", *lines, ""]))
+
+
+def _onnx(model: Any, rows: np.ndarray, staging: Path) -> None:
+    try:
+        from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    except ImportError:
+        raise ConfigError("skl2onnx is not installed (pip install 'mlapi[import]')") from None
+    width = rows.shape[1]
+    last: Exception | None = None
+    for kind in (DoubleTensorType, FloatTensorType):
+        try:
+            onnx_model = to_onnx(
+                model,
+                initial_types=[("input", kind([None, width]))],
+                options={"zipmap": False} if hasattr(model, "predict_proba") else None,
+                target_opset=17,
+            )
+            break
+        except Exception as exc:  # each converter raises its own kind
+            last = exc
+    else:
+        reason = str(last).splitlines()[0][:160] if last else "no converter"
+        raise ConfigError(f"skl2onnx cannot convert a {type(model).__name__} ({reason})")
+    (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    lines = ['runtime = "onnx"']
+    labels = _labels(model)
+    if labels is not None:
+        lines.append("labels = " + json.dumps([str(label) for label in labels]))
+    _write_toml(staging, lines)
+
+
+def _skops(model: Any, staging: Path) -> None:
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise ConfigError("skops is not installed (pip install 'mlapi[import]')") from None
+    path = staging / "model.skops"
+    sio.dump(model, path)
+    untrusted = sio.get_untrusted_types(file=path)
+    lines = ['runtime = "sklearn"']
+    if untrusted:  # the user vouched for the pickle, and so for what it holds
+        lines.append("trusted_types = " + json.dumps(sorted(untrusted)))
+    _write_toml(staging, lines)
+
+
+def _library_file(
+    model: Any, library: str, staging: Path, rows: np.ndarray, generated: bool
+) -> TabularImport:
+    labels = _labels(model)
+    lines = [f'runtime = "{library}"']
+    if labels is not None:
+        lines.append("labels = " + json.dumps([str(label) for label in labels]))
+    if library == "xgboost":
+        model.save_model(str(staging / "model.json"))
+    else:
+        model.booster_.save_model(str(staging / "model.txt"))
+    _write_toml(staging, lines)
+    return _checked(model, library, staging, rows, generated, [])
+
+
+def _checked(
+    model: Any,
+    fmt: str,
+    staging: Path,
+    rows: np.ndarray,
+    generated: bool,
+    notes: list[str],
+) -> TabularImport:
+    """The staged folder served by its runtime against the original on ``rows``."""
+    config = model_config.parse(model_config.read_raw(staging / "model.toml"))
+    try:
+        runtime_name, model_file = catalog.choose(staging, config)
+        runtime = catalog.factory(runtime_name)(
+            LoadContext(staging, model_file, config, False, intra_op_threads=1)
+        )
+        spec = runtime.signature.inputs[0]
+        feed = rows.astype(np.float32 if spec.datatype == "FP32" else np.float64)
+        served = runtime.predict({spec.name: feed}, runtime.signature.output_names())
+        runtime.close()
+    except MlapiError as exc:
+        raise ConfigError(f"the {fmt} file does not serve: {exc.message}") from None
+    largest, ties = _compare(model, rows, served)
+    if ties:
+        notes.append(
+            f"{ties} of {len(rows)} rows are exact ties between two classes: there the "
+            f"{fmt} model may name the other one (probabilities equal within {TOLERANCE:g})"
+        )
+    return TabularImport(fmt, len(rows), generated, largest, tuple(notes))
+
+
+def _compare(model: Any, rows: np.ndarray, served: dict[str, np.ndarray]) -> tuple[float, int]:
+    """(the largest difference, the rows whose labels differ on an exact tie)."""
+    expected = np.asarray(model.predict(rows))
+    if "label" in served:
+        got = np.asarray(served["label"]).ravel()
+        same = np.array(
+            [str(_plain(a)) == str(_plain(b)) for a, b in zip(got, expected, strict=True)]
+        )
+        scored = "probabilities" in served and hasattr(model, "predict_proba")
+        original = model.predict_proba(rows) if scored else None
+        if not same.all():
+            # where two classes tie exactly, which one a model names is arbitrary
+            top = np.sort(original, axis=1)[:, -2:] if original is not None else None
+            tied = top is not None and bool((top[~same, 1] - top[~same, 0] <= TOLERANCE).all())
+            if not tied:
+                raise ConfigError(
+                    f"the converted model gives other labels on {int((~same).sum())} of "
+                    f"{len(rows)} rows"
+                )
+        if original is None:
+            return 0.0, 0
+        difference = np.abs(served["probabilities"] - original).max()
+        if difference > TOLERANCE:
+            raise ConfigError(
+                f"the converted model differs from the original by {difference:.2e} "
+                f"(tolerance {TOLERANCE:g})"
+            )
+        return float(difference), int((~same).sum())
+    else:
+        values = next(iter(served.values())).reshape(expected.shape)
+        scale = np.maximum(np.abs(expected), 1.0)
+        difference = (np.abs(values - expected) / scale).max()
+    if difference > TOLERANCE:
+        raise ConfigError(
+            f"the converted model differs from the original by {difference:.2e} "
+            f"(tolerance {TOLERANCE:g})"
+        )
+    return float(difference), 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if hasattr(value, "item") else value
