@@ -57,6 +57,17 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_import(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mlapi models import ARGS` as a user runs it."""
+    return subprocess.run(
+        [MLAPI, "models", "import", *args],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]

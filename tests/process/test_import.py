@@ -6,7 +6,6 @@ falls back to skops and says so; without --trust, nothing is loaded."""
 from __future__ import annotations
 
 import pickle
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from starlette.testclient import TestClient
 
-from tests.process.conftest import MLAPI, base_env
+from tests.process.conftest import run_import
 
 pytestmark = pytest.mark.process
 Start = Callable[..., TestClient]
-
-
-def run_import(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MLAPI, "models", "import", *args],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _data(loader: Any, strings: bool) -> tuple[np.ndarray, Any, np.ndarray]:

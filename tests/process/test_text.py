@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.fixtures.text import minilm_source, text_models  # noqa: F401
-from tests.process.conftest import MLAPI, Server, base_env, metric
+from tests.process.conftest import MLAPI, Server, base_env, metric, run_import
 
 pytestmark = pytest.mark.process
 KEY = "sk-local-test-key"
@@ -105,16 +105,6 @@ def test_sigterm_answers_the_embedding_requests_in_flight(
     assert server.process.wait(timeout=60) == 0
     codes = [getattr(answer, "status_code", answer) for answer in answers]
     assert codes == [200] * len(threads), codes
-
-
-def run_import(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MLAPI, "models", "import", *args],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_import_a_sentence_transformers_folder(tmp_path: Path) -> None:
