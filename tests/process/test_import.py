@@ -55,6 +55,14 @@ def _xgboost() -> tuple[Any, np.ndarray]:
     return xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(rows, target), unseen
 
 
+def _lightgbm() -> tuple[Any, np.ndarray]:
+    import lightgbm
+
+    rows, target, unseen = _data(load_breast_cancer, strings=False)
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(rows, target)
+    return model, unseen
+
+
 def _centroid() -> tuple[Any, np.ndarray]:
     rows, target, unseen = _data(load_iris, strings=True)
     return NearestCentroid().fit(rows, target), unseen
@@ -63,7 +71,8 @@ def _centroid() -> tuple[Any, np.ndarray]:
 CASES = [
     ("pipeline", _pipeline, "joblib", "onnx"),
     ("forest", _forest, "pkl", "onnx"),
-    ("xgboost", _xgboost, "pkl", "xgboost"),
+    ("xgboost", _xgboost, "pkl", "onnx"),
+    ("lightgbm", _lightgbm, "pkl", "lightgbm"),
     ("centroid", _centroid, "joblib", "skops"),
 ]
 

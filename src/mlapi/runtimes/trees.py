@@ -1,8 +1,8 @@
 """Gradient-boosted trees in formats that cannot run code: XGBoost (``model.json`` or
 ``model.ubj``) and LightGBM (its text format, ``model.txt``), served by their own
-libraries: exact by construction. Their ONNX conversions measured faster
-(bench/trees.py); converting at import, with a numeric check, is issue 12's next
-step, and this runtime stays for files dropped in as they are. The signature comes
+libraries: exact by construction. XGBoost's ONNX conversion measured faster
+(bench/trees.py) with the same float32 arithmetic: `mlapi models import` makes it
+from a pickled estimator; this runtime serves the files dropped in as they are. The signature comes
 from the model: ``input`` (FP64, ``[-1, n_features]``; the library converts as its
 own predict would); a classifier answers ``label`` and ``probabilities``, a regressor
 ``prediction``."""
