@@ -88,12 +88,21 @@ LABEL org.opencontainers.image.title="ml-api" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.mlapi.model-version="${MODEL_VERSION}"
+# XGBoost's library links the OpenMP runtime, which slim bases leave out.
+ARG MLAPI_EXTRAS=""
 SHELL ["/bin/sh", "-eu", "-c"]
+# hadolint ignore=DL3008
 RUN groupadd --system --gid 1000 mlapi; \
     useradd --system --uid 1000 --gid 1000 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin mlapi; \
     mkdir -p /app/models /app/logs /app/cache; \
-    chown -R 1000:1000 /app
+    chown -R 1000:1000 /app; \
+    case ",${MLAPI_EXTRAS}," in *,trees,*) \
+        apt-get update -qq; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            libgomp1 >/dev/null; \
+        rm -rf /var/lib/apt/lists/*;; \
+    esac
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
