@@ -10,9 +10,10 @@ FROM ${PYTHON_IMAGE} AS builder
 # onnxruntime-gpu for docker-compose.gpu.yml; the CPU build otherwise.
 ARG ONNXRUNTIME_PACKAGE=onnxruntime
 # Optional parts, comma-separated: "sklearn" adds scikit-learn and skops (about
-# 170 MB) for skops models; "text" adds the tokenizers library (about 12 MB; without
+# 170 MB) for skops models; "text" adds the tokenizers library (about 8 MB; without
 # huggingface-hub, which only downloads from the Hub) for text models; "trees" adds
-# XGBoost (CPU build) and LightGBM. The default image serves ONNX and Python models.
+# XGBoost (CPU build) and LightGBM (about 210 MB, mostly SciPy). The default image
+# serves ONNX and Python models.
 ARG MLAPI_EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
