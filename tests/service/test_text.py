@@ -81,15 +81,16 @@ def test_usage_counts_the_tokens_and_token_ids_are_accepted(client: TestClient) 
     assert single.shape == (1, 384)
 
 
-def test_v2_infer_with_bytes_equals_the_embeddings_route(client: TestClient) -> None:
-    response = client.post(
-        "/v2/models/minilm/infer",
-        json={
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": SENTENCES[:2]}]
-        },
-    )
+def v2_outputs(client: TestClient, model: str, texts: list[str]) -> dict[str, Any]:
+    """The V2 infer route on texts as BYTES: its outputs by name."""
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+    response = client.post(f"/v2/models/{model}/infer", json={"inputs": [tensor]})
     assert response.status_code == 200, response.text
-    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    return {o["name"]: o for o in response.json()["outputs"]}
+
+
+def test_v2_infer_with_bytes_equals_the_embeddings_route(client: TestClient) -> None:
+    outputs = v2_outputs(client, "minilm", SENTENCES[:2])
     assert outputs["embedding"]["shape"] == [2, 384]
     v2 = np.array(outputs["embedding"]["data"], dtype=np.float32).reshape(2, 384)
     np.testing.assert_allclose(v2, vectors(embed(client, input=SENTENCES[:2])), atol=1e-6)
@@ -117,14 +118,7 @@ def test_dimensions_cut_and_renormalize_where_the_model_allows(client: TestClien
 
 
 def test_the_classifier_answers_labels_and_scores(client: TestClient) -> None:
-    response = client.post(
-        "/v2/models/sentiment/infer",
-        json={
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": SENTENCES[:3]}]
-        },
-    )
-    assert response.status_code == 200, response.text
-    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    outputs = v2_outputs(client, "sentiment", SENTENCES[:3])
     scores = np.array(outputs["scores"]["data"]).reshape(3, 3)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
     names = ["negative", "neutral", "positive"]

@@ -71,11 +71,10 @@ def routes(ctx: ApiContext) -> list[Route]:
             tracked = tracking.begin(
                 name, "POST", request.url.path, request.headers.get("x-request-id")
             )
-            model = _model(registry, name)
+            model, runtime = _model(registry, name)
             tracked.resolved(model)
             tracked.enter()
             rows = _rows(document["input"], limits)
-            runtime = embedding_model(model)
             dimensions = _dimensions(document.get("dimensions"), runtime)
             results = await model.infer({"text": rows}, ("embedding", "tokens"))
             response = await convert(
@@ -117,14 +116,16 @@ def routes(ctx: ApiContext) -> list[Route]:
     ]
 
 
-def _model(registry: Any, name: str) -> ModelVersion:
+def _model(registry: Any, name: str) -> tuple[ModelVersion, Any]:
+    """The version that serves ``name`` and its text runtime."""
     try:
         model: ModelVersion = registry.get(name)
     except NotFound:
         raise NotFound(f"The model '{name[:128]}' does not exist") from None
-    if embedding_model(model) is None:
+    runtime = embedding_model(model)
+    if runtime is None:
         raise InvalidParameter(f"model '{name[:128]}' does not make embeddings", "model")
-    return model
+    return model, runtime
 
 
 def _document(body: bytes, limits: Limits) -> dict[str, Any]:

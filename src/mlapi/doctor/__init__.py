@@ -59,7 +59,7 @@ def run(options: Options, environ: Mapping[str, str]) -> Report:
     if options.measure:
         from mlapi.settings import DEFAULT_MODEL_PATH
 
-        main = api_service(deployment)
+        main = model_servers(deployment)[0]
         pinned = (main.env("MODEL_VERSION") or "").strip().lstrip("v")
         measured = measuring.measure(
             options.model_path or DEFAULT_MODEL_PATH,
@@ -82,11 +82,12 @@ def read(options: Options, environ: Mapping[str, str]) -> tuple[Deployment, str]
     return deployment, "docker compose" if use_compose else "mlapi"
 
 
-def api_service(deployment: Deployment) -> Service:
+def model_servers(deployment: Deployment) -> list[Service]:
+    """The services that run the model server, the first being the one measured."""
     api = api_services(deployment)
     if not api:
         raise ConfigError("no service in these files runs the model server (mlapi serve)")
-    return api[0]
+    return api
 
 
 def audit(
@@ -97,22 +98,26 @@ def audit(
     env_file: Path | None = None,
 ) -> Report:
     """Every check on one merged configuration and (when given) the measurements."""
-    main = api_service(deployment)
+    api = model_servers(deployment)
+    main = api[0]
     report = Report(
         deployment.files, merged_by, is_production(deployment.files), main.name, measured=measured
     )
     if measured is not None:
         report.sizing = size(measured, main.cpus, host_bytes)
-    report.findings = _findings(deployment, env_file, report, host_bytes)
+    report.findings = _findings(deployment, api, env_file, report, host_bytes)
     return report
 
 
 def _findings(
-    deployment: Deployment, env_file: Path | None, report: Report, host_bytes: int
+    deployment: Deployment,
+    api: list[Service],
+    env_file: Path | None,
+    report: Report,
+    host_bytes: int,
 ) -> list[Finding]:
     measured, sized = report.measured, report.sizing
     sources = Sources(deployment.files)
-    api = api_services(deployment)
     found: list[Finding] = []
     for service in api:
         found += checks_sizing.health(

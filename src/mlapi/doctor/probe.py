@@ -44,25 +44,15 @@ def _median_ms(call: Callable[[], object]) -> float:
 
 
 def _batch_inputs(runtime: Runtime, config: ModelConfig, rows: int | None) -> dict[str, Any] | None:
-    """Inputs of ``rows`` rows: the [warmup] inputs' first row, else zeros, repeated;
-    with ``rows`` None (a model that does not batch), the inputs as they are."""
+    """Inputs of ``rows`` rows: the warm-up request's first row, repeated; with
+    ``rows`` None (a model that does not batch), the warm-up request as it is."""
     import numpy as np
 
-    from mlapi.registry import loading
-    from mlapi.tensors import DATATYPES
+    from mlapi.registry.loading import warmup_inputs
 
-    signature = runtime.signature
-    given = config.warmup.inputs
-    if given is None and signature.dynamic:
+    arrays = warmup_inputs(runtime.signature, config)
+    if arrays is None:
         return None
-    arrays: dict[str, Any] = {}
-    if given is not None:
-        for name, value in given.items():
-            spec = signature.input(name)
-            arrays[name] = np.asarray(value, dtype=DATATYPES[spec.datatype] if spec else None)
-    else:
-        for spec in signature.inputs:
-            arrays[spec.name] = loading._zeros(spec.datatype, spec.shape)
     if rows is None:
         return arrays
     return {name: np.repeat(value[:1], rows, axis=0) for name, value in arrays.items()}

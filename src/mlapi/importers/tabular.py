@@ -101,8 +101,13 @@ def _labels(model: Any) -> list[Any] | None:
     return None if classes is None else [c.item() if hasattr(c, "item") else c for c in classes]
 
 
-def _write_toml(staging: Path, lines: list[str]) -> None:
-    (staging / "model.toml").write_text("\n".join(["# Made by `mlapi models import`.", *lines, ""]))
+def _write_toml(staging: Path, runtime: str, model: Any, *extra: str) -> None:
+    """model.toml: the runtime, the classes as labels (a classifier's), and ``extra``."""
+    lines = ["# Made by `mlapi models import`.", f'runtime = "{runtime}"']
+    labels = _labels(model)
+    if labels is not None:
+        lines.append("labels = " + json.dumps([str(label) for label in labels]))
+    (staging / "model.toml").write_text("\n".join([*lines, *extra, ""]))
 
 
 def _onnx(model: Any, rows: np.ndarray, staging: Path) -> None:
@@ -128,11 +133,7 @@ def _onnx(model: Any, rows: np.ndarray, staging: Path) -> None:
         reason = str(last).splitlines()[0][:160] if last else "no converter"
         raise ConfigError(f"skl2onnx cannot convert a {type(model).__name__} ({reason})")
     (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
-    lines = ['runtime = "onnx"']
-    labels = _labels(model)
-    if labels is not None:
-        lines.append("labels = " + json.dumps([str(label) for label in labels]))
-    _write_toml(staging, lines)
+    _write_toml(staging, "onnx", model)
 
 
 def _skops(model: Any, staging: Path) -> None:
@@ -143,10 +144,9 @@ def _skops(model: Any, staging: Path) -> None:
     path = staging / "model.skops"
     sio.dump(model, path)
     untrusted = sio.get_untrusted_types(file=path)
-    lines = ['runtime = "sklearn"']
-    if untrusted:  # the user vouched for the pickle, and so for what it holds
-        lines.append("trusted_types = " + json.dumps(sorted(untrusted)))
-    _write_toml(staging, lines)
+    # the user vouched for the pickle, and so for what it holds
+    trusted = ["trusted_types = " + json.dumps(sorted(untrusted))] if untrusted else []
+    _write_toml(staging, "sklearn", model, *trusted)
 
 
 def _xgboost_onnx(model: Any, staging: Path, width: int) -> None:
@@ -165,11 +165,7 @@ def _xgboost_onnx(model: Any, staging: Path, width: int) -> None:
     except Exception as exc:  # the converter's own errors
         raise ConfigError(f"onnxmltools cannot convert it ({str(exc)[:160]})") from None
     (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
-    labels = _labels(model)
-    lines = ['runtime = "onnx"']
-    if labels is not None:
-        lines.append("labels = " + json.dumps([str(label) for label in labels]))
-    _write_toml(staging, lines)
+    _write_toml(staging, "onnx", model)
 
 
 def _library_file(
@@ -186,15 +182,11 @@ def _library_file(
             notes.append(f"ONNX: {exc}; kept as XGBoost's model.json instead")
             for leftover in staging.iterdir():
                 leftover.unlink()
-    labels = _labels(model)
-    lines = [f'runtime = "{library}"']
-    if labels is not None:
-        lines.append("labels = " + json.dumps([str(label) for label in labels]))
     if library == "xgboost":
         model.save_model(str(staging / "model.json"))
     else:
         model.booster_.save_model(str(staging / "model.txt"))
-    _write_toml(staging, lines)
+    _write_toml(staging, library, model)
     return _checked(model, library, staging, rows, generated, notes)
 
 

@@ -95,15 +95,11 @@ def warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
     if not config.warmup.enabled:
         return
     signature = runtime.signature
-    given = config.warmup.inputs
-    if given is None and signature.dynamic:
-        log.info("model %s: no signature and no [warmup] inputs; warm-up skipped", name)
-        return
     try:
-        if given is not None:
-            inputs = {key: _warmup_array(key, value, signature) for key, value in given.items()}
-        else:
-            inputs = {spec.name: _zeros(spec.datatype, spec.shape) for spec in signature.inputs}
+        inputs = warmup_inputs(signature, config)
+        if inputs is None:
+            log.info("model %s: no signature and no [warmup] inputs; warm-up skipped", name)
+            return
         runtime.predict(inputs, signature.output_names())
     except MlapiError as exc:
         raise ModelLoadError(f"warm-up inference failed: {exc.message}") from None
@@ -113,6 +109,17 @@ def warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:
             if str(exc)
             else f"warm-up inference failed: {type(exc).__name__}"
         ) from None
+
+
+def warmup_inputs(signature: Signature, config: ModelConfig) -> dict[str, np.ndarray] | None:
+    """One request's inputs: the configured [warmup] inputs, else zeros shaped like
+    the signature (any-size dimensions as 1); None when the model says neither."""
+    given = config.warmup.inputs
+    if given is not None:
+        return {key: _warmup_array(key, value, signature) for key, value in given.items()}
+    if signature.dynamic:
+        return None
+    return {spec.name: _zeros(spec.datatype, spec.shape) for spec in signature.inputs}
 
 
 def settle_garbage_collector() -> None:

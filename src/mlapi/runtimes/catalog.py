@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from mlapi.errors import ModelLoadError
@@ -16,36 +17,25 @@ _PREFERRED = ("model.onnx", "model.skops", "model.py", "model.ubj", "model.json"
 TOKENIZER = "tokenizer.json"
 
 
+# name -> (module, class): imported on first use, so an unused runtime's libraries
+# are never loaded.
+_RUNTIMES = {
+    "onnx": ("mlapi.runtimes.onnx", "OnnxRuntime"),
+    "sklearn": ("mlapi.runtimes.sklearn", "SklearnRuntime"),
+    "python": ("mlapi.runtimes.python", "PythonRuntime"),
+    "text": ("mlapi.runtimes.text", "TextRuntime"),
+    "xgboost": ("mlapi.runtimes.trees", "XGBoostRuntime"),
+    "lightgbm": ("mlapi.runtimes.trees", "LightGBMRuntime"),
+}
+
+
 def factory(name: str) -> RuntimeFactory:
-    """The runtime class for a name; imported lazily so an unused runtime's
-    libraries are never loaded."""
-    if name == "onnx":
-        from mlapi.runtimes.onnx import OnnxRuntime
-
-        return OnnxRuntime
-    if name == "sklearn":
-        from mlapi.runtimes.sklearn import SklearnRuntime
-
-        return SklearnRuntime
-    if name == "python":
-        from mlapi.runtimes.python import PythonRuntime
-
-        return PythonRuntime
-    if name == "text":
-        from mlapi.runtimes.text import TextRuntime
-
-        return TextRuntime
-    if name == "xgboost":
-        from mlapi.runtimes.trees import XGBoostRuntime
-
-        return XGBoostRuntime
-    if name == "lightgbm":
-        from mlapi.runtimes.trees import LightGBMRuntime
-
-        return LightGBMRuntime
-    raise ModelLoadError(
-        f"unknown runtime '{name}' (known: onnx, sklearn, python, text, xgboost, lightgbm)"
-    )
+    """The runtime class for a name."""
+    if name not in _RUNTIMES:
+        raise ModelLoadError(f"unknown runtime '{name}' (known: {', '.join(_RUNTIMES)})")
+    module, cls = _RUNTIMES[name]
+    found: RuntimeFactory = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def choose(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:

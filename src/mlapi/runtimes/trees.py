@@ -119,7 +119,7 @@ class LightGBMRuntime(_TreeModel):
             ) from None
         self._threads = max(1, ctx.intra_op_threads)
         objective = _lightgbm_objective(ctx.model_file.read_text(errors="replace"))
-        if objective.split()[0] in _LGB_CLASSIFIERS if objective else False:
+        if objective and objective.split()[0] in _LGB_CLASSIFIERS:
             self.classes = max(2, self._booster.num_model_per_iteration())
         self._signature(ctx, self._booster.num_feature())
 
