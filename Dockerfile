@@ -46,7 +46,8 @@ RUN --mount=type=secret,id=pip_ca \
 # What production copies: the same venv without what no server runs: debug
 # symbols, the installer, third-party test suites, uvicorn's reload and websocket
 # extras (the dev target keeps them), onnxruntime's model-conversion tools and the
-# libraries only they use (protobuf, flatbuffers, packaging), numpy's C headers and
+# libraries only they use (flatbuffers, packaging; not protobuf, which the gRPC
+# front reads its messages with), numpy's C headers and
 # test-only extension modules (not f2py: `from numpy import *` imports it),
 # pydantic's v1 copy, type stubs, Cython sources, and pip's RECORD files (nothing
 # uninstalls here: pip is gone).
@@ -64,7 +65,7 @@ RUN apt-get update -qq; \
     find /opt/venv -type f -name '*.so*' -not -path '*.libs/*' \
         -exec strip --strip-unneeded {} +; \
     /opt/venv/bin/python -m pip uninstall -q -y pip setuptools wheel \
-        watchfiles websockets pyyaml protobuf flatbuffers packaging 2>/dev/null || true; \
+        watchfiles websockets pyyaml flatbuffers packaging 2>/dev/null || true; \
     site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
     rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/tools \
         "$site"/onnxruntime/quantization "$site"/onnxruntime/datasets \
@@ -109,11 +110,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     API_HOST=0.0.0.0 \
     API_PORT=8000 \
+    API_GRPC_PORT=8001 \
     MODEL_PATH=/app/models \
     MLAPI_CACHE_DIR=/app/cache \
     MLAPI_LOG_DIR=/app/logs
 WORKDIR /app
-EXPOSE 8000
+EXPOSE 8000 8001
 
 # ---- development ------------------------------------------------------------------
 FROM runtime AS development

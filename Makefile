@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast engine lint check bench default-model clean
+.PHONY: serve test test-fast engine lint check bench default-model proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q matplotlib
 	bench/setup_peers.sh
 	$(BIN)/python bench/run.py
+
+# After a change to src/mlapi/rpc/inference.proto: its compiled descriptor.
+proto: $(VENV)/.installed-test
+	$(BIN)/python scripts/make_proto.py
 
 default-model: $(VENV)/.installed-test
 	$(BIN)/python scripts/make_default_model.py

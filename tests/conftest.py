@@ -3,6 +3,7 @@ the app's lifespan, and polling with deadlines (never fixed sleeps)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,12 @@ from mlapi.app import create_app
 from mlapi.settings import Settings, load_settings
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -25,6 +32,8 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "co
 
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:
+    """Settings for a repository; no gRPC port unless asked (tests run side by side)."""
+    overrides.setdefault("API_GRPC_PORT", 0)
     return load_settings(env_file=None, MODEL_PATH=str(model_path), **overrides)
 
 
@@ -60,6 +69,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("MLAPI_") or name in {
             "API_HOST",
             "API_PORT",
+            "API_GRPC_PORT",
             "MODEL_PATH",
             "MODEL_VERSION",
             "LOG_LEVEL",

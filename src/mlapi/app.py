@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,6 +29,9 @@ from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
 from mlapi.settings import Settings
+
+if TYPE_CHECKING:
+    from mlapi.rpc.server import GrpcFront
 
 
 def create_app(
@@ -81,9 +85,12 @@ def create_app(
             # still loading would answer 503 beside ready siblings. So each worker
             # joins the pool only once its models have settled (ready or failed).
             await asyncio.shield(loading)
+        grpc_front = await _start_grpc(ctx) if settings.grpc_port else None
         try:
             yield
         finally:
+            if grpc_front is not None:  # calls in progress finish before models close
+                await grpc_front.stop()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -114,6 +121,16 @@ def create_app(
     # would only wrap each send in one more coroutine (FastInfer answers its own
     # errors), 2% of the CPU of a loaded server.
     return FastInfer(app, ctx=ctx, max_header_bytes=settings.max_header_bytes)
+
+
+async def _start_grpc(ctx: ApiContext) -> GrpcFront:
+    """The gRPC front on API_GRPC_PORT, stopped with the HTTP server (drain included)."""
+    from mlapi.rpc.server import GrpcFront  # grpc loads only where it serves
+
+    front = GrpcFront(ctx)
+    await front.start()
+    ctx.lifecycle.on_close.append(front.stop)
+    return front
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

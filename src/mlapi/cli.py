@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 SERVE_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--host", "API_HOST", str, "address to listen on"),
     ("--port", "API_PORT", int, "port to listen on"),
+    ("--grpc-port", "API_GRPC_PORT", int, "gRPC port (default 8001; 0: no gRPC)"),
     ("--model-path", "MODEL_PATH", str, "model repository folder"),
     ("--workers", "WORKERS", int, "worker processes"),
     ("--log-level", "LOG_LEVEL", str, "debug, info, warning, error"),

@@ -4,6 +4,7 @@ gets CPUs / WORKERS threads for inference), with a drain on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -70,6 +71,14 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM and sig in self._captured_signals:
             self._captured_signals.remove(sig)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Other fronts (gRPC) stop accepting with HTTP, and finish beside it."""
+        closing = [asyncio.ensure_future(close()) for close in self.lifecycle.on_close]
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await asyncio.gather(*closing, return_exceptions=True)
 
     async def on_tick(self, counter: int) -> bool:
         since = self.lifecycle.draining_since

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
 
     api_host: str = Field("127.0.0.1", alias="API_HOST")
     api_port: int = Field(8000, alias="API_PORT", ge=1, le=65535)
+    # The Open Inference Protocol over gRPC, on API_HOST; 0 turns it off.
+    grpc_port: int = Field(8001, alias="API_GRPC_PORT", ge=0, le=65535)
     model_path: Path = Field(DEFAULT_MODEL_PATH, alias="MODEL_PATH")
     model_version: str | None = Field(None, alias="MODEL_VERSION")
     log_level: LogLevel = Field("info", alias="LOG_LEVEL")
@@ -122,6 +124,15 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.grpc_port == self.api_port:
+            raise ValueError(
+                f"API_GRPC_PORT and API_PORT are both {self.api_port}: give gRPC another "
+                f"port, or 0 to turn it off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _debug_means_debug_logs(self) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -15,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 MLAPI = str(Path(sys.executable).parent / "mlapi")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def status_of(url: str, timeout_s: float = 2.0) -> int | None:
@@ -37,12 +30,14 @@ def status_of(url: str, timeout_s: float = 2.0) -> int | None:
 
 
 def metric(server: Server, prefix: str) -> float:
-    """The value of the one sample on the server's /metrics whose line starts with
-    ``prefix`` (label names sort alphabetically in the exposition)."""
+    """The sum of the samples on the server's /metrics whose lines start with
+    ``prefix`` (label names sort alphabetically in the exposition: a prefix that
+    stops before ``protocol`` counts both fronts); no such sample fails the test."""
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
-    (line,) = [line for line in lines if line.startswith(prefix)]
-    return float(line.rsplit(" ", 1)[1])
+    values = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)]
+    assert values, f"no sample {prefix}... on /metrics"
+    return sum(values)
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -53,6 +48,7 @@ def base_env(**extra: str) -> dict[str, str]:
         and k
         not in {"API_KEY", "API_KEY_FILE", "MODEL_PATH", "API_PORT", "WORKERS", "MODEL_VERSION"}
     }
+    env["API_GRPC_PORT"] = "0"  # servers run side by side: gRPC only where a test asks
     env.update(extra)
     return env
 
@@ -73,6 +69,7 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    grpc: str | None = None  # host:port of its gRPC front, when the test asked for one
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -92,8 +89,12 @@ class Server:
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(wait_ready: bool = True, args: tuple[str, ...] = (), **env: str) -> Server:
+    def start(
+        wait_ready: bool = True, args: tuple[str, ...] = (), grpc: bool = False, **env: str
+    ) -> Server:
         port = free_port()
+        if grpc:
+            env.setdefault("API_GRPC_PORT", str(free_port()))
         log_path = tmp_path / f"server-{port}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
@@ -103,7 +104,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
                 stderr=subprocess.STDOUT,
                 cwd=tmp_path,
             )
-        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        grpc_address = f"127.0.0.1:{env['API_GRPC_PORT']}" if grpc else None
+        server = Server(process, f"http://127.0.0.1:{port}", log_path, grpc_address)
         servers.append(server)
         wanted = 200 if wait_ready else None
 

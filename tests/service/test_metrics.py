@@ -66,11 +66,17 @@ def test_counters_count_each_request_once_by_outcome(serve_app: Start) -> None:
         client.get("/metrics")
     found = samples(client)
     requests = "mlapi_requests_total"
-    assert value(found, requests, model="iris", version="1", outcome="ok") == 8
-    assert value(found, requests, model="iris", version="1", outcome="bad_request") == 2
-    assert value(found, requests, model="iris", version="", outcome="unauthorized") == 1
+    assert value(found, requests, model="iris", version="1", outcome="ok", protocol="http") == 8
     assert (
-        value(found, requests, model="", version="", outcome="not_found") == 1
+        value(found, requests, model="iris", version="1", outcome="bad_request", protocol="http")
+        == 2
+    )
+    assert (
+        value(found, requests, model="iris", version="", outcome="unauthorized", protocol="http")
+        == 1
+    )
+    assert (
+        value(found, requests, model="", version="", outcome="not_found", protocol="http") == 1
     )  # no 'nosuch' label
     assert not any("nosuch" in str(key) for key in found)
     assert value(found, "mlapi_request_duration_seconds_count", model="iris", version="1") == 10

@@ -1,6 +1,7 @@
 """XGBoost and LightGBM models, trained here on scikit-learn's data sets, saved in
 their safe formats and served: the answers equal the library's own predict (labels
-exactly, probabilities within 1e-5), rows the models never saw, batch sizes 1..64."""
+exactly, probabilities within 1e-5), rows the models never saw, batch sizes 1..64,
+over HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from starlette.testclient import TestClient
+
+from tests.conftest import free_port
+from tests.fixtures.grpc import infer, triton_client
 
 Start = Callable[..., TestClient]
 
@@ -91,24 +95,29 @@ def test_served_answers_equal_the_library(
     serve_app: Start, tmp_path: Path, library: str, make: Any, loader: Any, fmt: str
 ) -> None:
     model, unseen, labels = make(tmp_path / "m" / "1", loader, fmt)
-    client = serve_app(tmp_path)
+    grpc_port = free_port()
+    client = serve_app(tmp_path, API_GRPC_PORT=grpc_port)
     metadata = client.get("/v2/models/m").json()
     assert metadata["platform"] == library
     assert metadata["inputs"] == [
         {"name": "input", "datatype": "FP64", "shape": [-1, unseen.shape[1]]}
     ]
-    for size in (1, 7, 64):
-        rows = unseen[:size]
-        outputs = _infer(client, rows)
-        if labels is None:
-            expected = model.predict(rows)
-            got = np.array(outputs["prediction"]["data"])
-            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
-            continue
-        expected_labels = [labels[int(i)] for i in model.predict(rows)]
-        assert outputs["label"]["data"] == expected_labels
-        probabilities = np.array(outputs["probabilities"]["data"]).reshape(size, len(labels))
-        np.testing.assert_allclose(probabilities, model.predict_proba(rows), atol=1e-5)
+    with triton_client(f"127.0.0.1:{grpc_port}") as over_grpc:
+        for size in (1, 7, 64):
+            rows = unseen[:size]
+            outputs = _infer(client, rows)
+            answer = infer(over_grpc, "m", rows, "FP64")
+            if labels is None:
+                expected = model.predict(rows)
+                for got in (np.array(outputs["prediction"]["data"]), answer.as_numpy("prediction")):
+                    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+                continue
+            expected_labels = [labels[int(i)] for i in model.predict(rows)]
+            assert outputs["label"]["data"] == expected_labels
+            assert [b.decode() for b in answer.as_numpy("label")] == expected_labels
+            probabilities = np.array(outputs["probabilities"]["data"]).reshape(size, len(labels))
+            for got in (probabilities, answer.as_numpy("probabilities")):
+                np.testing.assert_allclose(got, model.predict_proba(rows), atol=1e-5)
     # KServe V1 on the same model
     v1 = client.post("/v1/models/m:predict", json={"instances": unseen[:2].tolist()})
     assert v1.status_code == 200, v1.text

@@ -66,7 +66,7 @@ def parse_infer(
         raise BadRequest("'id' must be a string")
     parameters = _parameters(document, "request")
     inputs = _decode_inputs(document.get("inputs"), signature, binary, limits)
-    names, binary_outputs = _outputs(
+    names, binary_outputs = requested_outputs(
         document.get("outputs"), signature, bool(parameters.get("binary_data_output", False))
     )
     return InferRequest(request_id, inputs, names, binary_outputs)
@@ -140,7 +140,7 @@ def _decode_input(
         raise BadRequest(
             f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
         )
-    dims = _shape(name, shape, spec)
+    dims = shape_of(name, shape, spec)
     count = math.prod(dims)
     elements += count
     limits.check_elements(name, elements)
@@ -156,14 +156,14 @@ def _decode_input(
                 f"input '{shown(name)}': binary_data_size runs past the end of the body"
             )
         chunk = binary[offset : offset + size]
-        array = _from_binary(name, datatype, dims, count, chunk, limits)
+        array = array_from_binary(name, datatype, dims, count, chunk, limits)
         return name, array, offset + size, elements
     if "data" not in item:
         raise BadRequest(f"input '{shown(name)}' has no 'data' (and no binary_data_size)")
     return name, array_from_json(name, datatype, dims, item["data"], limits), offset, elements
 
 
-def _shape(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
+def shape_of(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
         raise BadRequest(
             f"input '{shown(name)}': 'shape' must be an array of at most {MAX_DIMS} ints"
@@ -248,7 +248,7 @@ def _bytes_from_json(
     return array.reshape(dims)
 
 
-def _from_binary(
+def array_from_binary(
     name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes, limits: Limits
 ) -> np.ndarray:
     if datatype == "BYTES":
@@ -286,7 +286,7 @@ def _bytes_from_binary(
     return array.reshape(dims)
 
 
-def _outputs(
+def requested_outputs(
     items: Any, signature: Signature, binary_default: bool
 ) -> tuple[tuple[str, ...], frozenset[str]]:
     if items is None:
@@ -327,11 +327,11 @@ def render_infer(
     for name, array in results.items():
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": _datatype(name, array),
+            "datatype": datatype_name(name, array),
             "shape": array.shape,
         }
         if name in request.binary_outputs:
-            chunk = _to_binary(array)
+            chunk = to_binary(array)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
@@ -347,7 +347,7 @@ def render_infer(
     return b"".join([header, *chunks]), len(header)
 
 
-def _datatype(name: str, array: np.ndarray) -> str:
+def datatype_name(name: str, array: np.ndarray) -> str:
     try:
         return datatype_of(array)
     except TypeError:
@@ -372,7 +372,7 @@ def text(name: str, item: Any) -> str:
     return str(item)
 
 
-def _to_binary(array: np.ndarray) -> bytes:
+def to_binary(array: np.ndarray) -> bytes:
     if array.dtype.kind in "OUS":
         parts = []
         for item in array.ravel().tolist():

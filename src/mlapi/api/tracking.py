@@ -33,8 +33,10 @@ class Tracking:
         self.log_errors = access_log != "off"
         self.active = 0  # inference requests between enter() and done(), this process
 
-    def begin(self, name: str, method: str, path: str, request_id: str | None) -> Tracked:
-        return Tracked(self, name, method, path, request_id)
+    def begin(
+        self, name: str, method: str, path: str, request_id: str | None, protocol: str = "http"
+    ) -> Tracked:
+        return Tracked(self, name, method, path, request_id, protocol)
 
 
 class Tracked:
@@ -47,12 +49,19 @@ class Tracked:
         "method",
         "name",
         "path",
+        "protocol",
         "request_id",
         "started",
     )
 
     def __init__(
-        self, tracking: Tracking, name: str, method: str, path: str, request_id: str | None
+        self,
+        tracking: Tracking,
+        name: str,
+        method: str,
+        path: str,
+        request_id: str | None,
+        protocol: str = "http",
     ) -> None:
         self._tracking = tracking
         self._model: ModelVersion | None = None
@@ -60,6 +69,7 @@ class Tracked:
         self.name = name
         self.method = method
         self.path = path
+        self.protocol = protocol
         self.request_id = request_id if request_id and _REQUEST_ID.match(request_id) else None
         self.started = time.perf_counter()
 
@@ -104,11 +114,11 @@ class Tracked:
             if metrics is not None:
                 metrics.inflight_count -= 1
         if metrics is not None:
-            metrics.record(outcome, seconds)
+            metrics.record(outcome, seconds, self.protocol)
             labels = metrics.labels
         else:
             labels = (self.name, "") if tracking.registry.knows(self.name) else UNKNOWN_MODEL
-            tracking.metrics.requests.labels(*labels, outcome).inc()
+            tracking.metrics.requests.labels(*labels, outcome, self.protocol).inc()
         if tracking.log_all or (tracking.log_errors and status >= 400):
             log.log(
                 logging.WARNING if status >= 500 else logging.INFO,

@@ -15,7 +15,7 @@ from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.batching import Gone
 from mlapi.errors import NotReady
-from mlapi.registry import ModelVersion
+from mlapi.registry import ModelRegistry, ModelVersion
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
@@ -42,6 +42,25 @@ async def run_infer(
     return codec.render_infer(model.name, model.version, parsed, results)
 
 
+def metadata_of(registry: ModelRegistry, name: str, version: str | None) -> dict[str, object]:
+    """A model's metadata (of one version when ``version`` is given)."""
+    record = registry.record(name)
+    served = registry.get(name, version)
+    runtime = served.loaded_runtime()
+    signature = runtime.signature
+    versions = [str(served.version)] if version else [str(v) for v in sorted(record.versions)]
+    body: dict[str, object] = {
+        "name": served.name,
+        "versions": versions,
+        "platform": (served.config and served.config.platform) or runtime.platform,
+        "inputs": [spec.as_metadata() for spec in signature.inputs],
+        "outputs": [spec.as_metadata() for spec in signature.outputs],
+    }
+    if served.config is not None and served.config.labels:
+        body["parameters"] = {"labels": list(served.config.labels)}
+    return body
+
+
 def routes(ctx: ApiContext) -> list[Route]:
     registry = ctx.registry
 
@@ -50,21 +69,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
-        record = registry.record(params["model"])
-        version = registry.get(params["model"], params.get("version"))
-        runtime = version.loaded_runtime()
-        signature = runtime.signature
-        versions = [str(v) for v in sorted(record.versions)]
-        body: dict[str, object] = {
-            "name": version.name,
-            "versions": versions if "version" not in params else [str(version.version)],
-            "platform": (version.config and version.config.platform) or runtime.platform,
-            "inputs": [spec.as_metadata() for spec in signature.inputs],
-            "outputs": [spec.as_metadata() for spec in signature.outputs],
-        }
-        if version.config is not None and version.config.labels:
-            body["parameters"] = {"labels": list(version.config.labels)}
-        return json_response(body)
+        return json_response(metadata_of(registry, params["model"], params.get("version")))
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params

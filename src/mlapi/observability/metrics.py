@@ -41,6 +41,7 @@ OUTCOMES = {
     "timeout": "timeout",
 }
 
+PROTOCOLS = ("http", "grpc")  # the fronts a request can come through
 ALL_OUTCOMES = ("ok", "cancelled", "error", *sorted(set(OUTCOMES.values())))
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -59,8 +60,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "mlapi_requests",
-            "Inference requests by model, version and outcome.",
-            ["model", "version", "outcome"],
+            "Inference requests by model, version, outcome and protocol (http, grpc).",
+            ["model", "version", "outcome", "protocol"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -199,28 +200,31 @@ class ModelMetrics:
         self.inflight_count = 0  # touched only on the event loop
         # Every outcome exists from the start at 0, so rate() and ratios over them
         # have data before the first error happens.
-        self._outcomes: dict[str, MetricWrapperBase] = {
-            outcome: metrics.requests.labels(name, version, outcome) for outcome in ALL_OUTCOMES
+        self._outcomes: dict[tuple[str, str], MetricWrapperBase] = {
+            (outcome, protocol): metrics.requests.labels(name, version, outcome, protocol)
+            for outcome in ALL_OUTCOMES
+            for protocol in PROTOCOLS
         }
         # Per-request numbers are gathered here, on the event loop, without the
         # metric objects' locks (which cost ~10% of throughput on one core under
         # load), and handed to them by flush() at each refresh.
         self._bounds = tuple(self.request_duration._upper_bounds)
-        self._pending_outcomes: dict[str, int] = {}
+        self._pending_outcomes: dict[tuple[str, str], int] = {}
         self._pending_buckets = [0] * len(self._bounds)
         self._pending_sum = 0.0
 
-    def record(self, outcome: str, seconds: float) -> None:
+    def record(self, outcome: str, seconds: float, protocol: str = "http") -> None:
         """One finished request (event loop only)."""
         pending = self._pending_outcomes
-        pending[outcome] = pending.get(outcome, 0) + 1
+        key = (outcome, protocol)
+        pending[key] = pending.get(key, 0) + 1
         self._pending_buckets[bisect_left(self._bounds, seconds)] += 1
         self._pending_sum += seconds
 
     def flush(self) -> None:
         """Hand what record() gathered to the metric objects (event loop only)."""
-        for outcome, count in self._pending_outcomes.items():
-            self.outcome(outcome).inc(count)
+        for (outcome, protocol), count in self._pending_outcomes.items():
+            self.outcome(outcome, protocol).inc(count)
         self._pending_outcomes = {}
         buckets = self.request_duration._buckets
         for index, count in enumerate(self._pending_buckets):
@@ -231,10 +235,12 @@ class ModelMetrics:
             self.request_duration._sum.inc(self._pending_sum)
             self._pending_sum = 0.0
 
-    def outcome(self, outcome: str) -> Counter:
-        child = self._outcomes.get(outcome)
+    def outcome(self, outcome: str, protocol: str = "http") -> Counter:
+        key = (outcome, protocol)
+        child = self._outcomes.get(key)
         if child is None:
-            child = self._outcomes[outcome] = self._metrics.requests.labels(*self.labels, outcome)
+            child = self._metrics.requests.labels(*self.labels, outcome, protocol)
+            self._outcomes[key] = child
         return child  # type: ignore[return-value]
 
     def observe_batch(self, rows: int, seconds: float) -> None:
