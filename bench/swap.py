@@ -58,7 +58,12 @@ def one_swap(source: Path, name: str, body: bytes, work: Path) -> dict[str, floa
     (repo / name).mkdir(parents=True)
     shutil.copytree(source, repo / name / "1")
     port = _port()
-    env = {"MODEL_PATH": str(repo), "MLAPI_REPOSITORY_POLL_S": "0.2", "PATH": "/usr/bin:/bin"}
+    env = {
+        "MODEL_PATH": str(repo),
+        "MLAPI_REPOSITORY_POLL_S": "0.2",
+        "API_GRPC_PORT": str(_port()),
+        "PATH": "/usr/bin:/bin",
+    }
     server = subprocess.Popen(
         [MLAPI, "serve", "--port", str(port)],
         env=env,

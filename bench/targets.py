@@ -136,6 +136,8 @@ def mlapi(repo: str, binary: bool = False) -> Target:
             "MODEL_PATH": str(m.folder / repo),
             "WORKERS": "1",
             "LOG_LEVEL": "warning",
+            # on, as by default, on a port of its own (servers run side by side)
+            "API_GRPC_PORT": str(free_port()),
         },
         path=lambda model: f"/v2/models/{model}/infer",
         body=binary_body if binary else v2_body("FP32" if repo == "onnx" else "FP64"),

@@ -142,6 +142,7 @@ class Server:
             "MLAPI_INTRA_OP_THREADS": "1",
             "MLAPI_ACCESS_LOG": "off",
             "LOG_LEVEL": "warning",
+            "API_GRPC_PORT": str(free_port()),
         }
         mlapi = Path(sys.executable).parent / "mlapi"
         self.process = subprocess.Popen(

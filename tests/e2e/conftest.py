@@ -135,6 +135,7 @@ def make_stack(tmp: Path, files: list[str]) -> Stack:
         "PROXY_IMAGE": os.environ.get("MLAPI_TEST_NGINX_IMAGE", "mlapi-nginx:bookworm"),
         "PIP_CA_FILE": CA_BUNDLE if Path(CA_BUNDLE).exists() else "/dev/null",
         "API_PORT": str(free_port()),
+        "API_GRPC_PORT": str(free_port()),
         "DEBUG_PORT": str(free_port()),
         "MLAPI_TAG": "e2e",
         "ML_NETWORK_SUBNET": f"172.29.{int(run_id[:2], 16)}.0/24",

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
 import pytest
 
 from tests.e2e.conftest import Stack, make_stack, wait_until
+from tests.fixtures.grpc import infer, triton_client
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +29,12 @@ def test_dev_override_hot_reloads_a_read_only_src(
     assert src_mount["Type"] == "bind" and src_mount["RW"] is False
     debugger = container["HostConfig"]["PortBindings"]["5678/tcp"]  # type: ignore[index]
     assert debugger == [{"HostIp": "127.0.0.1", "HostPort": stack.env["DEBUG_PORT"]}]
+    grpc_port = container["HostConfig"]["PortBindings"]["8001/tcp"]  # type: ignore[index]
+    assert grpc_port == [{"HostIp": "127.0.0.1", "HostPort": stack.env["API_GRPC_PORT"]}]
+    with triton_client(f"127.0.0.1:{stack.env['API_GRPC_PORT']}") as client:
+        assert client.is_model_ready("iris")
+        rows = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+        assert infer(client, "iris", rows, "FP32").as_numpy("label").tolist() == [b"setosa"]
 
     before = httpx.get(f"{stack.url}/v2", timeout=10).json()["version"]
     init = stack.folder / "src" / "mlapi" / "__init__.py"

@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until, write_api_key
+from tests.fixtures.grpc import infer, triton_client
 from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -98,6 +101,9 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
     served_by = set(re.findall(r"upstream=([0-9.]+):8000", proxy_log))
     assert served_by == replica_ips, (served_by, replica_ips)
+
+    # gRPC through the proxy too: the key, both replicas, answers as over HTTP
+    _grpc_through_the_proxy(stack, key, replica_ips)
 
     _slow_clients_stay_at_the_proxy(stack, key)
 
@@ -219,6 +225,20 @@ SLOW_BODY = (
     b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
 )
+
+
+def _grpc_through_the_proxy(stack: Stack, key: str, replica_ips: set[str]) -> None:
+    address = f"127.0.0.1:{stack.env['API_GRPC_PORT']}"
+    rows = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
+    with triton_client(address) as client:
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            infer(client, "iris", rows, "FP32")
+        for _ in range(40):  # each call a new HTTP/2 stream; nginx picks the replica
+            answer = infer(client, "iris", rows, "FP32", headers={"authorization": f"Bearer {key}"})
+            assert answer.as_numpy("label").tolist() == [b"setosa"]
+    proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
+    served_by = set(re.findall(r"upstream=([0-9.]+):8001", proxy_log))
+    assert served_by == replica_ips, (served_by, replica_ips)
 
 
 def _slow_clients_stay_at_the_proxy(stack: Stack, key: str) -> None:
