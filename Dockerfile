@@ -93,18 +93,25 @@ LABEL org.opencontainers.image.title="ml-api" \
 # XGBoost's library links the OpenMP runtime, which slim bases leave out.
 ARG MLAPI_EXTRAS=""
 SHELL ["/bin/sh", "-eu", "-c"]
+# No setuid or setgid file is left (su, passwd, mount...): nothing the server runs can
+# gain privileges, also where no-new-privileges cannot be set (Docker Swarm ignores
+# security_opt).
+# /app/repository stays empty: a fresh volume mounted there gets its owner (uid 1000)
+# and nothing else, for servers that fill it themselves (MLAPI_SEED_MODELS: the
+# Swarm stack), where /app/models is copied into a fresh volume by Docker.
 # hadolint ignore=DL3008
 RUN groupadd --system --gid 1000 mlapi; \
     useradd --system --uid 1000 --gid 1000 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin mlapi; \
-    mkdir -p /app/models /app/logs /app/cache; \
+    mkdir -p /app/models /app/logs /app/cache /app/repository; \
     chown -R 1000:1000 /app; \
     case ",${MLAPI_EXTRAS}," in *,trees,*) \
         apt-get update -qq; \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             libgomp1 >/dev/null; \
         rm -rf /var/lib/apt/lists/*;; \
-    esac
+    esac; \
+    find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

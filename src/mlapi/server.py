@@ -25,6 +25,7 @@ from mlapi import logs, supervisor
 from mlapi.api.fastpath import FastInfer
 from mlapi.app import create_app
 from mlapi.connections import ConnectionLimits, guarded_protocol
+from mlapi.errors import ConfigError
 from mlapi.lifecycle import Lifecycle
 from mlapi.settings import Settings, load_settings
 
@@ -182,9 +183,28 @@ def _worker_main(settings: Settings, sock: socket.socket) -> None:
     raise SystemExit(0 if serve(settings, sockets=[sock]) else 1)
 
 
+def _seed(settings: Settings) -> None:
+    """MLAPI_SEED_MODELS: an empty MODEL_PATH gets the bundled models, published
+    at once, before any worker scans it."""
+    from mlapi.repository.publish import seed
+    from mlapi.settings import DEFAULT_MODEL_PATH
+
+    try:
+        settings.model_path.mkdir(parents=True, exist_ok=True)
+        published = seed(settings.model_path, DEFAULT_MODEL_PATH)
+    except OSError as exc:
+        raise ConfigError(
+            f"MLAPI_SEED_MODELS: cannot fill {settings.model_path}: {exc.strerror}"
+        ) from None
+    if published:
+        log.info("seeded %s with %s", settings.model_path, ", ".join(published))
+
+
 def run(settings: Settings) -> int:
     """Serve until stopped; the process exit code."""
     configure_logging(settings)
+    if settings.seed_models:
+        _seed(settings)
     log.info(
         "serving models from %s on http://%s:%d (workers=%d, auth=%s)",
         settings.model_path,

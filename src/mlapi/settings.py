@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     memory_limit: int | None = Field(None, alias="MLAPI_MEMORY_LIMIT", gt=0)
     # Seconds between looks at MODEL_PATH for new or changed versions; 0: never.
     repository_poll_s: float = Field(0.0, alias="MLAPI_REPOSITORY_POLL_S", ge=0, le=86400)
+    # Fill an empty MODEL_PATH with the bundled models at start (the Swarm stack).
+    seed_models: bool = Field(False, alias="MLAPI_SEED_MODELS")
     reload: bool = Field(False, alias="RELOAD")
     debug: bool = Field(False, alias="DEBUG")
 

@@ -34,6 +34,7 @@ PROJECT_FILES = [
     "docker-compose.ci.yml",
     "docker-compose.gpu.yml",
     "docker-compose.host-models.yml",
+    "docker-stack.yml",
     "src",
     "deploy",
     "secrets/README.md",

@@ -115,3 +115,16 @@ def test_healthcheck_imports_no_settings_stack(tmp_path: Path) -> None:
     )
     assert result.stdout.strip() == "1 []", result
     assert "unreachable" in result.stderr
+
+
+def test_seeding_fills_an_empty_model_path_before_serving(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    repository = tmp_path / "volume"
+    repository.mkdir()
+    server = start_server(MODEL_PATH=str(repository), MLAPI_SEED_MODELS="true")
+    assert (repository / "iris" / "1" / "model.onnx").read_bytes() == (
+        DEFAULT_MODEL_PATH / "iris" / "1" / "model.onnx"
+    ).read_bytes()
+    assert f"seeded {repository} with iris/1" in server.log()
+    assert run("models", "list", MODEL_PATH=str(repository)).stdout.count("iris") == 1

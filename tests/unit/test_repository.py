@@ -98,3 +98,39 @@ def test_full_config_parses_into_typed_values() -> None:
 def test_bad_config_names_the_key(raw: dict[str, object], fragment: str) -> None:
     with pytest.raises(ModelLoadError, match=fragment):
         config.parse(raw)
+
+
+def _seed_in_a_process(repository: str) -> list[str]:
+    from mlapi.repository.publish import seed
+    from mlapi.settings import DEFAULT_MODEL_PATH
+
+    return seed(Path(repository), DEFAULT_MODEL_PATH)
+
+
+def test_seeding_fills_an_empty_repository_once_even_when_replicas_race(tmp_path: Path) -> None:
+    """Eight processes seed the same empty folder at once (replicas starting together
+    on a fresh volume): one publishes iris/1, whole and with its manifest; the others
+    keep it; a repository with a model is never touched."""
+    import multiprocessing
+
+    from mlapi.repository import manifest
+    from mlapi.repository.publish import seed
+    from mlapi.settings import DEFAULT_MODEL_PATH
+
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        results = pool.map(_seed_in_a_process, [str(repository)] * 8)
+    assert sorted(map(len, results)) == [0] * 7 + [1] and ["iris/1"] in results
+    version = repository / "iris" / "1"
+    assert sorted(p.name for p in version.iterdir()) == sorted(
+        [*(p.name for p in (DEFAULT_MODEL_PATH / "iris" / "1").iterdir()), manifest.MANIFEST]
+    )
+    assert [p.name for p in (repository / "iris").iterdir()] == ["1"]  # no staging left
+    (repository / "iris" / "1" / "model.toml").write_text("# mine\n")
+    assert seed(repository, DEFAULT_MODEL_PATH) == []
+    assert (repository / "iris" / "1" / "model.toml").read_text() == "# mine\n"
+    other = tmp_path / "other"
+    (other / "mine" / "3").mkdir(parents=True)
+    assert seed(other, DEFAULT_MODEL_PATH) == []
+    assert [p.name for p in other.iterdir()] == ["mine"]

@@ -81,6 +81,29 @@ def publish(
     return final
 
 
+def seed(repository: Path, source: Path) -> list[str]:
+    """Fill an empty repository with the versions of ``source`` (the models bundled
+    in the package), each published at once as by ``publish``: the way replicas that
+    start together on a fresh volume fill it, with no one-shot service first and no
+    replica ever seeing half a model. A repository with any model is left alone; a
+    version another replica published meanwhile is kept. What this call published."""
+    if any(not child.name.startswith(".") for child in _children(repository)):
+        return []
+    published = []
+    for model in _children(source):
+        for version in _children(model):
+            if not VERSION.fullmatch(version.name):
+                continue
+            try:
+                publish(repository, model.name, int(version.name), source=version)
+            except ConfigError:
+                if not (repository / model.name / version.name).is_dir():
+                    raise
+                continue  # a sibling published it first
+            published.append(f"{model.name}/{version.name}")
+    return published
+
+
 def _children(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
 
