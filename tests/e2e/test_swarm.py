@@ -176,7 +176,7 @@ def _build(folder: Path, tag: str, dockerfile: str | None = None) -> None:
         command = ["docker", "compose", "-f", "docker-compose.yml", "build", "ml-api"]
     else:
         env = {**os.environ, "DOCKER_BUILDKIT": "0"}
-        command = ["docker", "build", "-q", "-t", tag, "-"]
+        command = ["docker", "build", "-q", "--force-rm", "-t", tag, "-"]
     subprocess.run(
         command,
         input=dockerfile,
