@@ -183,6 +183,23 @@ def _worker_main(settings: Settings, sock: socket.socket) -> None:
     raise SystemExit(0 if serve(settings, sockets=[sock]) else 1)
 
 
+def _check_grpc_port(settings: Settings) -> None:
+    """A taken gRPC port stops the start with one line (exit 2), before any worker
+    starts, as a bad setting does: the workers would each fail to bind it later,
+    deep in their start-up."""
+    host = settings.api_host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, settings.grpc_port))
+        except OSError as exc:
+            raise ConfigError(
+                f"API_GRPC_PORT: cannot listen on {host}:{settings.grpc_port} "
+                f"({exc.strerror}); give another port, or 0 to turn gRPC off"
+            ) from None
+
+
 def _seed(settings: Settings) -> None:
     """MLAPI_SEED_MODELS: an empty MODEL_PATH gets the bundled models, published
     at once, before any worker scans it."""
@@ -203,6 +220,8 @@ def _seed(settings: Settings) -> None:
 def run(settings: Settings) -> int:
     """Serve until stopped; the process exit code."""
     configure_logging(settings)
+    if settings.grpc_port:
+        _check_grpc_port(settings)
     if settings.seed_models:
         _seed(settings)
     log.info(
