@@ -115,7 +115,15 @@ def measure(
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MLAPI_SECRETS_DIR": "/nonexistent"}
     env.update({k: str(v) for k, v in service_env.items() if k in PASSED_VARIABLES and v})
     intra = service_env.get("MLAPI_INTRA_OP_THREADS") or "0"
-    spec: dict[str, Any] = {"workers": workers, "intra_op_threads": intra, "cpu_ids": list(ids)}
+    # gRPC is on unless the service says API_GRPC_PORT=0: a worker then also holds
+    # grpc's library and server (about 14 MB), which the base must count
+    grpc_on = str(service_env.get("API_GRPC_PORT") or "8001").strip() != "0"
+    spec: dict[str, Any] = {
+        "workers": workers,
+        "intra_op_threads": intra,
+        "cpu_ids": list(ids),
+        "grpc": grpc_on,
+    }
     base = _probe(spec, env, timeout_s)
     if "error" in base:
         raise ConfigError(f"cannot start a measuring process: {base['error']}")

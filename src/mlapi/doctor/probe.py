@@ -112,6 +112,25 @@ def _measure_version(spec: dict[str, Any], report: dict[str, Any]) -> None:
     version.close()
 
 
+def _start_grpc() -> None:
+    """What the gRPC front adds to a worker: grpc's library and a started server
+    (on a port of the loopback that no one calls), left running while we measure."""
+    import asyncio
+
+    import grpc
+
+    async def start() -> None:
+        server = grpc.aio.server()
+        server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        _KEEP.append(server)
+
+    asyncio.new_event_loop().run_until_complete(start())
+
+
+_KEEP: list[object] = []
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     interpreter_rss = _status_bytes("VmRSS")
@@ -122,6 +141,8 @@ def main(argv: list[str]) -> int:
 
     import mlapi.app  # noqa: F401
 
+    if spec.get("grpc"):
+        _start_grpc()
     gc.collect()
     report: dict[str, Any] = {
         "import_seconds": time.perf_counter() - _STARTED,
