@@ -197,12 +197,14 @@ def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
     run = uuid.uuid4().hex[:6]
     _build(folder, "ml-api:swarm-v1")
     # v2: the same server reporting another version; bad: never gets ready
-    version_file = "$(python -c 'import mlapi; print(mlapi.__file__)')"
+    # v2: the same server whose bundled default model has a version 2
+    models = (
+        "$(python -c 'import mlapi, os; print(os.path.dirname(mlapi.__file__))')/default_models"
+    )
     _build(
         folder,
         "ml-api:swarm-v2",
-        "FROM ml-api:swarm-v1\nUSER root\n"
-        f"RUN sed -i 's/^__version__ = .*/__version__ = \"9.9.9-v2\"/' {version_file}\n"
+        f"FROM ml-api:swarm-v1\nUSER root\nRUN cp -r {models}/iris/1 {models}/iris/2\n"
         "USER 1000:1000\n",
     )
     _build(folder, "ml-api:swarm-bad", 'FROM ml-api:swarm-v1\nENTRYPOINT ["sleep"]\nCMD ["3600"]\n')
@@ -254,10 +256,13 @@ def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
             docker("image", "rm", "-f", f"ml-api:swarm-{tag}", check=False)
 
 
-def _metadata_versions(url: str, key: str, count: int) -> Counter[str]:
-    """The server version that answers ``GET /v2`` through the edge, ``count`` times."""
+def _model_versions(url: str, key: str, count: int) -> Counter[str]:
+    """The model versions that answer ``count`` inferences through the edge."""
     with httpx.Client(headers={"X-API-Key": key}, timeout=10) as client:
-        return Counter(client.get(url + "/v2").json()["version"] for _ in range(count))
+        return Counter(
+            client.post(url + "/v2/models/iris/infer", json=IRIS).json()["model_version"]
+            for _ in range(count)
+        )
 
 
 def _served_ok(container_id: str) -> float:
@@ -357,6 +362,7 @@ def test_the_stack_on_a_single_node_swarm(swarm: Swarm) -> None:
     _loopback_only(swarm)
 
     # a rolling update to a new image under traffic: nothing fails, then all is new
+    assert _model_versions(swarm.url, swarm.key, 20) == Counter({"1": 20})
     with Traffic(swarm.url, swarm.key) as traffic:
         time.sleep(2)
         docker(
@@ -375,7 +381,12 @@ def test_the_stack_on_a_single_node_swarm(swarm: Swarm) -> None:
     assert traffic.failures == [], traffic.failures[:5]
     assert traffic.rate() >= 100, traffic.rate()
     assert swarm.image() == "ml-api:swarm-v2"
-    assert _metadata_versions(swarm.url, swarm.key, 20) == Counter({"9.9.9-v2": 20})
+    # the new image brought iris version 2; every replica serves it now
+    wait_until(
+        lambda: _model_versions(swarm.url, swarm.key, 20) == Counter({"2": 20}),
+        30,
+        "every answer from model version 2",
+    )
     assert {c["HostConfig"]["PidsLimit"] for c in swarm.containers()} == {256}  # type: ignore[index]
 
     # an image that never gets ready: Swarm rolls back by itself, nothing fails

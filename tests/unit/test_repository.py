@@ -134,3 +134,25 @@ def test_seeding_fills_an_empty_repository_once_even_when_replicas_race(tmp_path
     (other / "mine" / "3").mkdir(parents=True)
     assert seed(other, DEFAULT_MODEL_PATH) == []
     assert [p.name for p in other.iterdir()] == ["mine"]
+
+
+def test_seeding_brings_a_newer_bundled_version_and_nothing_older(tmp_path: Path) -> None:
+    """A new image whose bundled model has version 2 publishes it into a repository
+    that serves version 1 (every server then rolls it out); an older image brings
+    nothing back into a repository that moved on."""
+    import shutil
+
+    from mlapi.repository.publish import seed
+    from mlapi.settings import DEFAULT_MODEL_PATH
+
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    assert seed(repository, DEFAULT_MODEL_PATH) == ["iris/1"]
+    newer = tmp_path / "newer"
+    shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", newer / "iris" / "1")
+    shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", newer / "iris" / "2")
+    assert seed(repository, newer) == ["iris/2"]
+    assert seed(repository, newer) == []
+    shutil.rmtree(repository / "iris" / "1")  # retired by its operator
+    assert seed(repository, DEFAULT_MODEL_PATH) == []  # an older image brings it not back
+    assert sorted(p.name for p in (repository / "iris").iterdir()) == ["2"]

@@ -82,25 +82,33 @@ def publish(
 
 
 def seed(repository: Path, source: Path) -> list[str]:
-    """Fill an empty repository with the versions of ``source`` (the models bundled
-    in the package), each published at once as by ``publish``: the way replicas that
-    start together on a fresh volume fill it, with no one-shot service first and no
-    replica ever seeing half a model. A repository with any model is left alone; a
-    version another replica published meanwhile is kept. What this call published."""
-    if any(not child.name.startswith(".") for child in _children(repository)):
-        return []
+    """Bring the versions of ``source`` (the models bundled in the package) into a
+    repository, each published at once as by ``publish``: the way replicas that start
+    together on a fresh volume fill it, with no one-shot service first and no replica
+    ever seeing half a model. An empty repository gets every bundled version; a model
+    it has gets the bundled versions newer than its newest (a new image that brings
+    a newer default model: every server then rolls it out like any published
+    version); a model it lacks is not added to a repository that has others. A version
+    another replica published meanwhile is kept. What this call published."""
+    present = {c.name: c for c in _children(repository) if not c.name.startswith(".")}
     published = []
     for model in _children(source):
-        for version in _children(model):
-            if not VERSION.fullmatch(version.name):
-                continue
+        if present and model.name not in present:
+            continue
+        folder = present.get(model.name)
+        have = (
+            [int(v.name) for v in _children(folder) if VERSION.fullmatch(v.name)] if folder else []
+        )
+        newest = max(have, default=0)
+        bundled = sorted(int(v.name) for v in _children(model) if VERSION.fullmatch(v.name))
+        for number in (n for n in bundled if n > newest):
             try:
-                publish(repository, model.name, int(version.name), source=version)
+                publish(repository, model.name, number, source=model / str(number))
             except ConfigError:
-                if not (repository / model.name / version.name).is_dir():
+                if not (repository / model.name / str(number)).is_dir():
                     raise
                 continue  # a sibling published it first
-            published.append(f"{model.name}/{version.name}")
+            published.append(f"{model.name}/{number}")
     return published
 
 
