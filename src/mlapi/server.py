@@ -201,8 +201,9 @@ def _check_grpc_port(settings: Settings) -> None:
 
 
 def _seed(settings: Settings) -> None:
-    """MLAPI_SEED_MODELS: an empty MODEL_PATH gets the bundled models, published
-    at once, before any worker scans it."""
+    """MLAPI_SEED_MODELS: the bundled models into MODEL_PATH (all of them when it is
+    empty, else only versions newer than a model's newest; see publish.seed), each
+    published at once, before any worker scans it."""
     from mlapi.repository.publish import seed
     from mlapi.settings import DEFAULT_MODEL_PATH
 
