@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -30,6 +30,14 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     output_names: tuple[str, ...]  # what to compute and return, in order
     binary_outputs: frozenset[str]
+
+
+class CheckedInput(NamedTuple):
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    size: int  # elements of this input
+    elements: int  # elements of the request so far, this input included
 
 
 def loads_json(data: bytes | memoryview) -> Any:
@@ -105,10 +113,46 @@ def _decode_inputs(
             f"binary data is {len(binary)} bytes but the inputs' binary_data_size "
             f"add up to {offset}"
         )
+    check_all_given(inputs, signature)
+    return inputs
+
+
+def check_all_given(inputs: dict[str, np.ndarray], signature: Signature) -> None:
+    """Every input the model declares is there (a dynamic signature takes any)."""
     if not signature.dynamic and len(inputs) != len(signature.inputs):
         missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
         raise BadRequest(f"missing input(s) {missing}")
-    return inputs
+
+
+def check_input(
+    index: int,
+    name: Any,
+    datatype: Any,
+    shape: Any,
+    signature: Signature,
+    elements: int,
+    limits: Limits,
+) -> CheckedInput:
+    """The checks an input gets whatever carries its data (JSON, binary, gRPC): its
+    name, datatype and shape against the signature, and the request's elements so
+    far against the limit."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"inputs[{index}].name must be a non-empty string")
+    spec = signature.input(name)
+    if spec is None and not signature.dynamic:
+        expected = [s.name for s in signature.inputs]
+        raise BadRequest(f"unknown input '{shown(name)}' (the model takes {expected})")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise BadRequest(f"input '{shown(name)}': unknown datatype '{shown(datatype)}'")
+    if spec is not None and datatype != spec.datatype:
+        raise BadRequest(
+            f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
+        )
+    dims = shape_of(name, shape, spec)
+    count = math.prod(dims)
+    elements += count
+    limits.check_elements(name, elements)
+    return CheckedInput(name, datatype, dims, count, elements)
 
 
 def _decode_input(
@@ -127,23 +171,15 @@ def _decode_input(
         raise BadRequest(
             f"unknown field(s) in inputs[{index}]: {sorted(shown(k) for k in unknown)}"
         )
-    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
-    if not isinstance(name, str) or not name:
-        raise BadRequest(f"inputs[{index}].name must be a non-empty string")
-    spec = signature.input(name)
-    if spec is None and not signature.dynamic:
-        expected = [s.name for s in signature.inputs]
-        raise BadRequest(f"unknown input '{shown(name)}' (the model takes {expected})")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise BadRequest(f"input '{shown(name)}': unknown datatype '{shown(datatype)}'")
-    if spec is not None and datatype != spec.datatype:
-        raise BadRequest(
-            f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
-        )
-    dims = shape_of(name, shape, spec)
-    count = math.prod(dims)
-    elements += count
-    limits.check_elements(name, elements)
+    name, datatype, dims, count, elements = check_input(
+        index,
+        item.get("name"),
+        item.get("datatype"),
+        item.get("shape"),
+        signature,
+        elements,
+        limits,
+    )
     parameters = _parameters(item, f"input '{shown(name)}'")
     size = parameters.get("binary_data_size")
     if size is not None:

@@ -11,7 +11,6 @@ the request was raw (tritonclient reads only raw outputs), typed otherwise."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -60,24 +59,9 @@ def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[Inf
     inputs: dict[str, np.ndarray] = {}
     elements = 0
     for index, tensor in enumerate(tensors):
-        name = tensor.name
-        if not name:
-            raise BadRequest(f"inputs[{index}].name must be a non-empty string")
-        spec = signature.input(name)
-        if spec is None and not signature.dynamic:
-            expected = [s.name for s in signature.inputs]
-            raise BadRequest(f"unknown input '{shown(name)}' (the model takes {expected})")
-        datatype = tensor.datatype
-        if datatype not in DATATYPES:
-            raise BadRequest(f"input '{shown(name)}': unknown datatype '{shown(datatype)}'")
-        if spec is not None and datatype != spec.datatype:
-            raise BadRequest(
-                f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
-            )
-        dims = codec.shape_of(name, list(tensor.shape), spec)
-        count = math.prod(dims)
-        elements += count
-        limits.check_elements(name, elements)
+        name, datatype, dims, count, elements = codec.check_input(
+            index, tensor.name, tensor.datatype, list(tensor.shape), signature, elements, limits
+        )
         if name in inputs:
             raise BadRequest(f"input '{shown(name)}' is given more than once")
         if raw:
@@ -87,9 +71,7 @@ def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[Inf
             inputs[name] = codec.array_from_binary(name, datatype, dims, count, chunk, limits)
         else:
             inputs[name] = _from_contents(name, datatype, dims, count, tensor, limits)
-    if not signature.dynamic and len(inputs) != len(signature.inputs):
-        missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
-        raise BadRequest(f"missing input(s) {missing}")
+    codec.check_all_given(inputs, signature)
     wanted = [
         {"name": item.name, "parameters": _parameters(item.parameters)} for item in request.outputs
     ]
