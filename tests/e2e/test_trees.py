@@ -11,6 +11,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from tests.e2e.conftest import Stack, make_stack
+from tests.fixtures.models import v2_request
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +41,7 @@ def test_the_trees_image_serves_xgboost_and_lightgbm(
     stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "300")
     sample = rows[::15]
     for name, model in trained.items():
-        body = {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP64",
-                    "shape": list(sample.shape),
-                    "data": sample.ravel().tolist(),
-                }
-            ]
-        }
+        body = v2_request(sample, "FP64")
         response = httpx.post(f"{stack.url}/v2/models/{name}/infer", json=body, timeout=30)
         assert response.status_code == 200, response.text
         outputs = {o["name"]: o for o in response.json()["outputs"]}

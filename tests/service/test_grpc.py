@@ -21,7 +21,12 @@ from tritonclient.utils import InferenceServerException
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.conftest import free_port, wait_for
 from tests.fixtures.grpc import INFER, infer, raw_request, status_of, stub, triton_client
-from tests.fixtures.models import DEFAULT_ONNX, write_broken_onnx, write_onnx_classifier
+from tests.fixtures.models import (
+    DEFAULT_ONNX,
+    v2_request,
+    write_broken_onnx,
+    write_onnx_classifier,
+)
 from tests.service import test_metrics
 
 Start = Callable[..., TestClient]
@@ -291,7 +296,7 @@ def test_grpc_requests_are_counted_with_their_protocol(serve_app: Start) -> None
             infer(triton, "iris", ROWS, "FP32")
         with pytest.raises(InferenceServerException):
             infer(triton, "iris", ROWS[:, :3].copy(), "FP32")
-    assert client.post("/v2/models/iris/infer", json=_v2_json()).status_code == 200
+    assert client.post("/v2/models/iris/infer", json=v2_request(ROWS)).status_code == 200
     found = test_metrics.samples(client)
 
     def count(outcome: str, protocol: str) -> float:
@@ -300,11 +305,3 @@ def test_grpc_requests_are_counted_with_their_protocol(serve_app: Start) -> None
 
     assert count("ok", "grpc") == 3 and count("bad_request", "grpc") == 1
     assert count("ok", "http") == 1 and count("bad_request", "http") == 0
-
-
-def _v2_json() -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": "input", "datatype": "FP32", "shape": [2, 4], "data": ROWS.ravel().tolist()}
-        ]
-    }

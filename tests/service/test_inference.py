@@ -15,7 +15,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlapi.settings import DEFAULT_MODEL_PATH
-from tests.fixtures.models import DEFAULT_ONNX, write_onnx_classifier, write_skops_classifier
+from tests.fixtures.models import (
+    DEFAULT_ONNX,
+    v2_request,
+    write_onnx_classifier,
+    write_skops_classifier,
+)
 
 Start = Callable[..., TestClient]
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], np.float32)
@@ -27,28 +32,14 @@ def _reference(path: Path, rows: np.ndarray) -> dict[str, Any]:
     return dict(zip(names, session.run(names, {session.get_inputs()[0].name: rows}), strict=True))
 
 
-def _v2(rows: np.ndarray, name: str = "input", **extra: Any) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {
-                "name": name,
-                "datatype": "FP32",
-                "shape": list(rows.shape),
-                "data": rows.ravel().tolist(),
-            }
-        ],
-        **extra,
-    }
-
-
 def _assert_serving(client: TestClient) -> None:
-    response = client.post("/v2/models/iris/infer", json=_v2(ROWS[:1]))
+    response = client.post("/v2/models/iris/infer", json=v2_request(ROWS[:1]))
     assert response.status_code == 200, response.text
 
 
 def test_v2_json_infer_equals_onnxruntime(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH)
-    response = client.post("/v2/models/iris/infer", json=_v2(ROWS, id="abc"))
+    response = client.post("/v2/models/iris/infer", json=v2_request(ROWS, id="abc"))
     assert response.status_code == 200
     body = response.json()
     expected = _reference(DEFAULT_ONNX, ROWS)
@@ -61,7 +52,7 @@ def test_v2_json_infer_equals_onnxruntime(serve_app: Start) -> None:
         expected["probabilities"],
         rtol=1e-6,
     )
-    versioned = client.post("/v2/models/iris/versions/1/infer", json=_v2(ROWS)).json()
+    versioned = client.post("/v2/models/iris/versions/1/infer", json=v2_request(ROWS)).json()
     assert "id" not in versioned
     assert versioned["outputs"] == body["outputs"]
 
@@ -69,14 +60,18 @@ def test_v2_json_infer_equals_onnxruntime(serve_app: Start) -> None:
 def test_v2_requests_without_content_type_are_read_as_json(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH)
     response = client.post(
-        "/v2/models/iris/infer", content=orjson.dumps(_v2(ROWS)), headers={"content-type": ""}
+        "/v2/models/iris/infer",
+        content=orjson.dumps(v2_request(ROWS)),
+        headers={"content-type": ""},
     )
     assert response.status_code == 200
 
 
 def test_output_selection_and_binary_outputs(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH)
-    request = _v2(ROWS, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}])
+    request = v2_request(
+        ROWS, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}]
+    )
     response = client.post("/v2/models/iris/infer", json=request)
     assert response.status_code == 200
     length = int(response.headers["inference-header-content-length"])
@@ -123,7 +118,7 @@ def test_onnx_model_without_config_and_skops_model(serve_app: Start, tmp_path: P
     rows = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
     meta = client.get("/v2/models/fresh").json()
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 8]}]
-    body = client.post("/v2/models/fresh/infer", json=_v2(rows, name="features")).json()
+    body = client.post("/v2/models/fresh/infer", json=v2_request(rows, name="features")).json()
     expected = _reference(onnx_path, rows)
     by_name = {o["name"]: o["data"] for o in body["outputs"]}
     assert by_name["label"] == expected["label"].tolist()
@@ -162,24 +157,26 @@ def test_api_key_guards_inference_but_not_health(serve_app: Start) -> None:
         {"x-api-key": "s3cret-keyX"},
         {"authorization": "Basic czNjcmV0LWtleQ=="},
     ):
-        response = client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=headers)
+        response = client.post("/v2/models/iris/infer", json=v2_request(ROWS), headers=headers)
         assert response.status_code == 401
         assert "error" in response.json() and "s3cret" not in response.text
     assert client.post("/v2/repository/index").status_code == 401
     assert client.get("/v2/models/iris").status_code == 401
     ok_bearer = client.post(
-        "/v2/models/iris/infer", json=_v2(ROWS), headers={"authorization": "Bearer s3cret-key"}
+        "/v2/models/iris/infer",
+        json=v2_request(ROWS),
+        headers={"authorization": "Bearer s3cret-key"},
     )
     ok_header = client.post(
-        "/v2/models/iris/infer", json=_v2(ROWS), headers={"x-api-key": "s3cret-key"}
+        "/v2/models/iris/infer", json=v2_request(ROWS), headers={"x-api-key": "s3cret-key"}
     )
     assert ok_bearer.status_code == ok_header.status_code == 200
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
-    ("POST", "/v2/models/nope/infer", {"json": _v2(ROWS)}, 404),
-    ("POST", "/v2/models/iris/versions/9/infer", {"json": _v2(ROWS)}, 404),
-    ("POST", "/v2/models/iris/versions/x/infer", {"json": _v2(ROWS)}, 404),
+    ("POST", "/v2/models/nope/infer", {"json": v2_request(ROWS)}, 404),
+    ("POST", "/v2/models/iris/versions/9/infer", {"json": v2_request(ROWS)}, 404),
+    ("POST", "/v2/models/iris/versions/x/infer", {"json": v2_request(ROWS)}, 404),
     ("GET", "/v2/models/nope", {}, 404),
     ("GET", "/nope", {}, 404),
     ("GET", "/v2/models/iris/infer", {}, 405),
@@ -195,7 +192,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("POST", "/v2/models/iris/infer", {"content": b"null"}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"[]"}, 400),
     ("POST", "/v2/models/iris/infer", {"content": b"[" * 100_000}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS, name="wrong")}, 400),
+    ("POST", "/v2/models/iris/infer", {"json": v2_request(ROWS, name="wrong")}, 400),
     (
         "POST",
         "/v2/models/iris/infer",
@@ -254,8 +251,8 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
         },
         400,
     ),
-    ("POST", "/v2/models/iris/infer", {"json": {**_v2(ROWS), "surprise": True}}, 400),
-    ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS, outputs=[{"name": "nope"}])}, 400),
+    ("POST", "/v2/models/iris/infer", {"json": {**v2_request(ROWS), "surprise": True}}, 400),
+    ("POST", "/v2/models/iris/infer", {"json": v2_request(ROWS, outputs=[{"name": "nope"}])}, 400),
     (
         "POST",
         "/v2/models/iris/infer",
@@ -347,7 +344,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
         assert sent[0]["status"] == 413, sent
         assert b"MLAPI_MAX_BODY_BYTES" in sent[1]["body"]
         assert asked == 0, f"{path}: the body was read before the 413"
-    big = orjson.dumps(_v2(np.ones((400, 4), np.float32)))
+    big = orjson.dumps(v2_request(np.ones((400, 4), np.float32)))
     assert len(big) > 4096
     response = client.post("/v2/models/iris/infer", content=big)  # and when it was sent
     assert response.status_code == 413 and "MLAPI_MAX_BODY_BYTES" in response.json()["error"]
@@ -360,7 +357,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
     assert response.status_code == 413
     small = client.post(
         "/v2/models/iris/infer",
-        content=gzip.compress(orjson.dumps(_v2(ROWS))),
+        content=gzip.compress(orjson.dumps(v2_request(ROWS))),
         headers={"content-encoding": "gzip"},
     )
     assert small.status_code == 200
@@ -369,16 +366,21 @@ def test_body_over_the_limit_is_413_before_it_is_read(serve_app: Start) -> None:
 def test_every_credential_presented_must_be_right(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH, API_KEY="s3cret-key")
     mixed = {"x-api-key": "s3cret-key", "authorization": "Bearer wrong"}
-    assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=mixed).status_code == 401
+    assert (
+        client.post("/v2/models/iris/infer", json=v2_request(ROWS), headers=mixed).status_code
+        == 401
+    )
     both = {"x-api-key": "s3cret-key", "authorization": "Bearer s3cret-key"}
-    assert client.post("/v2/models/iris/infer", json=_v2(ROWS), headers=both).status_code == 200
+    assert (
+        client.post("/v2/models/iris/infer", json=v2_request(ROWS), headers=both).status_code == 200
+    )
 
 
 def test_oversized_headers_are_431_on_the_infer_path_and_elsewhere(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH, MLAPI_MAX_HEADER_BYTES=2048)
     big = {"x-padding": "a" * 4096}
     for method, path, kwargs in (
-        ("POST", "/v2/models/iris/infer", {"json": _v2(ROWS)}),
+        ("POST", "/v2/models/iris/infer", {"json": v2_request(ROWS)}),
         ("GET", "/v2/models/iris", {}),
     ):
         response = client.request(method, path, headers=big, **kwargs)

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from tests.conftest import free_port
 from tests.fixtures.grpc import infer, triton_client
+from tests.fixtures.models import v2_request
 
 Start = Callable[..., TestClient]
 
@@ -71,17 +72,7 @@ CASES = [
 
 
 def _infer(client: TestClient, rows: np.ndarray) -> dict[str, Any]:
-    body = {
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": "FP64",
-                "shape": list(rows.shape),
-                "data": rows.ravel().tolist(),
-            }
-        ]
-    }
-    response = client.post("/v2/models/m/infer", json=body)
+    response = client.post("/v2/models/m/infer", json=v2_request(rows, "FP64"))
     assert response.status_code == 200, response.text
     return {o["name"]: o for o in response.json()["outputs"]}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -84,11 +84,11 @@ class InferenceService:
 
     # ----- who may call ----------------------------------------------------------
     def guarded(self, handler: Handler) -> Handler:
-        return _wrapped(handler, lambda context: _authenticate(self.ctx.auth, context))
+        return _wrapped(handler, lambda context: _authenticate(self.ctx.auth, _metadata(context)))
 
     def admin(self, handler: Handler) -> Handler:
         def check(context: Context) -> None:
-            _authenticate(self.ctx.admin_auth, context)
+            _authenticate(self.ctx.admin_auth, _metadata(context))
             repository.check_enabled(self.ctx.settings)
 
         return _wrapped(handler, check)
@@ -123,11 +123,11 @@ class InferenceService:
         """As the HTTP fast path: resolve, admit, count in flight, decode, infer,
         encode; every request is counted once, however it ends."""
         ctx = self.ctx
-        metadata = context.invocation_metadata() or ()
+        metadata = _metadata(context)
         request_id = next((str(v) for k, v in metadata if k == "x-request-id"), None)
         tracked = ctx.tracking.begin(request.model_name, "gRPC", _INFER, request_id, "grpc")
         try:
-            _authenticate(ctx.auth, context)
+            _authenticate(ctx.auth, metadata)
             model = self.registry.get(request.model_name, request.model_version or None)
             tracked.resolved(model)
             model.admit()
@@ -195,10 +195,13 @@ def _wrapped(handler: Handler, check: Callable[[Context], None]) -> Handler:
     return call
 
 
-def _authenticate(auth: Authenticator | None, context: Context) -> None:
+def _metadata(context: Context) -> Sequence[tuple[str, str | bytes]]:
+    return tuple(context.invocation_metadata() or ())
+
+
+def _authenticate(auth: Authenticator | None, metadata: Sequence[tuple[str, str | bytes]]) -> None:
     if auth is None:
         return
-    metadata = context.invocation_metadata() or ()
     pairs = ((key.encode("latin-1"), _value(value)) for key, value in metadata)
     auth.check_values(*credentials(pairs))
 
