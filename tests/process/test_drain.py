@@ -35,6 +35,28 @@ def _body(value: float, rows: int = 2000) -> dict[str, object]:
     return {"inputs": [{"name": "x", "datatype": "FP64", "shape": [rows], "data": [value] * rows}]}
 
 
+def sigterm_under_load(
+    server: Server, call: Callable[[float], None], not_ready: Callable[[], bool], what: str
+) -> float:
+    """``call`` 40 times at once on the slow model (about 2 s of work), SIGTERM once 4
+    are in flight, wait for ``not_ready()``, then 8 more calls in the grace period;
+    returns when every call has returned. The time of the signal."""
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        for i in range(40):
+            pool.submit(call, float(i))
+        wait_for(
+            lambda: metric(server, 'mlapi_inflight_requests{model="slow"') >= 4,
+            timeout_s=10,
+            what="requests in flight",
+        )
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(not_ready, timeout_s=2, what=f"{what} after SIGTERM")
+        for i in range(40, 48):  # still accepting during the grace period
+            pool.submit(call, float(i))
+    return signalled
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_drains_every_accepted_request_and_exits_0(
     start_server: Callable[..., Server], tmp_path: Path, workers: str
@@ -56,24 +78,9 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(
         with lock:
             results.append((response.status_code, value, data[:1]))
 
-    with ThreadPoolExecutor(max_workers=48) as pool:
-        for i in range(40):  # 40 x 50 ms of work: about 2 s to drain
-            pool.submit(call, float(i))
-        wait_for(
-            lambda: metric(server, 'mlapi_inflight_requests{model="slow"') >= 4,
-            timeout_s=10,
-            what="requests in flight",
-        )
-        signalled = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        wait_for(
-            lambda: status_of(server.url + "/health") == 503,
-            timeout_s=2,
-            what="readiness 503 after SIGTERM",
-        )
-        # still accepting during the grace period
-        for i in range(40, 48):
-            pool.submit(call, float(i))
+    signalled = sigterm_under_load(
+        server, call, lambda: status_of(server.url + "/health") == 503, "readiness 503"
+    )
     exit_code = server.process.wait(timeout=40)
     elapsed = time.monotonic() - signalled
     assert exit_code == 0, server.log()

@@ -5,11 +5,9 @@ port, a port already taken, and gRPC turned off."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from tests.conftest import free_port, wait_for
 from tests.fixtures.grpc import infer, stub
 from tests.fixtures.models import write_python_model
 from tests.process.conftest import MLAPI, Server, base_env, metric
-from tests.process.test_drain import SLOW_MODEL, SLOW_TOML
+from tests.process.test_drain import SLOW_MODEL, SLOW_TOML, sigterm_under_load
 
 pytestmark = pytest.mark.process
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
@@ -82,23 +80,12 @@ def test_sigterm_answers_every_accepted_grpc_call_and_exits_0(
             results.append((outcome, value, first))
 
     try:
-        with ThreadPoolExecutor(max_workers=48) as pool:
-            for i in range(40):  # 40 x 50 ms of work: about 2 s to drain
-                pool.submit(call, float(i))
-            wait_for(
-                lambda: metric(server, 'mlapi_inflight_requests{model="slow"') >= 4,
-                timeout_s=10,
-                what="calls in flight",
-            )
-            server.process.send_signal(signal.SIGTERM)
-            with stub(server.grpc) as calls:
-                wait_for(
-                    lambda: not calls.ServerReady(service_pb2.ServerReadyRequest()).ready,
-                    timeout_s=2,
-                    what="ServerReady false after SIGTERM",
-                )
-            for i in range(40, 48):  # still accepted during the grace period
-                pool.submit(call, float(i))
+        with stub(server.grpc) as calls:
+
+            def not_ready() -> bool:
+                return not calls.ServerReady(service_pb2.ServerReadyRequest()).ready
+
+            sigterm_under_load(server, call, not_ready, "ServerReady false")
         exit_code = server.process.wait(timeout=40)
     finally:
         client.close()
