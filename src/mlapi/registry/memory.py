@@ -104,10 +104,12 @@ class MemoryBudget:
         """(bytes one copy needs, where that figure comes from)."""
         if config.memory_mb is not None:
             return int(config.memory_mb * MIB), "memory_mb in model.toml"
+        size = sum(path.stat().st_size for path in manifest.files_of(folder))
         measured = self._measured().get(fingerprint)
         if isinstance(measured, int) and measured > 0:
-            return measured, "measured at its last load"
-        size = sum(path.stat().st_size for path in manifest.files_of(folder))
+            # A load can reuse memory the allocator kept from an earlier one, so its
+            # growth may read low; a model holds at least what its files hold.
+            return max(measured, size), "measured at its last load"
         return max(2 * size, MIB), "twice its files"
 
     def check(self, folder: Path, config: ModelConfig, fingerprint: str) -> None:

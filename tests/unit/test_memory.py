@@ -1,0 +1,140 @@
+"""The memory check before a version loads (issue 9): where the limit and the use
+come from (cgroup v2, cgroup v1, the host, MLAPI_MEMORY_LIMIT), what a version
+needs (memory_mb, the last measurement, its files), and the refusal's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlapi.errors import ConfigError, InsufficientMemory
+from mlapi.registry import memory
+from mlapi.registry.memory import MIB, MemoryBudget
+from mlapi.repository.config import ModelConfig, parse
+from mlapi.settings import load_settings
+
+V1_UNLIMITED = "9223372036854771712"  # what cgroup v1 writes when no limit is set
+
+
+def _files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cgroup_v2_limit_and_use_without_reclaimable_cache(tmp_path: Path) -> None:
+    root = _files(
+        tmp_path,
+        {
+            "memory.max": "536870912\n",
+            "memory.current": str(300 * MIB) + "\n",
+            "memory.stat": f"anon {200 * MIB}\nfile {100 * MIB}\ninactive_file {80 * MIB}\n",
+        },
+    )
+    assert memory.cgroup_limit(root) == 512 * MIB
+    assert memory.cgroup_used(root) == 220 * MIB
+
+
+def test_cgroup_v1_limit_and_use(tmp_path: Path) -> None:
+    root = _files(
+        tmp_path,
+        {
+            "memory/memory.limit_in_bytes": str(1 << 30),
+            "memory/memory.usage_in_bytes": str(400 * MIB),
+            "memory/memory.stat": f"cache 1\ntotal_inactive_file {150 * MIB}\n",
+        },
+    )
+    assert memory.cgroup_limit(root) == 1 << 30
+    assert memory.cgroup_used(root) == 250 * MIB
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"memory.max": "max\n"},
+        {"memory/memory.limit_in_bytes": V1_UNLIMITED},
+        {},
+    ],
+    ids=["v2 max", "v1 unlimited", "no cgroup files"],
+)
+def test_no_cgroup_limit_is_none(tmp_path: Path, files: dict[str, str]) -> None:
+    assert memory.cgroup_limit(_files(tmp_path, files)) is None
+
+
+def test_the_host_is_total_less_available(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  4194304 kB\nMemFree: 1 kB\nMemAvailable:  1048576 kB\n")
+    assert memory.host_memory(meminfo) == (4 << 30, 3 << 30)
+
+
+def _version(tmp_path: Path, size: int) -> Path:
+    folder = tmp_path / "m" / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"\0" * size)
+    return folder
+
+
+def test_what_a_version_needs_memory_mb_then_the_last_measurement_then_its_files(
+    tmp_path: Path,
+) -> None:
+    folder = _version(tmp_path, 3 * MIB)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    budget = MemoryBudget(None, workers=1, cache_dir=cache)
+    assert budget.need(folder, ModelConfig(), "abc") == (6 * MIB, "twice its files")
+    budget.remember("abc", 10 * MIB)
+    # the measurement is kept in the cache folder: a restarted server reads it
+    again = MemoryBudget(None, workers=1, cache_dir=cache)
+    assert again.need(folder, ModelConfig(), "abc") == (10 * MIB, "measured at its last load")
+    assert again.need(folder, ModelConfig(), "other files")[1] == "twice its files"
+    # a load that reused freed memory reads low: never less than the files
+    again.remember("abc", 1 * MIB)
+    assert again.need(folder, ModelConfig(), "abc") == (3 * MIB, "measured at its last load")
+    declared = parse({"memory_mb": 700})
+    assert again.need(folder, declared, "abc") == (700 * MIB, "memory_mb in model.toml")
+
+
+def test_a_version_that_does_not_fit_is_refused_with_both_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 100 * MIB)
+    folder = _version(tmp_path, 1)
+    budget = MemoryBudget(1 << 30, workers=2, cache_dir=None)
+    # 1024 MiB less 2 x 100 in use less 64 kept free: 760 MiB left for 2 copies
+    budget.check(folder, parse({"memory_mb": 380}), "")
+    with pytest.raises(InsufficientMemory) as refused:
+        budget.check(folder, parse({"memory_mb": 381}), "")
+    message = str(refused.value)
+    assert "needs about 762 MiB (2 workers x 381 MiB), from memory_mb in model.toml" in message
+    assert "760 MiB is left under the memory limit of 1,024 MiB" in message
+    assert "(200 MiB in use, 64 MiB kept free)" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("536870912", 512 * MIB),
+        ("512m", 512 * MIB),
+        ("2g", 2 << 30),
+        ("1.5G", 3 << 29),
+        ("256MiB", 256 * MIB),
+        ("", None),
+    ],
+)
+def test_the_memory_limit_setting_takes_sizes(
+    monkeypatch: pytest.MonkeyPatch, text: str, size: int | None
+) -> None:
+    monkeypatch.setenv("MLAPI_MEMORY_LIMIT", text)
+    assert load_settings(env_file=None).memory_limit == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-1g", "2 gigabytes", "0"])
+def test_a_memory_limit_that_is_not_a_size_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("MLAPI_MEMORY_LIMIT", text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert "MLAPI_MEMORY_LIMIT" in str(caught.value) and "\n" not in str(caught.value)
