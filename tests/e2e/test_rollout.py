@@ -241,6 +241,6 @@ def test_publishing_versions_into_the_production_deployment(
     assert 'mlapi_model_rollouts_total{model="iris",outcome="rolled_back"}' in metrics
     print(f"version 6 failed {len(failed)} requests before every replica rolled back")
     print(
-        f"publish -> both replicas serving version 2 alone: {swap_s:.1f} s, "
-        f"{len(answers)} requests, all 200"
+        f"publish -> both replicas serving version 2 alone: {swap_s:.1f} s; "
+        f"{len(answers)} requests in the test, the {len(failed)} failed ones all version 6's"
     )
