@@ -50,7 +50,10 @@ RUN --mount=type=secret,id=pip_ca \
 # front reads its messages with), numpy's C headers and
 # test-only extension modules (not f2py: `from numpy import *` imports it),
 # pydantic's v1 copy, type stubs, Cython sources, and pip's RECORD files (nothing
-# uninstalls here: pip is gone).
+# uninstalls here: pip is gone). And onnxruntime's C-API library (35 MB): the wheel
+# ships it for C programs; its Python module has the runtime built in and never loads
+# it, nor does any provider library beside it (CUDA's included, in onnxruntime-gpu
+# 1.31); removed only while none of them links it, as readelf shows.
 FROM builder AS venv-prod
 # The libraries' debug symbols (uvloop alone carries 10 MB) go with binutils' strip;
 # not the libraries auditwheel vendored (*.libs/): patchelf laid them out so that
@@ -72,6 +75,9 @@ RUN apt-get update -qq; \
         "$site"/onnxruntime/backend "$site"/numpy/distutils \
         "$site"/numpy/_core/include "$site"/numpy/_core/_simd.* \
         "$site"/numpy/_core/_*_tests.* "$site"/pydantic/v1; \
+    capi="$site"/onnxruntime/capi; \
+    linked=$(find "$capi" -name '*.so*' -not -name 'libonnxruntime.so*' -exec readelf -d {} +); \
+    case "$linked" in *"[libonnxruntime.so"*) ;; *) rm -f "$capi"/libonnxruntime.so*;; esac; \
     find /opt/venv/lib -type d -name tests -prune -exec rm -rf {} +; \
     find /opt/venv/lib -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \
         -o -name '*.c' -o -name '*.h' -o -name RECORD \) -delete
