@@ -48,7 +48,7 @@ bench: $(VENV)/.installed-test
 	bench/setup_peers.sh
 	$(BIN)/python bench/run.py
 
-# After a change to src/mlapi/rpc/inference.proto: its compiled descriptor.
+# After a change to a .proto in src/mlapi/rpc: their compiled descriptors.
 proto: $(VENV)/.installed-test
 	$(BIN)/python scripts/make_proto.py
 

@@ -19,7 +19,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until, write_api_key
-from tests.fixtures.grpc import infer, triton_client
+from tests.fixtures.grpc import health_of, health_stub, infer, triton_client
 from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -236,6 +236,8 @@ def _grpc_through_the_proxy(stack: Stack, key: str, replica_ips: set[str]) -> No
         for _ in range(40):  # each call a new HTTP/2 stream; nginx picks the replica
             answer = infer(client, "iris", rows, "FP32", headers={"authorization": f"Bearer {key}"})
             assert answer.as_numpy("label").tolist() == [b"setosa"]
+    with health_stub(address) as health:  # the standard health service, no key
+        assert health_of(health, "") == "SERVING"
     proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
     served_by = set(re.findall(r"upstream=([0-9.]+):8001", proxy_log))
     assert served_by == replica_ips, (served_by, replica_ips)

@@ -1,23 +1,27 @@
 """gRPC on `mlapi serve` as users start it: SIGTERM with calls in flight (every
-accepted call answered, readiness false at once, exit 0), every worker on the one
-port, a port already taken, and gRPC turned off."""
+accepted call answered, readiness false at once, exit 0) and with a health Watch
+open, every worker on the one port, a port already taken, and gRPC turned off."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.conftest import free_port, wait_for
-from tests.fixtures.grpc import infer, stub
+from tests.fixtures.grpc import health_of, health_stub, infer, stub
 from tests.fixtures.models import write_python_model
 from tests.process.conftest import MLAPI, Server, base_env, metric
 from tests.process.test_drain import SLOW_MODEL, SLOW_TOML, sigterm_under_load
@@ -142,3 +146,48 @@ def test_grpc_port_0_turns_it_off(start_server: Callable[..., Server]) -> None:
     assert with_grpc.grpc is not None
     ports = {int(with_grpc.url.rsplit(":", 1)[1]), int(with_grpc.grpc.rsplit(":", 1)[1])}
     assert _listening_ports(with_grpc.process.pid) == ports
+
+
+def test_health_turns_not_serving_at_sigterm_and_an_open_watch_never_holds_the_stop(
+    start_server: Callable[..., Server],
+) -> None:
+    """A balancer watching grpc.health.v1 sees NOT_SERVING within the drain grace (so
+    it moves away before the port closes), and its stream ends when the port closes:
+    the server exits long before MLAPI_SHUTDOWN_TIMEOUT_S."""
+    server = start_server(
+        grpc=True,
+        MODEL_PATH=str(DEFAULT_MODEL_PATH),
+        MLAPI_DRAIN_GRACE_S="2",
+        MLAPI_SHUTDOWN_TIMEOUT_S="30",
+    )
+    assert server.grpc is not None
+    seen: list[tuple[str, float]] = []
+    ended: list[str] = []
+    with health_stub(server.grpc) as health:
+        assert health_of(health, "") == "SERVING"
+        stream = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+
+        def read() -> None:
+            try:
+                for answer in stream:
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                    seen.append((name, time.monotonic()))
+                ended.append("OK")
+            except grpc.RpcError as exc:
+                ended.append(exc.code().name)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: len(seen) == 1, what="the first status")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: len(seen) == 2, timeout_s=2, what="NOT_SERVING streamed")
+        assert health_of(health, "") == "NOT_SERVING"  # still accepting, in the grace
+        exit_code = server.process.wait(timeout=25)
+        stopped_after = time.monotonic() - signalled
+        reader.join(timeout=10)
+    assert exit_code == 0, server.log()
+    assert [name for name, _ in seen] == ["SERVING", "NOT_SERVING"]
+    assert seen[1][1] - signalled < 1.5  # before the 2 s grace ends
+    assert ended == ["OK"]  # the stream ended as a stream ends, not cut off
+    assert stopped_after < 10, f"stopped {stopped_after:.1f}s after SIGTERM"

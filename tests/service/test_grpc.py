@@ -2,10 +2,12 @@
 against the default model and fresh ONNX models (answers equal onnxruntime's for
 batch 1..64), typed contents both ways, metadata and readiness, the repository
 calls, the API and admin keys, hostile requests (the right status code, and the
-server keeps serving), and the metrics' protocol label."""
+server keeps serving), the metrics' protocol label, and the standard health
+service with grpc's own client."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,23 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from grpc_health.v1 import health_pb2
 from starlette.testclient import TestClient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.conftest import free_port, wait_for
-from tests.fixtures.grpc import INFER, infer, raw_request, status_of, stub, triton_client
+from tests.fixtures.grpc import (
+    INFER,
+    health_of,
+    health_stub,
+    infer,
+    raw_request,
+    status_of,
+    stub,
+    triton_client,
+)
 from tests.fixtures.models import (
     DEFAULT_ONNX,
     v2_request,
@@ -270,17 +282,22 @@ def test_hostile_requests_get_the_right_status_and_the_server_keeps_serving(
         assert len(calls.ModelInfer(_request()).raw_output_contents) == 2
 
 
-def test_bytes_that_are_not_a_message_and_messages_over_the_limit(serve_app: Start) -> None:
-    client, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH, MLAPI_MAX_BODY_BYTES=4096)
+def _garbage_is_invalid_argument(address: str, method: str, message: str) -> None:
+    """Bytes that do not parse as ``message``, sent to ``method``: INVALID_ARGUMENT."""
     channel = grpc.insecure_channel(address)
     try:
-        raw_call = channel.unary_unary(INFER)  # bytes in, bytes out
+        raw_call = channel.unary_unary(method)  # bytes in, bytes out
         with pytest.raises(grpc.RpcError) as garbage:
             raw_call(b"\xff\xff\xff\xff\x0f")
         assert garbage.value.code() == Code.INVALID_ARGUMENT
-        assert "ModelInferRequest" in garbage.value.details()
+        assert message in garbage.value.details()
     finally:
         channel.close()
+
+
+def test_bytes_that_are_not_a_message_and_messages_over_the_limit(serve_app: Start) -> None:
+    client, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH, MLAPI_MAX_BODY_BYTES=4096)
+    _garbage_is_invalid_argument(address, INFER, "ModelInferRequest")
     big = raw_request("iris", np.zeros((300, 4), np.float32))  # 4.8 KB of tensor
     with stub(address) as calls:
         assert status_of(lambda: calls.ModelInfer(big)) == Code.RESOURCE_EXHAUSTED
@@ -305,3 +322,69 @@ def test_grpc_requests_are_counted_with_their_protocol(serve_app: Start) -> None
 
     assert count("ok", "grpc") == 3 and count("bad_request", "grpc") == 1
     assert count("ok", "http") == 1 and count("bad_request", "http") == 0
+
+
+def test_the_standard_health_service_answers_as_health_does(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    """grpc.health.v1 with grpc's own client: the server ("" and the inference
+    service) is SERVING only when /health is 200, a model by its name, an unknown
+    name NOT_FOUND, no key needed; List names them all."""
+    import shutil
+
+    shutil.copytree(DEFAULT_MODEL_PATH / "iris", tmp_path / "iris")
+    write_broken_onnx(tmp_path, "broken")
+    client, address = serve_grpc(serve_app, tmp_path, wait_ready=False, API_KEY="k-1")
+    wait_for(lambda: client.get("/health").status_code == 503, what="broken settled")
+    with health_stub(address) as health:
+        wait_for(lambda: health_of(health, "iris") == "SERVING", what="iris serving")
+        assert health_of(health, "") == "NOT_SERVING"  # a model that should serve does not
+        assert health_of(health, "inference.GRPCInferenceService") == "NOT_SERVING"
+        assert health_of(health, "broken") == "NOT_SERVING"
+        assert status_of(lambda: health_of(health, "nope")) == Code.NOT_FOUND
+        listed = health.List(health_pb2.HealthListRequest(), timeout=5).statuses
+        assert {name: status.status for name, status in listed.items()} == {
+            "": health_pb2.HealthCheckResponse.NOT_SERVING,
+            "inference.GRPCInferenceService": health_pb2.HealthCheckResponse.NOT_SERVING,
+            "iris": health_pb2.HealthCheckResponse.SERVING,
+            "broken": health_pb2.HealthCheckResponse.NOT_SERVING,
+        }
+    # once the broken model is gone, the server serves
+    admin = {"x-api-key": "k-1"}
+    assert client.post("/v2/repository/models/broken/unload", headers=admin).status_code == 200
+    assert client.get("/health").status_code == 200
+    with health_stub(address) as health:
+        assert health_of(health, "") == "SERVING"
+        assert health_of(health, "broken") == "NOT_SERVING"  # known, unloaded
+    _garbage_is_invalid_argument(address, "/grpc.health.v1.Health/Check", "HealthCheckRequest")
+
+
+def test_health_watch_streams_each_change(serve_app: Start) -> None:
+    client, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH)
+    seen: list[str] = []
+    with health_stub(address) as health:
+        stream = health.Watch(health_pb2.HealthCheckRequest(service="iris"), timeout=30)
+        unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=30)
+
+        def read() -> None:
+            try:
+                for answer in stream:
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+            except grpc.RpcError as exc:  # the cancel at the end
+                assert exc.code() == Code.CANCELLED, exc
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            first = next(iter(unknown))
+            assert first.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown.cancel()
+            wait_for(lambda: seen == ["SERVING"], what="the first status at once")
+            assert client.post("/v2/repository/models/iris/unload").status_code == 200
+            wait_for(lambda: seen == ["SERVING", "NOT_SERVING"], what="the unload streamed")
+            assert client.post("/v2/repository/models/iris/load").status_code == 200
+            wait_for(lambda: seen[-1] == "SERVING", what="the load streamed")
+            assert seen == ["SERVING", "NOT_SERVING", "SERVING"]  # each change once
+        finally:
+            stream.cancel()
+            reader.join(timeout=10)

@@ -1,6 +1,7 @@
-"""The gRPC messages and codec: the committed descriptor is what the .proto compiles
-to, its messages are field for field those tritonclient speaks, and every datatype
-goes through typed contents and raw buffers both ways with its range checked."""
+"""The gRPC messages and codec: the committed descriptors are what the .proto files
+compile to, their messages are field for field those tritonclient and grpc's own
+health client speak, and every datatype goes through typed contents and raw buffers
+both ways with its range checked."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
 from mlapi.api.codec import to_binary
@@ -38,6 +40,8 @@ def _fields(descriptor: object) -> dict[str, object]:
         shape[field.name] = (field.number, kind, field.is_repeated)
     for nested in descriptor.nested_types:  # type: ignore[attr-defined]
         shape[nested.name] = _fields(nested)
+    for enum in descriptor.enum_types:  # type: ignore[attr-defined]
+        shape[enum.name] = [(value.name, value.number) for value in enum.values]
     return shape
 
 
@@ -65,6 +69,20 @@ def test_the_service_path_is_the_protocols() -> None:
     theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert theirs.full_name == messages.SERVICE
     assert set(messages.method_names()) <= {m.name for m in theirs.methods}
+
+
+@pytest.mark.parametrize(
+    "name", ["HealthCheckRequest", "HealthCheckResponse", "HealthListRequest", "HealthListResponse"]
+)
+def test_health_messages_match_grpcs_own_field_for_field(name: str) -> None:
+    ours = messages.message_class(name, "grpc.health.v1")
+    assert _fields(ours.DESCRIPTOR) == _fields(health_pb2.DESCRIPTOR.message_types_by_name[name])
+
+
+def test_the_health_service_is_the_standards() -> None:
+    theirs = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    assert theirs.full_name == messages.HEALTH_SERVICE
+    assert set(messages.method_names(messages.HEALTH_SERVICE)) == {m.name for m in theirs.methods}
 
 
 def _dynamic() -> Signature:

@@ -1,9 +1,10 @@
 # ruff: noqa: E501
-"""The compiled descriptor of inference.proto (a serialized FileDescriptorProto).
-Written by scripts/make_proto.py from the .proto beside it: do not edit."""
+"""The compiled descriptors of inference.proto and health.proto (each a serialized
+FileDescriptorProto). Written by scripts/make_proto.py from the .proto files beside
+it: do not edit."""
 
 # fmt: off
-FILE_DESCRIPTOR = (
+INFERENCE_DESCRIPTOR = (
     b'\n\x19mlapi/rpc/inference.proto\x12\tinference"\x13\n\x11ServerLiveRequest"'
     b'(\n\x12ServerLiveResponse\x12\x12\n\x04live\x18\x01 \x01(\x08R\x04live"\x14\n\x12ServerReadyRequ'
     b'est"+\n\x13ServerReadyResponse\x12\x14\n\x05ready\x18\x01 \x01(\x08R\x05ready"A\n\x11ModelRea'
@@ -90,4 +91,20 @@ FILE_DESCRIPTOR = (
     b'adResponse"\x00\x12l\n\x15RepositoryModelUnload\x12\'.inference.Repository'
     b'ModelUnloadRequest\x1a(.inference.RepositoryModelUnloadResponse'
     b'"\x00b\x06proto3'
+)
+
+HEALTH_DESCRIPTOR = (
+    b'\n\x16mlapi/rpc/health.proto\x12\x0egrpc.health.v1".\n\x12HealthCheckReque'
+    b'st\x12\x18\n\x07service\x18\x01 \x01(\tR\x07service"\xb1\x01\n\x13HealthCheckResponse\x12I\n\x06stat'
+    b'us\x18\x01 \x01(\x0e21.grpc.health.v1.HealthCheckResponse.ServingStatusR'
+    b'\x06status"O\n\rServingStatus\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0f\n\x0bNOT_SE'
+    b'RVING\x10\x02\x12\x13\n\x0fSERVICE_UNKNOWN\x10\x03"\x13\n\x11HealthListRequest"\xc4\x01\n\x12Health'
+    b'ListResponse\x12L\n\x08statuses\x18\x01 \x03(\x0b20.grpc.health.v1.HealthListRe'
+    b'sponse.StatusesEntryR\x08statuses\x1a`\n\rStatusesEntry\x12\x10\n\x03key\x18\x01 \x01(\t'
+    b'R\x03key\x129\n\x05value\x18\x02 \x01(\x0b2#.grpc.health.v1.HealthCheckResponseR\x05v'
+    b'alue:\x028\x012\xfd\x01\n\x06Health\x12P\n\x05Check\x12".grpc.health.v1.HealthCheckReq'
+    b'uest\x1a#.grpc.health.v1.HealthCheckResponse\x12M\n\x04List\x12!.grpc.hea'
+    b'lth.v1.HealthListRequest\x1a".grpc.health.v1.HealthListResponse'
+    b'\x12R\n\x05Watch\x12".grpc.health.v1.HealthCheckRequest\x1a#.grpc.health.'
+    b'v1.HealthCheckResponse0\x01b\x06proto3'
 )

@@ -1,6 +1,7 @@
 """The gRPC server of one worker process: grpc.aio on the worker's own event loop
 (the one uvicorn runs), so a gRPC call reaches the same registry, batcher and
-metrics as an HTTP request, with no thread or process between them.
+metrics as an HTTP request, with no thread or process between them. It serves
+the inference service (service.py) and the standard health service (health.py).
 
 Ports: one worker binds API_GRPC_PORT alone (a second server on the port fails
 to start, as for HTTP); with WORKERS > 1 every worker binds it with SO_REUSEPORT
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from mlapi.api.context import ApiContext
 from mlapi.rpc import messages
+from mlapi.rpc.health import HealthService
 from mlapi.rpc.service import Context, Handler, InferenceService
 
 log = logging.getLogger("mlapi.grpc")
@@ -44,6 +47,8 @@ class GrpcFront:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
+        # Set when the port stops accepting: health Watch streams end then.
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
         settings = self.ctx.settings
@@ -58,8 +63,26 @@ class GrpcFront:
             )
             for name, (handler, request_type) in InferenceService(self.ctx).handlers().items()
         }
+        health = HealthService(self.ctx, self._closing)
+        health_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                _parsing(health.check, messages.HealthCheckRequest),
+                response_serializer=_serialize,
+            ),
+            "List": grpc.unary_unary_rpc_method_handler(
+                _parsing(health.list, messages.HealthListRequest),
+                response_serializer=_serialize,
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                _parsing_stream(health.watch, messages.HealthCheckRequest),
+                response_serializer=_serialize,
+            ),
+        }
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(messages.SERVICE, handlers),)
+            (
+                grpc.method_handlers_generic_handler(messages.SERVICE, handlers),
+                grpc.method_handlers_generic_handler(messages.HEALTH_SERVICE, health_handlers),
+            )
         )
         address = _address(settings.api_host, settings.grpc_port)
         try:
@@ -78,6 +101,7 @@ class GrpcFront:
         return self._stopping
 
     async def _stop(self) -> None:
+        self._closing.set()
         if self._server is not None:
             await self._server.stop(grace=self.ctx.settings.shutdown_timeout_s)
 
@@ -96,6 +120,25 @@ def _parsing(handler: Handler, request_type: Any) -> Handler:
                 grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
             )
         return await handler(request, context)
+
+    return call
+
+
+def _parsing_stream(
+    handler: Callable[[Any, Context], AsyncIterator[Any]], request_type: Any
+) -> Callable[[bytes, Context], AsyncIterator[Any]]:
+    """As _parsing, for a call that answers with a stream."""
+    what = request_type.DESCRIPTOR.name
+
+    async def call(data: bytes, context: Context) -> AsyncIterator[Any]:
+        try:
+            request = request_type.FromString(data)
+        except DecodeError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
+            )
+        async for message in handler(request, context):
+            yield message
 
     return call
 
