@@ -110,16 +110,9 @@ def _parsing(handler: Handler, request_type: Any) -> Handler:
     """The handler, given the request's bytes: a message that does not parse is the
     client's error (INVALID_ARGUMENT), not the server's (grpc's own parsing would
     answer INTERNAL)."""
-    what = request_type.DESCRIPTOR.name
 
     async def call(data: bytes, context: Context) -> Any:
-        try:
-            request = request_type.FromString(data)
-        except DecodeError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
-            )
-        return await handler(request, context)
+        return await handler(await _decoded(data, request_type, context), context)
 
     return call
 
@@ -128,19 +121,22 @@ def _parsing_stream(
     handler: Callable[[Any, Context], AsyncIterator[Any]], request_type: Any
 ) -> Callable[[bytes, Context], AsyncIterator[Any]]:
     """As _parsing, for a call that answers with a stream."""
-    what = request_type.DESCRIPTOR.name
 
     async def call(data: bytes, context: Context) -> AsyncIterator[Any]:
-        try:
-            request = request_type.FromString(data)
-        except DecodeError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
-            )
-        async for message in handler(request, context):
+        async for message in handler(await _decoded(data, request_type, context), context):
             yield message
 
     return call
+
+
+async def _decoded(data: bytes, request_type: Any, context: Context) -> Any:
+    try:
+        return request_type.FromString(data)
+    except DecodeError:
+        what = request_type.DESCRIPTOR.name
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
+        )
 
 
 def _address(host: str, port: int) -> str:
