@@ -408,11 +408,16 @@ def text(name: str, item: Any) -> str:
     return str(item)
 
 
+def as_bytes(item: object) -> bytes:
+    """A BYTES element as bytes: as it is, or its text in UTF-8."""
+    return item if isinstance(item, bytes) else str(item).encode("utf-8")
+
+
 def to_binary(array: np.ndarray) -> bytes:
     if array.dtype.kind in "OUS":
         parts = []
         for item in array.ravel().tolist():
-            data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            data = as_bytes(item)
             parts.append(_U32.pack(len(data)))
             parts.append(data)
         return b"".join(parts)

@@ -27,9 +27,13 @@ def default_name(source: Path) -> str:
     return source.parent.name if VERSION.fullmatch(source.name) else source.name
 
 
+def versions_of(model_dir: Path) -> list[int]:
+    """The version numbers in a model's folder, in order (none when it is missing)."""
+    return sorted(int(p.name) for p in _children(model_dir) if VERSION.fullmatch(p.name))
+
+
 def next_version(model_dir: Path) -> int:
-    existing = [int(p.name) for p in _children(model_dir) if VERSION.fullmatch(p.name)]
-    return max(existing, default=0) + 1
+    return max(versions_of(model_dir), default=0) + 1
 
 
 def publish(
@@ -95,13 +99,8 @@ def seed(repository: Path, source: Path) -> list[str]:
     for model in _children(source):
         if present and model.name not in present:
             continue
-        folder = present.get(model.name)
-        have = (
-            [int(v.name) for v in _children(folder) if VERSION.fullmatch(v.name)] if folder else []
-        )
-        newest = max(have, default=0)
-        bundled = sorted(int(v.name) for v in _children(model) if VERSION.fullmatch(v.name))
-        for number in (n for n in bundled if n > newest):
+        newest = max(versions_of(repository / model.name), default=0)
+        for number in (n for n in versions_of(model) if n > newest):
             try:
                 publish(repository, model.name, number, source=model / str(number))
             except ConfigError:

@@ -139,11 +139,7 @@ def render_infer(
     for output, array in typed:
         field = getattr(output.contents, CONTENTS[output.datatype][0])
         if output.datatype == "BYTES":
-            field.extend(_as_bytes(item) for item in array.ravel().tolist())
+            field.extend(codec.as_bytes(item) for item in array.ravel().tolist())
         else:
             field.extend(array.ravel().tolist())
     return response
-
-
-def _as_bytes(item: object) -> bytes:
-    return item if isinstance(item, bytes) else str(item).encode("utf-8")
