@@ -100,6 +100,51 @@ def test_bad_config_names_the_key(raw: dict[str, object], fragment: str) -> None
         config.parse(raw)
 
 
+NOT_FINITE = [float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "too_big"),
+    [
+        ("batching", "max_batch_size", 1_000_001),
+        ("batching", "max_delay_ms", 10_001),
+        ("batching", "max_queue", 1_000_001),
+        ("rollout", "bake_s", 604_801),
+        ("rollout", "window_s", 604_801),
+        ("rollout", "max_error_ratio", 1.01),
+        ("rollout", "min_requests", 1_000_001),
+    ],
+)
+def test_every_number_in_model_toml_is_finite_and_in_its_range(
+    section: str, key: str, too_big: float
+) -> None:
+    """inf and nan are TOML floats: `max_batch_size = inf` crashed the poll and the
+    start (int(inf)), `bake_s = nan` turned rollback off, `max_error_ratio = nan`
+    never rolled back. Each is a FAILED reason naming the key, as an out-of-range
+    value is."""
+    for value in [*NOT_FINITE, too_big, -1]:
+        with pytest.raises(ModelLoadError, match=rf"\[{section}\] {key} must be a finite"):
+            config.parse({section: {key: value}})
+    config.parse({section: {key: 1}})  # an ordinary value in range passes
+
+
+def test_memory_mb_is_finite_and_over_zero() -> None:
+    for value in [*NOT_FINITE, 0, -5, float(1 << 25)]:
+        with pytest.raises(ModelLoadError, match="'memory_mb' must be a finite number"):
+            config.parse({"memory_mb": value})
+    assert config.parse({"memory_mb": 300}).memory_mb == 300.0
+
+
+def test_a_model_toml_with_inf_fails_its_model_alone(tmp_path: Path) -> None:
+    """One bad model.toml is that model's reason; the scan goes on to the others."""
+    for name, text in [("bad", "[batching]\nmax_batch_size = inf\n"), ("good", "")]:
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.toml").write_text(text)
+    entries = {entry.name: entry for entry in scan.scan(tmp_path)}
+    assert "max_batch_size must be a finite number" in str(entries["bad"].error)
+    assert entries["good"].error is None and entries["good"].versions[0].error is None
+
+
 def _seed_in_a_process(repository: str) -> list[str]:
     from mlapi.repository.publish import seed
     from mlapi.settings import DEFAULT_MODEL_PATH

@@ -4,6 +4,7 @@ model file's. Unknown keys are errors: a typo must not silently change nothing."
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,12 @@ from mlapi.errors import ModelLoadError
 from mlapi.tensors import DATATYPES, TensorSpec
 
 CONFIG_FILE = "model.toml"
+# The ranges of model.toml's numbers (README "model.toml"): wide enough for any real
+# model, narrow enough that none turns a server's arithmetic into inf or nan.
+MAX_COUNT = 1_000_000  # batch sizes, queue lengths, request counts
+MAX_DELAY_MS = 10_000.0  # a batch never waits longer than 10 s for company
+MAX_SECONDS = 7 * 86_400.0  # bake and window lengths: a week
+MAX_MEMORY_MB = float(1 << 24)  # 16 TiB
 _TOP_KEYS = {
     "runtime",
     "file",
@@ -192,20 +199,35 @@ def _table(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
     return value
 
 
-def _positive(table: dict[str, Any], key: str, section: str, default: Any) -> Any:
+def _number(
+    table: dict[str, Any], key: str, section: str, default: float, low: float, high: float
+) -> float:
+    """A finite number within [low, high]: ``inf`` and ``nan`` are TOML floats too,
+    and either would pass a plain ``< 0`` check (``nan`` fails every comparison)."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ModelLoadError(f"model.toml: [{section}] {key} must be a number >= 0")
-    return value
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ModelLoadError(
+            f"model.toml: [{section}] {key} must be a finite number from {low:g} to {high:g}"
+        )
+    return float(value)
 
 
 def _batching(value: Any) -> BatchingConfig:
     table = _table(value, "batching", {"max_batch_size", "max_delay_ms", "max_queue", "enabled"})
     defaults = BatchingConfig()
     return BatchingConfig(
-        max_batch_size=max(1, int(_positive(table, "max_batch_size", "batching", 64))),
-        max_delay_ms=float(_positive(table, "max_delay_ms", "batching", defaults.max_delay_ms)),
-        max_queue=max(1, int(_positive(table, "max_queue", "batching", defaults.max_queue))),
+        max_batch_size=int(
+            _number(table, "max_batch_size", "batching", defaults.max_batch_size, 1, MAX_COUNT)
+        ),
+        max_delay_ms=_number(
+            table, "max_delay_ms", "batching", defaults.max_delay_ms, 0, MAX_DELAY_MS
+        ),
+        max_queue=int(_number(table, "max_queue", "batching", defaults.max_queue, 1, MAX_COUNT)),
         enabled=bool(table.get("enabled", True)),
     )
 
@@ -237,22 +259,28 @@ def _memory_mb(raw: dict[str, Any]) -> float | None:
     value = raw.get("memory_mb")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ModelLoadError("model.toml: 'memory_mb' must be a number > 0")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_MEMORY_MB
+    ):
+        raise ModelLoadError(
+            f"model.toml: 'memory_mb' must be a finite number over 0, at most {MAX_MEMORY_MB:g}"
+        )
     return float(value)
 
 
 def _rollout(value: Any) -> RolloutConfig:
     table = _table(value, "rollout", {"bake_s", "window_s", "max_error_ratio", "min_requests"})
     defaults = RolloutConfig()
-    ratio = float(_positive(table, "max_error_ratio", "rollout", defaults.max_error_ratio))
-    if ratio > 1:
-        raise ModelLoadError("model.toml: [rollout] max_error_ratio must be between 0 and 1")
     return RolloutConfig(
-        bake_s=float(_positive(table, "bake_s", "rollout", defaults.bake_s)),
-        window_s=max(0.1, float(_positive(table, "window_s", "rollout", defaults.window_s))),
-        max_error_ratio=ratio,
-        min_requests=max(
-            1, int(_positive(table, "min_requests", "rollout", defaults.min_requests))
+        bake_s=_number(table, "bake_s", "rollout", defaults.bake_s, 0, MAX_SECONDS),
+        window_s=_number(table, "window_s", "rollout", defaults.window_s, 0.1, MAX_SECONDS),
+        max_error_ratio=_number(
+            table, "max_error_ratio", "rollout", defaults.max_error_ratio, 0, 1
+        ),
+        min_requests=int(
+            _number(table, "min_requests", "rollout", defaults.min_requests, 1, MAX_COUNT)
         ),
     )
