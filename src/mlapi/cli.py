@@ -250,6 +250,7 @@ def _models_list(settings: Settings) -> int:
 def _models_publish(settings: Settings, source: str, name: str | None, version: int | None) -> int:
     from mlapi.repository import publish
 
+    budget = publish.Budget(settings.publish_max_bytes, settings.publish_max_files)
     if source == "-":
         if name is None:
             raise ConfigError("--name is needed when the model comes on stdin")
@@ -259,6 +260,7 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             version,
             archive=sys.stdin.buffer,
             allow_pickle=settings.allow_pickle,
+            budget=budget,
         )
     else:
         folder = Path(source)
@@ -268,6 +270,7 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             version,
             source=folder,
             allow_pickle=settings.allow_pickle,
+            budget=budget,
         )
     print(f"published {final.parent.name} version {final.name} to {final}")
     return 0

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     memory_limit: int | None = Field(None, alias="MLAPI_MEMORY_LIMIT", gt=0)
     # Seconds between looks at MODEL_PATH for new or changed versions; 0: never.
     repository_poll_s: float = Field(0.0, alias="MLAPI_REPOSITORY_POLL_S", ge=0, le=86400)
+    # What one `mlapi models publish` may bring: bytes (or 512m / 4g) and files.
+    publish_max_bytes: int = Field(4 << 30, alias="MLAPI_PUBLISH_MAX_BYTES", gt=0)
+    publish_max_files: int = Field(10_000, alias="MLAPI_PUBLISH_MAX_FILES", ge=1)
     # Fill an empty MODEL_PATH with the bundled models at start (the Swarm stack).
     seed_models: bool = Field(False, alias="MLAPI_SEED_MODELS")
     reload: bool = Field(False, alias="RELOAD")
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive version number such as 1 or v1")
         return value
 
-    @field_validator("memory_limit", mode="before")
+    @field_validator("memory_limit", "publish_max_bytes", mode="before")
     @classmethod
     def _memory_size(cls, value: Any) -> Any:
         if not isinstance(value, str):

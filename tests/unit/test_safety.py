@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlapi.errors import UnsafeModelFile
-from mlapi.runtimes import safety
+from mlapi.repository import safety
 from tests.fixtures.models import DEFAULT_ONNX, write_pickle
 
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from mlapi.errors import ConfigError, MlapiError
 from mlapi.repository import config as model_config
+from mlapi.repository.safety import PICKLE_SUFFIXES
 from mlapi.runtimes import catalog
 from mlapi.runtimes.base import LoadContext
-from mlapi.runtimes.safety import PICKLE_SUFFIXES
 
 TOLERANCE = 1e-5
 GENERATED_ROWS = 240

@@ -16,9 +16,9 @@ from mlapi.errors import MlapiError, ModelLoadError
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.memory import MemoryBudget, resident_bytes
 from mlapi.registry.versions import ModelVersion, State
-from mlapi.repository import manifest
+from mlapi.repository import manifest, safety
 from mlapi.repository.config import ModelConfig
-from mlapi.runtimes import catalog, safety
+from mlapi.runtimes import catalog
 from mlapi.runtimes.base import LoadContext, Runtime
 from mlapi.settings import Settings
 from mlapi.tensors import DATATYPES, Signature

@@ -1,25 +1,56 @@
 """Publishing a model version into a repository so that no server ever sees it half
 written: the files are copied under a hidden name in the model's own folder (the
 same filesystem), flushed, given a manifest, then renamed into place at once. A
-second publish of the same version loses the rename and is refused."""
+second publish of the same version loses the rename and is refused.
+
+A publish that is refused leaves the repository as it found it: no staging folder,
+and no empty model folder (which every server polling the volume would report as a
+model with no versions). What one publish may bring is capped in bytes and in files
+(MLAPI_PUBLISH_MAX_BYTES, MLAPI_PUBLISH_MAX_FILES), counted before the bytes are
+written, and it may hold only plain files and folders."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlapi.errors import ConfigError, MlapiError
-from mlapi.repository import manifest
+from mlapi.repository import manifest, safety
 from mlapi.repository.scan import MODEL_NAME, VERSION
-from mlapi.runtimes import safety
 
 # Python's own check of archive members, where it has one (3.11.4 and newer): ours
 # above already refuses links, devices, absolute paths and '..'.
 _SAFE_EXTRACT: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+DEFAULT_MAX_BYTES = 4 << 30
+DEFAULT_MAX_FILES = 10_000
+
+
+class Budget:
+    """What one publish may still bring: bytes and files, counted as they come."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES):
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes = self.files = 0
+
+    def take(self, name: str, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.files > self.max_files:
+            raise ConfigError(
+                f"the model has more than {self.max_files:,} files "
+                f"(MLAPI_PUBLISH_MAX_FILES): '{name[:64]}' is one too many"
+            )
+        if self.bytes > self.max_bytes:
+            raise ConfigError(
+                f"the model is larger than {self.max_bytes:,} bytes (MLAPI_PUBLISH_MAX_BYTES) "
+                f"by '{name[:64]}'"
+            )
 
 
 def default_name(source: Path) -> str:
@@ -43,28 +74,52 @@ def publish(
     source: Path | None = None,
     archive: BinaryIO | None = None,
     allow_pickle: bool = False,
+    budget: Budget | None = None,
 ) -> Path:
     """Copy ``source`` (a folder) or ``archive`` (a tar stream) into
-    ``repository/name/version``; the new version folder. ConfigError on bad input."""
+    ``repository/name/version``; the new version folder. ConfigError on bad input,
+    and then nothing of this publish is left in the repository."""
     if not repository.is_dir():
         raise ConfigError(f"model repository {repository} is not a folder")
     if not MODEL_NAME.fullmatch(name):
         raise ConfigError(f"'{name[:64]}' is not a model name (letters, digits, '_', '.', '-')")
-    model_dir = repository / name
-    model_dir.mkdir(exist_ok=True)
-    number = version if version is not None else next_version(model_dir)
-    if number < 1:
+    if version is not None and version < 1:
         raise ConfigError("a version is a positive integer")
+    model_dir = repository / name
+    try:
+        model_dir.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
+    try:
+        return _publish_into(model_dir, version, source, archive, allow_pickle, budget or Budget())
+    except BaseException:
+        if created:  # a new model that did not come: its folder goes (if still empty)
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()
+        raise
+
+
+def _publish_into(
+    model_dir: Path,
+    version: int | None,
+    source: Path | None,
+    archive: BinaryIO | None,
+    allow_pickle: bool,
+    budget: Budget,
+) -> Path:
+    name = model_dir.name
+    number = version if version is not None else next_version(model_dir)
     final = model_dir / str(number)
     if final.exists():
-        raise ConfigError(f"{name} version {number} already exists in {repository}")
+        raise ConfigError(f"{name} version {number} already exists in {model_dir.parent}")
     staging = model_dir / f".publish-{number}-{secrets.token_hex(4)}"
     try:
         if source is not None:
-            _copy_folder(source, staging)
+            _copy_folder(source, staging, budget)
         else:
             assert archive is not None
-            _extract(archive, staging)
+            _extract(archive, staging, budget)
         if not manifest.files_of(staging):
             raise ConfigError("nothing to publish: the source has no files")
         try:
@@ -115,16 +170,27 @@ def _children(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
 
 
-def _copy_folder(source: Path, staging: Path) -> None:
+def _copy_folder(source: Path, staging: Path, budget: Budget) -> None:
+    """Check every entry first (by lstat: a link, FIFO or device is refused, never
+    opened, and the sizes are counted before a byte is copied), then copy."""
     if not source.is_dir():
         raise ConfigError(f"{source} is not a folder")
-    for path in source.rglob("*"):
-        if path.is_symlink():
-            raise ConfigError(f"'{path.relative_to(source)}' is a symbolic link: copy real files")
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "manifest.json"))
+    skipped = ("__pycache__", manifest.MANIFEST)
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if skipped[0] in relative.parts or relative.as_posix() == skipped[1]:
+            continue
+        mode = path.lstat()
+        if stat.S_ISLNK(mode.st_mode):
+            raise ConfigError(f"'{relative}' is a symbolic link: copy real files")
+        if stat.S_ISREG(mode.st_mode):
+            budget.take(relative.as_posix(), mode.st_size)
+        elif not stat.S_ISDIR(mode.st_mode):
+            raise ConfigError(f"'{str(relative)[:64]}' is not a plain file or folder")
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*skipped))
 
 
-def _extract(archive: BinaryIO, staging: Path) -> None:
+def _extract(archive: BinaryIO, staging: Path, budget: Budget) -> None:
     staging.mkdir()
     try:
         with tarfile.open(fileobj=archive, mode="r|*") as tar:
@@ -134,6 +200,10 @@ def _extract(archive: BinaryIO, staging: Path) -> None:
                     raise ConfigError(f"'{member.name[:64]}' in the archive is not a plain file")
                 if member.name.startswith("/") or ".." in parts:
                     raise ConfigError(f"'{member.name[:64]}' in the archive leaves its folder")
+                if member.issparse():
+                    raise ConfigError(f"'{member.name[:64]}' in the archive is a sparse file")
+                if member.isfile():
+                    budget.take(member.name, member.size)
                 member.mode = 0o755 if member.isdir() else 0o644
                 tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)
     except (tarfile.TarError, OSError) as exc:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mlapi.errors import ModelLoadError
 from mlapi.repository.config import ModelConfig
+from mlapi.repository.safety import PICKLE_SUFFIXES
 from mlapi.runtimes.base import RuntimeFactory
-from mlapi.runtimes.safety import PICKLE_SUFFIXES
 
 _BY_SUFFIX = {".onnx": "onnx", ".skops": "sklearn", ".py": "python", ".ubj": "xgboost"}
 # Names whose suffix alone says too little (.json, .txt): XGBoost's JSON, LightGBM's text.

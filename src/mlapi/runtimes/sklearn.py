@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from mlapi.errors import ModelLoadError
+from mlapi.repository.safety import PICKLE_SUFFIXES
 from mlapi.runtimes.base import LoadContext
-from mlapi.runtimes.safety import PICKLE_SUFFIXES
 from mlapi.tensors import Signature, TensorSpec, datatype_of
 
 
