@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,26 @@ def test_seeding_brings_a_newer_bundled_version_and_nothing_older(tmp_path: Path
     shutil.rmtree(repository / "iris" / "1")  # retired by its operator
     assert seed(repository, DEFAULT_MODEL_PATH) == []  # an older image brings it not back
     assert sorted(p.name for p in (repository / "iris").iterdir()) == ["2"]
+
+
+def test_repository_files_are_read_only_when_regular_and_under_their_cap(tmp_path: Path) -> None:
+    from mlapi.repository import files
+
+    small = tmp_path / "model.toml"
+    small.write_bytes(b"x" * 100)
+    assert files.read_capped(small, 100) == b"x" * 100
+    with pytest.raises(files.NotReadable, match="is over 99 bytes"):
+        files.read_capped(small, 99)
+    os.mkfifo(tmp_path / "fifo")  # opened without blocking, then refused by its type
+    with pytest.raises(files.NotReadable, match="is not a regular file"):
+        files.read_capped(tmp_path / "fifo", 100)
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    with pytest.raises(files.NotReadable, match="is not a regular file"):
+        files.read_capped(tmp_path / "zero", 100)
+    with pytest.raises(FileNotFoundError):
+        files.read_capped(tmp_path / "missing", 100)
+    # a version folder whose model.toml is a FIFO: a reason, not a hang
+    (tmp_path / "repo" / "m" / "1").mkdir(parents=True)
+    os.mkfifo(tmp_path / "repo" / "m" / "1" / "model.toml")
+    (entry,) = scan.scan(tmp_path / "repo")
+    assert entry.error == "1/model.toml is not a regular file"

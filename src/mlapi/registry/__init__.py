@@ -98,7 +98,9 @@ class ModelRegistry(Rollouts):
         if not repo_scan.MODEL_NAME.fullmatch(name) or not model_dir.is_dir():
             raise NotFound(f"no model '{name[:128]}' in the model repository")
         async with self._lock(name):
-            entry = repo_scan.scan_model(model_dir, self._settings.pinned_version)
+            entry = await asyncio.to_thread(
+                repo_scan.scan_model, model_dir, self._settings.pinned_version
+            )
             old = self._records.get(name)
             if old is None or old.unloaded or not old.serves():
                 fresh = self._record_for(entry)
@@ -116,18 +118,16 @@ class ModelRegistry(Rollouts):
         """One look at the repository: roll forward every served model whose files
         changed and load new model folders. Models unloaded through the API stay so."""
         try:
-            names = [
-                child.name
-                for child in sorted(self._settings.model_path.iterdir())
-                if child.is_dir() and repo_scan.MODEL_NAME.fullmatch(child.name)
-            ]
+            folders = await asyncio.to_thread(repo_scan.model_folders, self._settings.model_path)
         except OSError as exc:
             log.warning("model repository cannot be read: %s", type(exc).__name__)
             return
-        for name in names:
+        for name, has_versions in folders:
             record = self._records.get(name)
             if record is not None and record.unloaded:
                 continue
+            if record is None and not has_versions:
+                continue  # not a model yet (a publish under way, or a stray folder)
             try:
                 await self.load(name, changed_only=record is not None)
             except NotFound:  # removed while we looked

@@ -11,7 +11,6 @@ from mlapi.errors import InsufficientMemory, MlapiError, without_host_paths
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.loading import Loader, settle_garbage_collector
 from mlapi.registry.versions import ModelRecord, ModelVersion, State
-from mlapi.repository import manifest
 from mlapi.repository import scan as repo_scan
 from mlapi.settings import Settings, available_cpus
 
@@ -73,7 +72,7 @@ class RegistryCore:
                 item.path,
                 item.config,
                 timeout_s=self._settings.request_timeout_s,
-                fingerprint=manifest.fingerprint(item.path),
+                fingerprint=item.fingerprint,
             )
             if item.error:
                 version.state = State.FAILED

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlapi.errors import ModelLoadError
+from mlapi.repository import files
 from mlapi.tensors import DATATYPES, TensorSpec
 
 CONFIG_FILE = "model.toml"
@@ -97,12 +98,14 @@ class ModelConfig:
 def read_raw(path: Path) -> dict[str, Any]:
     """The TOML table in ``path``, or {} if there is no such file."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        text = files.read_capped(path, files.CONFIG_MAX_BYTES).decode("utf-8")
+        return tomllib.loads(text)
     except FileNotFoundError:
         return {}
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path.parent.name}/{path.name} is not valid TOML: {exc}") from None
+    except files.NotReadable as exc:
+        raise ModelLoadError(f"{path.parent.name}/{path.name} {exc}") from None
     except OSError as exc:
         raise ModelLoadError(f"{path.name} cannot be read ({type(exc).__name__})") from None
 

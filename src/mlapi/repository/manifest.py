@@ -6,12 +6,14 @@ it is."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
 import orjson
 
 from mlapi.errors import ModelLoadError
+from mlapi.repository import files
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
@@ -38,8 +40,8 @@ def files_of(folder: Path) -> list[Path]:
 
 
 def build(folder: Path) -> dict[str, object]:
-    files = {path.relative_to(folder).as_posix(): sha256_of(path) for path in files_of(folder)}
-    return {"format": 1, "files": files}
+    hashes = {path.relative_to(folder).as_posix(): sha256_of(path) for path in files_of(folder)}
+    return {"format": 1, "files": hashes}
 
 
 def write(folder: Path) -> None:
@@ -49,15 +51,16 @@ def write(folder: Path) -> None:
 def verify(folder: Path) -> None:
     """ModelLoadError naming the first file that does not match the manifest (changed,
     missing, or not listed in it). No manifest: nothing to check."""
-    path = folder / MANIFEST
-    if not path.exists():
-        return
     try:
-        document = orjson.loads(path.read_bytes())
+        document = orjson.loads(files.read_capped(folder / MANIFEST, files.MANIFEST_MAX_BYTES))
         listed = document["files"]
         if not isinstance(listed, dict):
             raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except FileNotFoundError:
+        return
+    except files.NotReadable as exc:
+        raise ModelLoadError(f"'{MANIFEST}' {exc}") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, OSError):
         raise ModelLoadError(f"'{MANIFEST}' is not a manifest written by mlapi") from None
     present = {p.relative_to(folder).as_posix(): p for p in files_of(folder)}
     for name, expected in sorted(listed.items()):
@@ -76,9 +79,8 @@ def fingerprint(folder: Path) -> str:
     modification time, and the manifest's own bytes when there is one."""
     digest = hashlib.sha256()
     try:
-        manifest = folder / MANIFEST
-        if manifest.exists():
-            digest.update(manifest.read_bytes())
+        with contextlib.suppress(FileNotFoundError):
+            digest.update(files.read_capped(folder / MANIFEST, files.MANIFEST_MAX_BYTES))
         for path in files_of(folder):
             stat = path.stat()
             digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode())

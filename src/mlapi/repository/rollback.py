@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from mlapi.repository import manifest
+from mlapi.repository import files, manifest
 
 _PREFIX = ".rolled-back-"
 
@@ -37,7 +37,7 @@ def rolled_back(model_dir: Path) -> dict[int, str]:
         if not (number.isascii() and number.isdigit()):
             continue
         try:
-            document = orjson.loads(path.read_bytes())
+            document = orjson.loads(files.read_capped(path, files.MARK_MAX_BYTES))
             reason, fingerprint = str(document["reason"]), str(document["fingerprint"])
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
             continue

@@ -1,6 +1,8 @@
 """Scan ``MODEL_PATH``: every folder is a model, every all-digit folder under it a
 version. Problems are recorded on the entry, never raised, so one broken model
-cannot stop the others from loading."""
+cannot stop the others from loading. A scan reads the file system (a version of
+50,000 files takes a second and more to fingerprint): a server runs it off its
+event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from mlapi.errors import ModelLoadError
 from mlapi.repository import config as model_config
-from mlapi.repository import rollback
+from mlapi.repository import manifest, rollback
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII only: isdigit() takes '²'
@@ -23,6 +25,7 @@ class VersionEntry:
     path: Path
     config: model_config.ModelConfig | None
     error: str | None = None
+    fingerprint: str = ""  # of the version's files (manifest.fingerprint), taken by the scan
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,22 @@ def scan(root: Path, pinned_version: int | None = None) -> list[ModelEntry]:
         if child.is_dir() and MODEL_NAME.fullmatch(child.name):
             entries.append(scan_model(child, pinned_version))
     return entries
+
+
+def model_folders(root: Path) -> list[tuple[str, bool]]:
+    """(name, whether it has a version folder) of every model folder under ``root``."""
+    return [
+        (child.name, _has_versions(child))
+        for child in sorted(root.iterdir())
+        if child.is_dir() and MODEL_NAME.fullmatch(child.name)
+    ]
+
+
+def _has_versions(model_dir: Path) -> bool:
+    try:
+        return any(VERSION.fullmatch(c.name) and c.is_dir() for c in model_dir.iterdir())
+    except OSError:  # removed or unreadable meanwhile: scan_model says why, if it stays
+        return True
 
 
 def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry:
@@ -94,9 +113,10 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
 
 def _version_entry(name: str, model_dir: Path, version: int, model_raw: dict) -> VersionEntry:  # type: ignore[type-arg]
     path = model_dir / str(version)
+    fingerprint = manifest.fingerprint(path)
     try:
         raw = model_config.read_raw(path / model_config.CONFIG_FILE)
         parsed = model_config.parse(model_config.merge(model_raw, raw))
     except ModelLoadError as exc:
-        return VersionEntry(name, version, path, None, error=exc.message)
-    return VersionEntry(name, version, path, parsed)
+        return VersionEntry(name, version, path, None, exc.message, fingerprint)
+    return VersionEntry(name, version, path, parsed, None, fingerprint)
