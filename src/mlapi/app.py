@@ -18,16 +18,16 @@ from starlette.routing import Route
 
 from mlapi import logs
 from mlapi.api import health, openai, openapi, repository, v1, v2
-from mlapi.api.auth import Authenticator
-from mlapi.api.context import ApiContext
 from mlapi.api.fastpath import FastInfer
 from mlapi.api.guard import RequestGuard
-from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
-from mlapi.api.tracking import Tracking
 from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
+from mlapi.serving.auth import Authenticator
+from mlapi.serving.context import ServingContext
+from mlapi.serving.limits import Limits
+from mlapi.serving.tracking import Tracking
 from mlapi.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def create_app(
     metrics = registry.metrics
     tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
     limits = Limits(settings.max_elements, settings.max_bytes_element)
-    ctx = ApiContext(settings, registry, auth, tracking, lifecycle, limits, admin_auth)
+    ctx = ServingContext(settings, registry, auth, tracking, lifecycle, limits, admin_auth)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
@@ -123,7 +123,7 @@ def create_app(
     return FastInfer(app, ctx=ctx, max_header_bytes=settings.max_header_bytes)
 
 
-async def _start_grpc(ctx: ApiContext) -> GrpcFront:
+async def _start_grpc(ctx: ServingContext) -> GrpcFront:
     """The gRPC front on API_GRPC_PORT, stopped with the HTTP server (drain included)."""
     from mlapi.rpc.server import GrpcFront  # grpc loads only where it serves
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from mlapi.api import codec
-from mlapi.api.limits import Limits
 from mlapi.errors import BadRequest
+from mlapi.serving.limits import Limits
 from mlapi.tensors import DATATYPES, Signature, TensorSpec
 
 NUMERIC = [name for name in DATATYPES if name != "BYTES"]

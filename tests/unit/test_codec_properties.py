@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mlapi.api import codec
-from mlapi.api.limits import Limits
 from mlapi.errors import BadRequest, PayloadTooLarge
+from mlapi.serving.limits import Limits
 from mlapi.tensors import DATATYPES, Signature, TensorSpec
 
 NUMERIC = sorted(name for name in DATATYPES if name != "BYTES")

@@ -9,9 +9,9 @@ import zlib
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
-from mlapi.api.codec import is_number
-from mlapi.api.lane import off_loop
 from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from mlapi.serving.codec import is_number
+from mlapi.serving.lane import off_loop
 
 # Set in a request's scope by the connection when the body ran out of time (it has
 # answered 408 and closed): the route then sees the client gone.

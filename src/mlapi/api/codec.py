@@ -1,43 +1,36 @@
-"""Open Inference Protocol V2 tensors on the wire: JSON and the binary tensor data
-extension, both ways. Decoding validates against the model's signature with
-vectorised numpy checks (no per-element Python loops for numbers), and refuses an
-impossible shape before anything the size of that shape is allocated."""
+"""Open Inference Protocol V2 tensors in JSON, both ways, with the binary tensor
+data extension's framing (a JSON header, then the tensors' bytes). Decoding
+validates against the model's signature with vectorised numpy checks (no
+per-element Python loops for numbers); the checks every front shares are in
+serving.codec."""
 
 from __future__ import annotations
 
 import math
-import struct
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
 
-from mlapi.api.limits import DEFAULT_LIMITS, MAX_DIMS, Limits, shown
 from mlapi.errors import BadRequest
-from mlapi.tensors import DATATYPES, Signature, TensorSpec, datatype_of
+from mlapi.serving.codec import (
+    InferRequest,
+    array_from_binary,
+    check_all_given,
+    check_input,
+    datatype_name,
+    is_number,
+    parameters_of,
+    requested_outputs,
+    text,
+    to_binary,
+)
+from mlapi.serving.limits import DEFAULT_LIMITS, Limits, shown
+from mlapi.tensors import DATATYPES, Signature
 
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
-_OUTPUT_KEYS = frozenset({"name", "parameters"})
 _NUMBER_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
-_U32 = struct.Struct("<I")
-
-
-@dataclass(slots=True)
-class InferRequest:
-    id: str | None
-    inputs: dict[str, np.ndarray]
-    output_names: tuple[str, ...]  # what to compute and return, in order
-    binary_outputs: frozenset[str]
-
-
-class CheckedInput(NamedTuple):
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-    size: int  # elements of this input
-    elements: int  # elements of the request so far, this input included
 
 
 def loads_json(data: bytes | memoryview) -> Any:
@@ -72,26 +65,12 @@ def parse_infer(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    parameters = _parameters(document, "request")
+    parameters = parameters_of(document, "request")
     inputs = _decode_inputs(document.get("inputs"), signature, binary, limits)
     names, binary_outputs = requested_outputs(
         document.get("outputs"), signature, bool(parameters.get("binary_data_output", False))
     )
     return InferRequest(request_id, inputs, names, binary_outputs)
-
-
-def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
-    parameters = item.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"'parameters' of {where} must be an object")
-    return parameters
-
-
-def is_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²', '①' and fullwidth digits."""
-    return text.isascii() and text.isdigit()
 
 
 def _decode_inputs(
@@ -115,44 +94,6 @@ def _decode_inputs(
         )
     check_all_given(inputs, signature)
     return inputs
-
-
-def check_all_given(inputs: dict[str, np.ndarray], signature: Signature) -> None:
-    """Every input the model declares is there (a dynamic signature takes any)."""
-    if not signature.dynamic and len(inputs) != len(signature.inputs):
-        missing = [spec.name for spec in signature.inputs if spec.name not in inputs]
-        raise BadRequest(f"missing input(s) {missing}")
-
-
-def check_input(
-    index: int,
-    name: Any,
-    datatype: Any,
-    shape: Any,
-    signature: Signature,
-    elements: int,
-    limits: Limits,
-) -> CheckedInput:
-    """The checks an input gets whatever carries its data (JSON, binary, gRPC): its
-    name, datatype and shape against the signature, and the request's elements so
-    far against the limit."""
-    if not isinstance(name, str) or not name:
-        raise BadRequest(f"inputs[{index}].name must be a non-empty string")
-    spec = signature.input(name)
-    if spec is None and not signature.dynamic:
-        expected = [s.name for s in signature.inputs]
-        raise BadRequest(f"unknown input '{shown(name)}' (the model takes {expected})")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise BadRequest(f"input '{shown(name)}': unknown datatype '{shown(datatype)}'")
-    if spec is not None and datatype != spec.datatype:
-        raise BadRequest(
-            f"input '{shown(name)}' has datatype {datatype}, the model expects {spec.datatype}"
-        )
-    dims = shape_of(name, shape, spec)
-    count = math.prod(dims)
-    elements += count
-    limits.check_elements(name, elements)
-    return CheckedInput(name, datatype, dims, count, elements)
 
 
 def _decode_input(
@@ -180,7 +121,7 @@ def _decode_input(
         elements,
         limits,
     )
-    parameters = _parameters(item, f"input '{shown(name)}'")
+    parameters = parameters_of(item, f"input '{shown(name)}'")
     size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in item:
@@ -197,23 +138,6 @@ def _decode_input(
     if "data" not in item:
         raise BadRequest(f"input '{shown(name)}' has no 'data' (and no binary_data_size)")
     return name, array_from_json(name, datatype, dims, item["data"], limits), offset, elements
-
-
-def shape_of(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, ...]:
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-        raise BadRequest(
-            f"input '{shown(name)}': 'shape' must be an array of at most {MAX_DIMS} ints"
-        )
-    for dim in shape:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise BadRequest(f"input '{shown(name)}': shape {shape[:MAX_DIMS]} must hold ints >= 1")
-    dims = tuple(shape)
-    if spec is not None and not spec.accepts_shape(dims):
-        raise BadRequest(
-            f"input '{shown(name)}' has shape {list(dims)}, the model expects {list(spec.shape)} "
-            f"(-1: any size)"
-        )
-    return dims
 
 
 def array_from_json(
@@ -284,76 +208,6 @@ def _bytes_from_json(
     return array.reshape(dims)
 
 
-def array_from_binary(
-    name: str, datatype: str, dims: tuple[int, ...], count: int, chunk: bytes, limits: Limits
-) -> np.ndarray:
-    if datatype == "BYTES":
-        return _bytes_from_binary(name, dims, count, chunk, limits)
-    dtype = DATATYPES[datatype]
-    if len(chunk) != count * dtype.itemsize:
-        raise BadRequest(
-            f"input '{shown(name)}': binary_data_size is {len(chunk)} bytes, shape {list(dims)} "
-            f"of {datatype} needs {count * dtype.itemsize}"
-        )
-    return np.frombuffer(chunk, dtype=dtype).reshape(dims)
-
-
-def _bytes_from_binary(
-    name: str, dims: tuple[int, ...], count: int, chunk: bytes, limits: Limits
-) -> np.ndarray:
-    items: list[bytes] = []
-    position = 0
-    while position < len(chunk):
-        if position + 4 > len(chunk) or len(items) >= count:
-            raise BadRequest(f"input '{shown(name)}': malformed BYTES binary data")
-        (length,) = _U32.unpack_from(chunk, position)
-        limits.check_bytes_element(name, length)
-        position += 4
-        if position + length > len(chunk):
-            raise BadRequest(f"input '{shown(name)}': malformed BYTES binary data")
-        items.append(chunk[position : position + length])
-        position += length
-    if len(items) != count:
-        raise BadRequest(
-            f"input '{shown(name)}' has {len(items)} values but shape {list(dims)} needs {count}"
-        )
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array.reshape(dims)
-
-
-def requested_outputs(
-    items: Any, signature: Signature, binary_default: bool
-) -> tuple[tuple[str, ...], frozenset[str]]:
-    if items is None:
-        every = signature.output_names()
-        return every, frozenset(every) if binary_default else frozenset()
-    if not isinstance(items, list):
-        raise BadRequest("'outputs' must be an array")
-    known = set(signature.output_names())
-    names: list[str] = []
-    binary: set[str] = set()
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or item.keys() - _OUTPUT_KEYS:
-            raise BadRequest(
-                f"outputs[{index}] must be an object with 'name' and optional 'parameters'"
-            )
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise BadRequest(f"outputs[{index}].name must be a string")
-        if name not in known and not (signature.dynamic and not known):
-            raise BadRequest(f"unknown output '{shown(name)}' (the model gives {sorted(known)})")
-        if name in names:
-            raise BadRequest(f"output '{shown(name)}' is requested more than once")
-        parameters = _parameters(item, f"output '{shown(name)}'")
-        if "classification" in parameters:
-            raise BadRequest("the classification extension is not supported")
-        if bool(parameters.get("binary_data", binary_default)):
-            binary.add(name)
-        names.append(name)
-    return tuple(names), frozenset(binary)
-
-
 def render_infer(
     model_name: str, version: int, request: InferRequest, results: dict[str, np.ndarray]
 ) -> tuple[bytes, int | None]:
@@ -383,42 +237,8 @@ def render_infer(
     return b"".join([header, *chunks]), len(header)
 
 
-def datatype_name(name: str, array: np.ndarray) -> str:
-    try:
-        return datatype_of(array)
-    except TypeError:
-        raise BadRequest(f"output '{shown(name)}' has a dtype the protocol cannot carry") from None
-
-
 def json_data(name: str, array: np.ndarray) -> Any:
     if array.dtype.kind in "OUS":
         return [text(name, item) for item in array.ravel().tolist()]
     return np.ascontiguousarray(array).ravel()
 
-
-def text(name: str, item: Any) -> str:
-    if isinstance(item, bytes):
-        try:
-            return item.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(
-                f"output '{shown(name)}' holds bytes that are not UTF-8: request it with "
-                f"binary_data=true"
-            ) from None
-    return str(item)
-
-
-def as_bytes(item: object) -> bytes:
-    """A BYTES element as bytes: as it is, or its text in UTF-8."""
-    return item if isinstance(item, bytes) else str(item).encode("utf-8")
-
-
-def to_binary(array: np.ndarray) -> bytes:
-    if array.dtype.kind in "OUS":
-        parts = []
-        for item in array.ravel().tolist():
-            data = as_bytes(item)
-            parts.append(_U32.pack(len(data)))
-            parts.append(data)
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

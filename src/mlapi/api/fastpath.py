@@ -14,15 +14,15 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
-from mlapi.api.auth import duplicate_credentials
 from mlapi.api.body import BODY_TIMED_OUT, receive_body
-from mlapi.api.context import ApiContext
 from mlapi.api.guard import check_host
 from mlapi.api.responses import error_headers
-from mlapi.api.tracking import outcome_of
 from mlapi.api.v2 import run_infer
 from mlapi.batching import Gone
 from mlapi.errors import HeadersTooLarge, MlapiError
+from mlapi.serving.auth import duplicate_credentials
+from mlapi.serving.context import ServingContext
+from mlapi.serving.tracking import outcome_of
 
 log = logging.getLogger("mlapi.api")
 
@@ -33,7 +33,7 @@ _BINARY = [(b"content-type", b"application/octet-stream")]
 
 
 class FastInfer:
-    def __init__(self, app: Starlette, ctx: ApiContext, max_header_bytes: int) -> None:
+    def __init__(self, app: Starlette, ctx: ServingContext, max_header_bytes: int) -> None:
         self.app = app
         self.state = app.state  # the application's state, as on the Starlette app
         self._registry = ctx.registry

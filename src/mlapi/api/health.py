@@ -7,11 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlapi.api.context import ApiContext
 from mlapi.api.responses import json_response, route
+from mlapi.serving.context import ServingContext
 
 
-def routes(ctx: ApiContext) -> list[Route]:
+def routes(ctx: ServingContext) -> list[Route]:
     registry = ctx.registry
 
     async def live(request: Request) -> Response:

@@ -15,13 +15,13 @@ from starlette.routing import Route
 
 from mlapi.api import codec
 from mlapi.api.body import read_body
-from mlapi.api.context import ApiContext
-from mlapi.api.lane import convert
-from mlapi.api.limits import Limits
 from mlapi.api.responses import error_headers, json_response, route
-from mlapi.api.tracking import outcome_of
 from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
 from mlapi.registry.versions import ModelVersion
+from mlapi.serving.context import ServingContext
+from mlapi.serving.lane import convert
+from mlapi.serving.limits import Limits
+from mlapi.serving.tracking import outcome_of
 
 MAX_INPUTS = 2048  # OpenAI's own limit on one request's inputs
 _KEYS = {"input", "model", "encoding_format", "dimensions", "user"}
@@ -58,7 +58,7 @@ def embedding_model(version: ModelVersion) -> Any:
     return None
 
 
-def routes(ctx: ApiContext) -> list[Route]:
+def routes(ctx: ServingContext) -> list[Route]:
     registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
     limits = ctx.limits
 

@@ -11,11 +11,11 @@ from starlette.routing import Route
 
 from mlapi.api.body import read_body
 from mlapi.api.codec import loads_json
-from mlapi.api.context import ApiContext
 from mlapi.api.guard import check_not_cross_site
 from mlapi.api.responses import json_response, route
 from mlapi.errors import BadRequest, Forbidden, InsufficientMemory, ModelLoadError
 from mlapi.registry import ModelRegistry, State
+from mlapi.serving.context import ServingContext
 from mlapi.settings import Settings
 
 _MAX_CONTROL_BODY = 64 * 1024
@@ -59,7 +59,7 @@ async def load_model(registry: ModelRegistry, name: str) -> None:
     )
 
 
-def routes(ctx: ApiContext) -> list[Route]:
+def routes(ctx: ServingContext) -> list[Route]:
     registry = ctx.registry
 
     async def _options(request: Request) -> dict[str, object]:

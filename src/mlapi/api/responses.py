@@ -13,8 +13,8 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from mlapi.api.auth import Authenticator
 from mlapi.errors import MlapiError, Overloaded, Unauthorized
+from mlapi.serving.auth import Authenticator
 
 log = logging.getLogger("mlapi.api")
 
@@ -75,7 +75,7 @@ def route(
     async def wrapped(request: Request) -> Response:
         try:
             if auth is not None:
-                auth.check(request)
+                auth.check(request.scope["headers"])
             return await handler(request)
         except MlapiError as exc:
             return render(exc)

@@ -13,16 +13,17 @@ from starlette.routing import Route
 
 from mlapi.api import codec
 from mlapi.api.body import read_body
-from mlapi.api.context import ApiContext
-from mlapi.api.lane import convert
-from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
-from mlapi.api.tracking import outcome_of
 from mlapi.errors import BadRequest, MlapiError, NotReady
+from mlapi.serving import codec as serving_codec
+from mlapi.serving.context import ServingContext
+from mlapi.serving.lane import convert
+from mlapi.serving.limits import Limits
+from mlapi.serving.tracking import outcome_of
 from mlapi.tensors import Signature, TensorSpec
 
 
-def routes(ctx: ApiContext) -> list[Route]:
+def routes(ctx: ServingContext) -> list[Route]:
     registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
     limits = ctx.limits
 
@@ -128,6 +129,6 @@ def _listed(name: str, array: np.ndarray) -> Any:
     """Rows of an output; numbers stay numpy so orjson writes them at their own
     precision (an FP32 0.1 is written as 0.1, not 0.10000000149011612)."""
     if array.dtype.kind in "OUS":
-        flat = [codec.text(name, item) for item in array.ravel().tolist()]
+        flat = [serving_codec.text(name, item) for item in array.ravel().tolist()]
         return np.asarray(flat, dtype=object).reshape(array.shape).tolist()
     return np.ascontiguousarray(array)

@@ -9,13 +9,13 @@ from starlette.routing import Route
 
 from mlapi import __version__
 from mlapi.api import codec
-from mlapi.api.context import ApiContext
-from mlapi.api.lane import OFFLOAD_BYTES, off_loop
-from mlapi.api.limits import Limits
 from mlapi.api.responses import json_response, route
 from mlapi.batching import Gone
 from mlapi.errors import NotReady
 from mlapi.registry import ModelRegistry, ModelVersion
+from mlapi.serving.context import ServingContext
+from mlapi.serving.lane import OFFLOAD_BYTES, off_loop
+from mlapi.serving.limits import Limits
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
@@ -61,7 +61,7 @@ def metadata_of(registry: ModelRegistry, name: str, version: str | None) -> dict
     return body
 
 
-def routes(ctx: ApiContext) -> list[Route]:
+def routes(ctx: ServingContext) -> list[Route]:
     registry = ctx.registry
 
     async def server_metadata(request: Request) -> Response:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from mlapi.api import codec
-from mlapi.api.codec import InferRequest
-from mlapi.api.limits import Limits, shown
 from mlapi.errors import BadRequest
 from mlapi.rpc import messages
+from mlapi.serving import codec
+from mlapi.serving.codec import InferRequest
+from mlapi.serving.limits import Limits, shown
 from mlapi.tensors import DATATYPES, Signature
 
 # The field of InferTensorContents that carries each datatype, and that field's

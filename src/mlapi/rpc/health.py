@@ -22,9 +22,9 @@ from typing import Any
 
 import grpc
 
-from mlapi.api.context import ApiContext
 from mlapi.errors import NotFound
 from mlapi.rpc import messages
+from mlapi.serving.context import ServingContext
 
 SERVING: int = messages.HealthCheckResponse.SERVING
 NOT_SERVING: int = messages.HealthCheckResponse.NOT_SERVING
@@ -33,7 +33,7 @@ _SERVER_NAMES = ("", messages.SERVICE)
 
 
 class HealthService:
-    def __init__(self, ctx: ApiContext, closing: asyncio.Event, poll_s: float = 0.5) -> None:
+    def __init__(self, ctx: ServingContext, closing: asyncio.Event, poll_s: float = 0.5) -> None:
         self.ctx = ctx
         self._closing = closing
         self._poll_s = poll_s

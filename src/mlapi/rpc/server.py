@@ -20,15 +20,15 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from mlapi.api.context import ApiContext
 from mlapi.rpc import messages
 from mlapi.rpc.health import HealthService
 from mlapi.rpc.service import Context, Handler, InferenceService
+from mlapi.serving.context import ServingContext
 
 log = logging.getLogger("mlapi.grpc")
 
 
-def server_options(ctx: ApiContext) -> list[tuple[str, Any]]:
+def server_options(ctx: ServingContext) -> list[tuple[str, Any]]:
     settings = ctx.settings
     return [
         # A request message as large as an HTTP body may be; a larger one is refused
@@ -42,7 +42,7 @@ def server_options(ctx: ApiContext) -> list[tuple[str, Any]]:
 
 
 class GrpcFront:
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
         self.port = 0
         self._server: grpc.aio.Server | None = None

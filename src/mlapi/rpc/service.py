@@ -20,12 +20,12 @@ import grpc
 
 from mlapi import __version__
 from mlapi.api import repository, v2
-from mlapi.api.auth import Authenticator, credentials
-from mlapi.api.context import ApiContext
-from mlapi.api.lane import convert
-from mlapi.api.tracking import outcome_of
 from mlapi.errors import BadRequest, MlapiError, NotReady
 from mlapi.rpc import codec, messages
+from mlapi.serving.auth import Authenticator, credentials
+from mlapi.serving.context import ServingContext
+from mlapi.serving.lane import convert
+from mlapi.serving.tracking import outcome_of
 
 log = logging.getLogger("mlapi.grpc")
 
@@ -57,7 +57,7 @@ Handler = Callable[[Any, Context], Awaitable[Any]]
 
 
 class InferenceService:
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
         self._limits = ctx.limits

@@ -1,5 +1,6 @@
-"""API key check: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``,
-compared in constant time. Health routes are never wrapped with it."""
+"""API key check: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (HTTP
+headers or gRPC metadata alike), compared in constant time. Health routes are
+never wrapped with it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import hmac
 from collections.abc import Iterable
 
 from pydantic import SecretStr
-from starlette.requests import Request
 
 from mlapi.errors import BadRequest, Unauthorized
 
@@ -19,8 +19,9 @@ class Authenticator:
     def __repr__(self) -> str:
         return "Authenticator(key=**********)"
 
-    def check(self, request: Request) -> None:
-        self.check_values(*credentials(request.scope["headers"]))
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Check the credentials among a request's (lower-case) headers or metadata."""
+        self.check_values(*credentials(headers))
 
     def check_values(self, authorization: str | None, api_key: str | None) -> None:
         """Every credential presented must be right (a good X-API-Key does not excuse

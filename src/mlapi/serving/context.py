@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlapi.api.auth import Authenticator
-from mlapi.api.limits import Limits
-from mlapi.api.tracking import Tracking
 from mlapi.lifecycle import Lifecycle
 from mlapi.registry import ModelRegistry
+from mlapi.serving.auth import Authenticator
+from mlapi.serving.limits import Limits
+from mlapi.serving.tracking import Tracking
 from mlapi.settings import Settings
 
 
 @dataclass(frozen=True)
-class ApiContext:
+class ServingContext:
     settings: Settings
     registry: ModelRegistry
     auth: Authenticator | None
