@@ -19,7 +19,7 @@ from starlette.routing import Route
 from mlapi import logs
 from mlapi.api import health, openai, openapi, repository, v1, v2
 from mlapi.api.fastpath import FastInfer
-from mlapi.api.guard import RequestGuard
+from mlapi.api.guard import HeaderRules, RequestGuard
 from mlapi.api.responses import json_response, route
 from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
@@ -27,6 +27,7 @@ from mlapi.registry import ModelRegistry
 from mlapi.serving.auth import Authenticator
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
+from mlapi.serving.plane import Plane
 from mlapi.serving.tracking import Tracking
 from mlapi.settings import Settings
 
@@ -46,8 +47,10 @@ def create_app(
     admin_auth = Authenticator(admin_key) if admin_key is not None else None
     metrics = registry.metrics
     tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
-    limits = Limits(settings.max_elements, settings.max_bytes_element)
-    ctx = ServingContext(settings, registry, auth, tracking, lifecycle, limits, admin_auth)
+    limits = Limits(settings.max_elements, settings.max_bytes_element, settings.max_tokens)
+    plane = Plane(registry, tracking, auth, limits, admin_auth)
+    ctx = ServingContext(settings, registry, auth, tracking, lifecycle, limits, plane, admin_auth)
+    header_rules = HeaderRules(settings.max_header_bytes, settings.host_names)
     spec = openapi.document()
 
     async def openapi_json(request: Request) -> Response:
@@ -109,9 +112,7 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
         middleware=[
-            Middleware(
-                RequestGuard, max_bytes=settings.max_header_bytes, hosts=settings.host_names
-            ),
+            Middleware(RequestGuard, rules=header_rules),
         ],
         lifespan=lifespan,
     )
@@ -120,7 +121,7 @@ def create_app(
     # Infer requests are answered in front of the framework: its error middleware
     # would only wrap each send in one more coroutine (FastInfer answers its own
     # errors), 2% of the CPU of a loaded server.
-    return FastInfer(app, ctx=ctx, max_header_bytes=settings.max_header_bytes)
+    return FastInfer(app, ctx=ctx, guard=header_rules)
 
 
 async def _start_grpc(ctx: ServingContext) -> GrpcFront:

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from starlette.requests import ClientDisconnect
 
-from mlapi.errors import Overloaded
+from mlapi.errors import ClientGone, Overloaded
 
 Predict = Callable[[dict[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
 
@@ -35,6 +34,11 @@ class BatchObserver(Protocol):
 
 
 Gone = Callable[[], bool]  # True once the client that sent a request has disconnected
+
+
+class QueuedTooLong(TimeoutError):
+    """A request's deadline passed while it still waited in the queue (withdrawn
+    unrun); a plain TimeoutError means it passed while its batch ran."""
 
 
 @dataclass(slots=True, eq=False)
@@ -51,7 +55,7 @@ class _Pending:
         if self.future.done():
             return True
         if self.gone is not None and self.gone():
-            self.future.set_exception(ClientDisconnect())
+            self.future.set_exception(ClientGone())
             return True
         return False
 
@@ -130,7 +134,8 @@ class Batcher:
 
     def _expire(self, pending: _Pending) -> None:
         if not pending.future.done():
-            pending.future.set_exception(TimeoutError())
+            queued = pending in self._queue
+            pending.future.set_exception(QueuedTooLong() if queued else TimeoutError())
             self._withdraw(pending)
 
     def _withdraw(self, pending: _Pending) -> None:

@@ -60,6 +60,13 @@ class HeadersTooLarge(MlapiError):
         super().__init__(f"request headers are over {max_bytes} bytes (MLAPI_MAX_HEADER_BYTES)")
 
 
+class BodyTimeout(MlapiError):
+    """A request's body (a gRPC call's message) did not arrive in time."""
+
+    status = 408
+    code = "timeout"
+
+
 class UnsupportedMediaType(MlapiError):
     status = 415
     code = "unsupported_media_type"
@@ -79,10 +86,41 @@ class Overloaded(MlapiError):
 
 
 class GatewayTimeout(MlapiError):
-    """The request did not finish within MLAPI_REQUEST_TIMEOUT_S."""
+    """The request did not finish within MLAPI_REQUEST_TIMEOUT_S. ``queued``: it never
+    started (it waited behind others), so its model is not to blame for it."""
 
     status = 504
     code = "timeout"
+
+    def __init__(self, message: str, queued: bool = False) -> None:
+        super().__init__(message)
+        self.queued = queued
+
+
+class ClientGone(MlapiError):
+    """The client went away before its answer was ready (or its body ran out of time,
+    and the connection has answered 408 itself): nobody is left to answer. Counted,
+    never rendered."""
+
+    status = 499
+    code = "cancelled"
+
+    def __init__(self, timed_out: bool = False) -> None:
+        super().__init__("the client went away")
+        if timed_out:  # its body ran out of time: the connection answered 408
+            self.status, self.code = 408, "timeout"
+
+
+class InternalError(MlapiError):
+    """Something the server did not expect: the client is told only the request id
+    that the log line, with the traceback, carries."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"internal server error (request id {request_id})")
+        self.request_id = request_id
 
 
 class ModelLoadError(MlapiError):

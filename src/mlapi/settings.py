@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # The work one request may ask for.
     max_elements: int = Field(1 << 20, alias="MLAPI_MAX_ELEMENTS", ge=1)
     max_bytes_element: int = Field(1 << 20, alias="MLAPI_MAX_BYTES_ELEMENT", ge=1)
+    # Tokens one request to a text model may bring (its inputs together).
+    max_tokens: int = Field(16_384, alias="MLAPI_MAX_TOKENS", ge=1)
     # Cross-site safety and the repository (admin) routes.
     allowed_hosts: str = Field("", alias="MLAPI_ALLOWED_HOSTS")
     admin_key: SecretStr | None = Field(None, alias="MLAPI_ADMIN_KEY")

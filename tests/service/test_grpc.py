@@ -258,6 +258,13 @@ HOSTILE: list[tuple[str, dict[str, Any], grpc.StatusCode]] = [
     ("raw and typed at once", {"also_typed": True}, Code.INVALID_ARGUMENT),
     ("typed in the wrong field", {"typed": ("int64_contents", [1] * 8)}, Code.INVALID_ARGUMENT),
     ("typed too few values", {"typed": ("fp32_contents", [1.0] * 7)}, Code.INVALID_ARGUMENT),
+    # JSON cannot carry NaN or infinity: typed contents refuse them too
+    ("typed NaN", {"typed": ("fp32_contents", [float("nan")] + [1.0] * 7)}, Code.INVALID_ARGUMENT),
+    (
+        "typed infinity",
+        {"typed": ("fp32_contents", [1.0] * 7 + [float("inf")])},
+        Code.INVALID_ARGUMENT,
+    ),
     ("no data at all", {"typed": ("fp32_contents", [])}, Code.INVALID_ARGUMENT),
     ("no inputs", {"no_inputs": True}, Code.INVALID_ARGUMENT),
     ("an input twice", {"twice": True}, Code.INVALID_ARGUMENT),

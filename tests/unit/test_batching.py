@@ -182,7 +182,7 @@ def test_unbatchable_models_run_one_request_at_a_time() -> None:
 
 
 def test_queued_work_of_a_client_that_has_gone_is_dropped_unrun() -> None:
-    from starlette.requests import ClientDisconnect
+    from mlapi.errors import ClientGone
 
     model = Model()
     gone = {"flag": False}
@@ -202,7 +202,7 @@ def test_queued_work_of_a_client_that_has_gone_is_dropped_unrun() -> None:
             model.gate.set()
             await blocker
             assert (await stayed)["y"][0, 0] == 6.0
-            with pytest.raises(ClientDisconnect):
+            with pytest.raises(ClientGone):
                 await left
             await batcher.close()
 

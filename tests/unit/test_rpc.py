@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
-from mlapi.serving.codec import to_binary
 from mlapi.errors import BadRequest, PayloadTooLarge
 from mlapi.rpc import codec, messages
+from mlapi.serving.codec import to_binary
 from mlapi.serving.limits import Limits
 from mlapi.tensors import Signature, TensorSpec
 

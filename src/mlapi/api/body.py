@@ -5,11 +5,13 @@ as soon as it does. gzip and deflate bodies are inflated under the same limit.""
 from __future__ import annotations
 
 import zlib
+from collections.abc import MutableMapping
+from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Receive
 
-from mlapi.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from mlapi.errors import BadRequest, ClientGone, PayloadTooLarge, UnsupportedMediaType
 from mlapi.serving.codec import is_number
 from mlapi.serving.lane import off_loop
 
@@ -31,13 +33,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         headers.get("content-length"),
         headers.get("content-encoding"),
         max_bytes,
+        request.scope,
     )
 
 
 async def receive_body(
-    receive: Receive, declared: str | None, encoding: str | None, max_bytes: int
+    receive: Receive,
+    declared: str | None,
+    encoding: str | None,
+    max_bytes: int,
+    scope: MutableMapping[str, Any] | None = None,
 ) -> bytes:
-    """The whole body from the ASGI ``receive`` channel, within ``max_bytes``."""
+    """The whole body from the ASGI ``receive`` channel, within ``max_bytes``;
+    ClientGone when the client leaves (408 when the connection timed the body out
+    and has answered itself)."""
     if declared is not None:
         if not is_number(declared):
             raise BadRequest("Content-Length is not a number")
@@ -54,7 +63,7 @@ async def receive_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise ClientGone(timed_out=bool(scope and scope.get(BODY_TIMED_OUT)))
         chunk = message.get("body", b"")
         if chunk:
             total += len(chunk)

@@ -1,30 +1,29 @@
 """The hot path: ``POST /v2/models/{m}[/versions/{v}]/infer`` answered straight
-from ASGI, in front of the Starlette app. It does everything the routed version
-does (header limit, API key, body limit and encodings, the same decode/infer/
-encode through ``v2.run_infer``, the same error bodies) without the framework's
-per-request middleware, routing, Request and Response objects, which cost more
-than decoding and predicting a small request. Anything else goes to the app."""
+from ASGI, in front of the Starlette app. It does what every route does (the
+header rules of api.guard, then the data plane's one infer path: key, admission,
+body limit and encodings, decode, infer, encode, the same error bodies) without
+the framework's per-request middleware, routing, Request and Response objects,
+which cost more than decoding and predicting a small request. Anything else goes
+to the app."""
 
 from __future__ import annotations
 
-import logging
-
+import numpy as np
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
-from mlapi.api.body import BODY_TIMED_OUT, receive_body
-from mlapi.api.guard import check_host
+from mlapi.api import codec
+from mlapi.api.body import receive_body
+from mlapi.api.calls import disconnect_probe
+from mlapi.api.guard import HeaderRules
 from mlapi.api.responses import error_headers
-from mlapi.api.v2 import run_infer
-from mlapi.batching import Gone
-from mlapi.errors import HeadersTooLarge, MlapiError
-from mlapi.serving.auth import duplicate_credentials
+from mlapi.errors import ClientGone, MlapiError
+from mlapi.registry import ModelVersion
+from mlapi.serving.codec import InferRequest
 from mlapi.serving.context import ServingContext
-from mlapi.serving.tracking import outcome_of
-
-log = logging.getLogger("mlapi.api")
+from mlapi.serving.limits import Limits
+from mlapi.serving.plane import Call, Wire
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -33,16 +32,12 @@ _BINARY = [(b"content-type", b"application/octet-stream")]
 
 
 class FastInfer:
-    def __init__(self, app: Starlette, ctx: ServingContext, max_header_bytes: int) -> None:
+    def __init__(self, app: Starlette, ctx: ServingContext, guard: HeaderRules) -> None:
         self.app = app
         self.state = app.state  # the application's state, as on the Starlette app
-        self._registry = ctx.registry
-        self._auth = ctx.auth
-        self._tracking = ctx.tracking
+        self._plane = ctx.plane
         self._max_body = ctx.settings.max_body_bytes
-        self._limits = ctx.limits
-        self._hosts = ctx.settings.host_names
-        self._max_header_bytes = max_header_bytes
+        self._guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -68,69 +63,30 @@ class FastInfer:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        length = encoding = header_length = authorization = api_key = request_id = None
-        host = None
-        header_bytes = 0
-        repeated = False
-        for key, value in scope["headers"]:
-            header_bytes += len(key) + len(value)
+        wire = _V2Wire(receive, scope, self._max_body)
+        call = Call(name, version, "POST", scope["path"], None, None, None)
+        for key, value in scope["headers"]:  # one pass: what the plane and the wire need
             if key == b"content-length":
-                length = value.decode("latin-1")
+                wire.length = value.decode("latin-1")
             elif key == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
+                wire.header_length = value.decode("latin-1")
             elif key == b"authorization":
-                repeated = repeated or authorization is not None
-                authorization = value.decode("latin-1")
+                call.repeated_credentials |= call.authorization is not None
+                call.authorization = value.decode("latin-1")
             elif key == b"x-api-key":
-                repeated = repeated or api_key is not None
-                api_key = value.decode("latin-1")
+                call.repeated_credentials |= call.api_key is not None
+                call.api_key = value.decode("latin-1")
             elif key == b"content-encoding":
-                encoding = value.decode("latin-1")
+                wire.encoding = value.decode("latin-1")
             elif key == b"x-request-id":
-                request_id = value.decode("latin-1")
-            elif key == b"host":
-                host = value
-        tracked = self._tracking.begin(name, "POST", scope["path"], request_id)
+                call.request_id = value.decode("latin-1")
         try:
-            if header_bytes > self._max_header_bytes:
-                raise HeadersTooLarge(self._max_header_bytes)
-            check_host(host, self._hosts)
-            if repeated:
-                raise duplicate_credentials()
-            if self._auth is not None:
-                self._auth.check_values(authorization, api_key)
-            model = self._registry.get(name, version)
-            tracked.resolved(model)
-            model.admit()
-            body = await receive_body(receive, length, encoding, self._max_body)
-            tracked.enter()
-            content, binary_header = await run_infer(
-                model, body, header_length, self._limits, _disconnect_probe(receive)
-            )
+            self._guard.check(scope)
+            content, binary_header = await self._plane.infer(call, wire)
+        except ClientGone:
+            return  # nobody to answer (or the connection has answered 408 itself)
         except MlapiError as exc:
             await _send_error(send, exc)
-            tracked.done(exc.status, outcome_of(exc))
-            return
-        except ClientDisconnect:
-            if scope.get(BODY_TIMED_OUT):  # the connection answered 408
-                tracked.done(408, "timeout")
-            else:
-                tracked.done(499, "cancelled")
-            return
-        except Exception as exc:
-            request_id = tracked.id()
-            log.error(
-                "unhandled %s on POST %s (request id %s)",
-                type(exc).__name__,
-                scope["path"],
-                request_id,
-                exc_info=exc,
-            )
-            message = f"internal server error (request id {request_id})"
-            await _send_json(
-                send, 500, {"error": message}, [(b"x-request-id", request_id.encode())]
-            )
-            tracked.done(500, "error")
             return
         if binary_header is None:
             headers = [*_JSON, (b"content-length", str(len(content)).encode())]
@@ -142,19 +98,32 @@ class FastInfer:
             ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
-        tracked.done(200, "ok")
 
 
-def _disconnect_probe(receive: Receive) -> Gone | None:
-    """A cheap 'has the client gone?' for the batcher to check before it runs a
-    queued request. uvicorn's request cycle, which ``receive`` belongs to, keeps a
-    ``disconnected`` flag; reading it costs nothing, unlike a task per request
-    listening for http.disconnect. With another server there is no probe and the
-    request deadline bounds the work instead."""
-    cycle = getattr(receive, "__self__", None)
-    if cycle is None or not isinstance(getattr(cycle, "disconnected", None), bool):
-        return None
-    return lambda: bool(cycle.disconnected)
+class _V2Wire(Wire):
+    """V2 infer on HTTP: JSON, or a JSON header and binary tensors."""
+
+    __slots__ = ("encoding", "gone", "header_length", "length", "max_body", "receive", "scope")
+
+    def __init__(self, receive: Receive, scope: Scope, max_body: int) -> None:
+        self.receive, self.scope, self.max_body = receive, scope, max_body
+        self.length: str | None = None
+        self.encoding: str | None = None
+        self.header_length: str | None = None
+        self.gone = disconnect_probe(receive)
+
+    async def read(self) -> bytes:
+        return await receive_body(
+            self.receive, self.length, self.encoding, self.max_body, self.scope
+        )
+
+    def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> InferRequest:
+        return codec.parse_infer(body, self.header_length, model.signature, limits)
+
+    def encode(
+        self, model: ModelVersion, decoded: InferRequest, results: dict[str, np.ndarray]
+    ) -> tuple[bytes, int | None]:
+        return codec.render_infer(model.name, model.version, decoded, results)
 
 
 async def _send_error(send: Send, error: MlapiError) -> None:

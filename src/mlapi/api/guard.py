@@ -42,29 +42,40 @@ def check_not_cross_site(headers: Iterable[tuple[bytes, bytes]]) -> None:
             raise UnsupportedMediaType("this route takes Content-Type: application/json only")
 
 
-class RequestGuard:
-    """Refuse, with the protocol's error body, requests whose headers add up to more
-    than ``max_bytes`` (431; the connection also stops reading past that) or whose
-    Host a key-less server does not answer (403)."""
+class HeaderRules:
+    """The rules on a request's headers alone, in one place for every HTTP route (the
+    Starlette routes through RequestGuard, the infer fast path directly): their total
+    size (431; the connection also stops reading past it, see connections.py) and
+    the Host a key-less server answers (403)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, hosts: frozenset[str] | None) -> None:
-        self.app = app
+    def __init__(self, max_bytes: int, hosts: frozenset[str] | None) -> None:
         self.max_bytes = max_bytes
         self.hosts = hosts
 
+    def check(self, scope: Scope) -> None:
+        total = 0
+        host = None
+        for name, value in scope["headers"]:
+            total += len(name) + len(value)
+            if name == b"host":
+                host = value
+        if total > self.max_bytes:
+            raise HeadersTooLarge(self.max_bytes)
+        if not scope["path"].startswith(_ANY_HOST_PREFIXES):
+            check_host(host, self.hosts)
+
+
+class RequestGuard:
+    """Refuse, with the protocol's error body, a request that breaks the header rules."""
+
+    def __init__(self, app: ASGIApp, rules: HeaderRules) -> None:
+        self.app = app
+        self.rules = rules
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            total = 0
-            host = None
-            for name, value in scope["headers"]:
-                total += len(name) + len(value)
-                if name == b"host":
-                    host = value
             try:
-                if total > self.max_bytes:
-                    raise HeadersTooLarge(self.max_bytes)
-                if not scope["path"].startswith(_ANY_HOST_PREFIXES):
-                    check_host(host, self.hosts)
+                self.rules.check(scope)
             except (HeadersTooLarge, Forbidden) as exc:
                 await error_response(exc)(scope, receive, send)
                 return

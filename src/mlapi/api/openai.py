@@ -6,6 +6,7 @@ shape: ``{"error": {"message", "type", "param", "code"}}``."""
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,13 @@ from starlette.routing import Route
 
 from mlapi.api import codec
 from mlapi.api.body import read_body
+from mlapi.api.calls import call_of, disconnect_probe
 from mlapi.api.responses import error_headers, json_response, route
 from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
 from mlapi.registry.versions import ModelVersion
 from mlapi.serving.context import ServingContext
-from mlapi.serving.lane import convert
 from mlapi.serving.limits import Limits
-from mlapi.serving.tracking import outcome_of
+from mlapi.serving.plane import Wire
 
 MAX_INPUTS = 2048  # OpenAI's own limit on one request's inputs
 _KEYS = {"input", "model", "encoding_format", "dimensions", "user"}
@@ -59,42 +60,12 @@ def embedding_model(version: ModelVersion) -> Any:
 
 
 def routes(ctx: ServingContext) -> list[Route]:
-    registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
-    limits = ctx.limits
+    registry, max_body, plane = ctx.registry, ctx.settings.max_body_bytes, ctx.plane
 
     async def embeddings(request: Request) -> Response:
-        tracked = None
-        try:
-            body = await read_body(request, max_body)
-            document = await convert(len(body), _document, body, limits)
-            name = document["model"]
-            tracked = tracking.begin(
-                name, "POST", request.url.path, request.headers.get("x-request-id")
-            )
-            model, runtime = _model(registry, name)
-            tracked.resolved(model)
-            tracked.enter()
-            rows = _rows(document["input"], limits)
-            dimensions = _dimensions(document.get("dimensions"), runtime)
-            results = await model.infer({"text": rows}, ("embedding", "tokens"))
-            response = await convert(
-                results["embedding"].nbytes,
-                _encode,
-                results,
-                name,
-                document.get("encoding_format") or "float",
-                dimensions,
-                runtime.settings.normalize,
-            )
-        except MlapiError as exc:
-            if tracked is not None:
-                tracked.done(exc.status, outcome_of(exc))
-            raise
-        except Exception:
-            if tracked is not None:
-                tracked.done(500, "error")
-            raise
-        tracked.done(200, "ok")
+        call = call_of(request.scope, None)  # the body names the model
+        wire = _EmbeddingsWire(request, max_body, ctx.limits)
+        response: Response = await plane.infer(call, wire)
         return response
 
     async def models(request: Request) -> Response:
@@ -111,21 +82,81 @@ def routes(ctx: ServingContext) -> list[Route]:
         return json_response({"object": "list", "data": listed})
 
     return [
-        Route("/v1/embeddings", route(embeddings, ctx.auth, openai_error), methods=["POST"]),
+        # embeddings' key is the plane's to check, with everything else it checks
+        Route("/v1/embeddings", route(embeddings, None, openai_error), methods=["POST"]),
         Route("/v1/models", route(models, ctx.auth, openai_error), methods=["GET"]),
     ]
 
 
-def _model(registry: Any, name: str) -> tuple[ModelVersion, Any]:
-    """The version that serves ``name`` and its text runtime."""
-    try:
-        model: ModelVersion = registry.get(name)
-    except NotFound:
-        raise NotFound(f"The model '{name[:128]}' does not exist") from None
-    runtime = embedding_model(model)
-    if runtime is None:
-        raise InvalidParameter(f"model '{name[:128]}' does not make embeddings", "model")
-    return model, runtime
+@dataclass(slots=True)
+class _Texts:
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    dimensions: int | None
+    normalize: bool
+
+
+class _EmbeddingsWire(Wire):
+    """OpenAI's embeddings request: the model is named in the body, so the plane
+    asks ``model_of`` once the body is read (the in-flight room was checked before)."""
+
+    __slots__ = ("document", "gone", "limits", "max_body", "request")
+
+    def __init__(self, request: Request, max_body: int, limits: Limits) -> None:
+        self.request, self.max_body, self.limits = request, max_body, limits
+        self.document: dict[str, Any] = {}
+        self.gone = disconnect_probe(request.receive)
+
+    async def read(self) -> bytes:
+        return await read_body(self.request, self.max_body)
+
+    def size(self, body: bytes) -> int:
+        return len(body) * 8  # tokenizing costs more than parsing: off the loop sooner
+
+    def model_of(self, body: bytes) -> tuple[str, str | None]:
+        self.document = _document(body, self.limits)
+        return self.document["model"], None
+
+    def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> _Texts:
+        runtime = embedding_model(model)
+        if runtime is None:
+            raise InvalidParameter(f"model '{model.name[:128]}' does not make embeddings", "model")
+        document = self.document
+        rows = _token_rows(runtime, _rows(document["input"], limits), limits)
+        dimensions = _dimensions(document.get("dimensions"), runtime)
+        return _Texts(
+            {"text": rows}, ("embedding", "tokens"), dimensions, runtime.settings.normalize
+        )
+
+    def encode(
+        self, model: ModelVersion, decoded: _Texts, results: dict[str, np.ndarray]
+    ) -> Response:
+        return _encode(
+            results,
+            model.name,
+            self.document.get("encoding_format") or "float",
+            decoded.dimensions,
+            decoded.normalize,
+        )
+
+
+def _token_rows(runtime: Any, rows: np.ndarray, limits: Limits) -> np.ndarray:
+    """The rows as token ids, once the request's tokens are counted against
+    MLAPI_MAX_TOKENS (each input is held to the model's max_length by the runtime):
+    a request that would keep the encoder busy for minutes is a 400, before it is
+    queued. The model then runs on these ids, with no second tokenizing."""
+    ids = runtime.token_ids(rows)
+    total = sum(map(len, ids))
+    if total > limits.max_tokens:
+        raise InvalidParameter(
+            f"'input' holds {total} tokens, over the limit of {limits.max_tokens} per request "
+            f"(MLAPI_MAX_TOKENS): send fewer or shorter inputs per request",
+            "input",
+        )
+    tokens = np.empty(len(ids), dtype=object)
+    for index, row in enumerate(ids):  # a list of ids stays one row, not a numpy axis
+        tokens[index] = row
+    return tokens
 
 
 def _document(body: bytes, limits: Limits) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from mlapi.errors import MlapiError, Overloaded, Unauthorized
+from mlapi.errors import ClientGone, InternalError, MlapiError, Overloaded, Unauthorized
 from mlapi.serving.auth import Authenticator
 
 log = logging.getLogger("mlapi.api")
@@ -40,6 +40,8 @@ def error_headers(error: MlapiError) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(error, Overloaded):
         return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, InternalError):
+        return {"X-Request-ID": error.request_id}
     return {}
 
 
@@ -47,21 +49,19 @@ def error_response(error: MlapiError) -> Response:
     return json_response({"error": error.message}, error.status, error_headers(error) or None)
 
 
-def internal_error(request: Request, exc: BaseException) -> Response:
+def internal_error(request: Request, exc: BaseException) -> InternalError:
+    """What an unexpected exception on a route becomes: a log line with the
+    traceback and a request id, and for the client only that id."""
     request_id = uuid.uuid4().hex
     log.error(
         "unhandled %s on %s %s (request id %s)",
         type(exc).__name__,
         request.method,
-        request.url.path,
+        request.url.path[:200],
         request_id,
         exc_info=exc,
     )
-    return json_response(
-        {"error": f"internal server error (request id {request_id})"},
-        500,
-        {"X-Request-ID": request_id},
-    )
+    return InternalError(request_id)
 
 
 def route(
@@ -77,12 +77,12 @@ def route(
             if auth is not None:
                 auth.check(request.scope["headers"])
             return await handler(request)
+        except ClientGone:
+            return Response(status_code=400)  # nobody is listening; nothing to log
         except MlapiError as exc:
             return render(exc)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is listening; nothing to log
         except Exception as exc:
-            return internal_error(request, exc)
+            return render(internal_error(request, exc))
 
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__

@@ -4,6 +4,7 @@ out. Instances are rows of the model's one input, or objects keyed by input name
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,41 +14,23 @@ from starlette.routing import Route
 
 from mlapi.api import codec
 from mlapi.api.body import read_body
+from mlapi.api.calls import call_of, disconnect_probe
 from mlapi.api.responses import json_response, route
-from mlapi.errors import BadRequest, MlapiError, NotReady
+from mlapi.errors import BadRequest, NotReady
+from mlapi.registry import ModelVersion
 from mlapi.serving import codec as serving_codec
 from mlapi.serving.context import ServingContext
-from mlapi.serving.lane import convert
 from mlapi.serving.limits import Limits
-from mlapi.serving.tracking import outcome_of
+from mlapi.serving.plane import Wire
 from mlapi.tensors import Signature, TensorSpec
 
 
 def routes(ctx: ServingContext) -> list[Route]:
-    registry, max_body, tracking = ctx.registry, ctx.settings.max_body_bytes, ctx.tracking
-    limits = ctx.limits
+    registry, max_body, plane = ctx.registry, ctx.settings.max_body_bytes, ctx.plane
 
     async def predict(request: Request) -> Response:
-        name = request.path_params["model"]
-        tracked = tracking.begin(
-            name, "POST", request.url.path, request.headers.get("x-request-id")
-        )
-        try:
-            model = registry.get(name)
-            tracked.resolved(model)
-            body = await read_body(request, max_body)
-            tracked.enter()
-            inputs, count = await convert(len(body), _decode, body, model.signature, limits)
-            results = await model.infer(inputs, model.signature.output_names())
-            size = sum(array.nbytes for array in results.values())
-            response = await convert(size, _encode, results, count)
-        except MlapiError as exc:
-            tracked.done(exc.status, outcome_of(exc))
-            raise
-        except Exception:
-            tracked.done(500, "error")
-            raise
-        tracked.done(200, "ok")
+        call = call_of(request.scope, request.path_params["model"])
+        response: Response = await plane.infer(call, _V1Wire(request, max_body))
         return response
 
     async def status(request: Request) -> Response:
@@ -58,11 +41,41 @@ def routes(ctx: ServingContext) -> list[Route]:
             return json_response({"name": name, "ready": False}, 503)
         return json_response({"name": name, "ready": True})
 
-    guarded = ctx.auth
     return [
-        Route("/v1/models/{model}:predict", route(predict, guarded), methods=["POST"]),
-        Route("/v1/models/{model}", route(status, guarded), methods=["GET"]),
+        # predict's key is the plane's to check, with everything else it checks
+        Route("/v1/models/{model}:predict", route(predict), methods=["POST"]),
+        Route("/v1/models/{model}", route(status, ctx.auth), methods=["GET"]),
     ]
+
+
+@dataclass(slots=True)
+class _Instances:
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    count: int  # instances in the request: the predictions' rows
+
+
+class _V1Wire(Wire):
+    """KServe V1: ``{"instances": [...]}`` in, ``{"predictions": [...]}`` out."""
+
+    __slots__ = ("gone", "max_body", "request")
+
+    def __init__(self, request: Request, max_body: int) -> None:
+        self.request, self.max_body = request, max_body
+        self.gone = disconnect_probe(request.receive)
+
+    async def read(self) -> bytes:
+        return await read_body(self.request, self.max_body)
+
+    def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> _Instances:
+        signature = model.signature
+        inputs, count = _decode(body, signature, limits)
+        return _Instances(inputs, signature.output_names(), count)
+
+    def encode(
+        self, model: ModelVersion, decoded: _Instances, results: dict[str, np.ndarray]
+    ) -> Response:
+        return _encode(results, decoded.count)
 
 
 def _decode(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int]:

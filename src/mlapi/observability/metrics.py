@@ -39,6 +39,7 @@ OUTCOMES = {
     "not_ready": "not_ready",
     "overloaded": "overloaded",
     "timeout": "timeout",
+    "cancelled": "cancelled",
 }
 
 PROTOCOLS = ("http", "grpc")  # the fronts a request can come through

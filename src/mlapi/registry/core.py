@@ -75,8 +75,7 @@ class RegistryCore:
                 fingerprint=item.fingerprint,
             )
             if item.error:
-                version.state = State.FAILED
-                version.reason = without_host_paths(item.error, item.path)
+                version.fail(without_host_paths(item.error, item.path))
             record.versions[item.version] = version
         if model_error and not quiet:
             log.error("model %s cannot be served: %s", entry.name, model_error)
@@ -90,11 +89,9 @@ class RegistryCore:
             try:
                 await asyncio.to_thread(self._loader.load_and_warm, version)
             except MlapiError as exc:
-                version.state, version.reason = State.FAILED, exc.message
-                version.refused = isinstance(exc, InsufficientMemory)
+                version.fail(exc.message, refused=isinstance(exc, InsufficientMemory))
             except Exception as exc:  # a runtime bug must not kill the other models
-                version.state = State.FAILED
-                version.reason = f"unexpected {type(exc).__name__} while loading"
+                version.fail(f"unexpected {type(exc).__name__} while loading")
                 log.exception("model %s v%d: unexpected error", version.name, version.version)
         if version.state is State.FAILED:
             version.reason = without_host_paths(version.reason or "", version.path)

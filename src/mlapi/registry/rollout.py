@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 
 from mlapi.registry.core import RegistryCore, log
-from mlapi.registry.versions import ModelRecord, ModelVersion, State
+from mlapi.registry.versions import Bake, ModelRecord, ModelVersion, State
 from mlapi.repository import rollback
 from mlapi.repository import scan as repo_scan
 
@@ -115,8 +114,7 @@ class Rollouts(RegistryCore):
 
     # ----- after a switch: bake, and roll back by itself ------------------------
     def _start_bake(self, record: ModelRecord, version: ModelVersion) -> None:
-        version.outcomes = deque()
-        version.alert = asyncio.Event()
+        version.bake = Bake()
         task = asyncio.create_task(self._bake(record, version), name=f"mlapi-bake-{record.name}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -126,31 +124,24 @@ class Rollouts(RegistryCore):
         threshold, go back to what it replaced (still loaded); else free that."""
         assert version.config is not None
         rollout = version.config.rollout
-        outcomes = version.outcomes
-        assert outcomes is not None
-        alert = version.alert
-        assert alert is not None
+        bake = version.bake
+        assert bake is not None
         deadline = time.monotonic() + rollout.bake_s
         while time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):  # a server error wakes it at once
-                await asyncio.wait_for(alert.wait(), min(0.25, rollout.window_s / 4))
-            alert.clear()
+                await asyncio.wait_for(bake.alert.wait(), min(0.25, rollout.window_s / 4))
+            bake.alert.clear()
             if record.versions.get(version.version) is not version:
                 return  # superseded or unloaded meanwhile
-            horizon = time.monotonic() - rollout.window_s
-            while outcomes and outcomes[0][0] < horizon:
-                outcomes.popleft()
-            errors = sum(1 for _, failed in outcomes if failed)
-            if len(outcomes) >= rollout.min_requests and errors > rollout.max_error_ratio * len(
-                outcomes
-            ):
+            errors, seen = bake.failures_within(rollout.window_s)
+            if seen >= rollout.min_requests and errors > rollout.max_error_ratio * seen:
                 reason = (
-                    f"rolled back: {errors} of {len(outcomes)} requests failed on the server "
+                    f"rolled back: {errors} of {seen} requests failed on the server "
                     f"within {rollout.window_s:g}s (max_error_ratio {rollout.max_error_ratio:g})"
                 )
                 await self._roll_back(record, version, reason)
                 return
-        version.outcomes = version.alert = None
+        version.bake = None
         async with self._lock(record.name):
             if record.versions.get(version.version) is version:
                 self._retire(record.previous.values())
@@ -175,7 +166,7 @@ class Rollouts(RegistryCore):
                 reason=reason,
                 fingerprint=version.fingerprint,
             )
-            version.outcomes = version.alert = None
+            version.bake = None
             self._retire([version])
             self._count(record.name, "rolled_back")
             self._publish_serving(record)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlapi.batching import Batcher, Gone
+from mlapi.batching import Batcher, Gone, QueuedTooLong
 from mlapi.errors import GatewayTimeout, NotFound, NotReady
 from mlapi.observability.metrics import ModelMetrics
 from mlapi.repository.config import ModelConfig
@@ -30,6 +30,30 @@ class State(StrEnum):
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+class Bake:
+    """A switched-in version's requests over its bake window: (time, failed?) of
+    each, and an event set at once on a failure so the watcher looks without delay."""
+
+    __slots__ = ("alert", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes: deque[tuple[float, bool]] = deque()
+        self.alert = asyncio.Event()
+
+    def record(self, failed: bool) -> None:
+        self.outcomes.append((time.monotonic(), failed))
+        if failed:
+            self.alert.set()
+
+    def failures_within(self, window_s: float) -> tuple[int, int]:
+        """(failed, all) of the requests of the last ``window_s`` seconds."""
+        horizon = time.monotonic() - window_s
+        outcomes = self.outcomes
+        while outcomes and outcomes[0][0] < horizon:
+            outcomes.popleft()
+        return sum(1 for _, failed in outcomes if failed), len(outcomes)
 
 
 @dataclass(eq=False)
@@ -54,9 +78,24 @@ class ModelVersion:
     fingerprint: str = ""  # what its files were when it was loaded (repository.files)
     holders: int = 0  # inference requests that resolved to this version and are not done
     refused: bool = False  # FAILED because it would not fit in memory
-    # while it bakes after a switch: (time, server error?) of each request it answered
-    outcomes: deque[tuple[float, bool]] | None = None
-    alert: asyncio.Event | None = None  # set on a server error while it bakes
+    bake: Bake | None = None  # while it bakes after a switch: what its requests did
+
+    # ----- what a request does to it: hold it while it runs, release with its outcome
+    def hold(self) -> None:
+        """A request resolved to this version: a replacement waits for it."""
+        self.holders += 1
+
+    def release(self, failed: bool) -> None:
+        """A request that held this version is done; ``failed`` when it failed for a
+        reason that is this version's (a server error, or its own run timing out),
+        which counts against it while it bakes."""
+        self.holders -= 1
+        if self.bake is not None:
+            self.bake.record(failed)
+
+    def fail(self, reason: str, refused: bool = False) -> None:
+        """FAILED, with the reason shown in readiness and the repository index."""
+        self.state, self.reason, self.refused = State.FAILED, reason, refused
 
     @property
     def signature(self) -> Signature:
@@ -87,12 +126,13 @@ class ModelVersion:
             raise NotReady(f"model '{self.name}' version {self.version} is not ready")
         try:
             return await batcher.submit(inputs, tuple(output_names), gone, self.timeout_s)
-        except TimeoutError:
+        except TimeoutError as exc:
             # the batcher withdrew the queued work at the deadline; a running batch's
             # result for this request is dropped
             raise GatewayTimeout(
                 f"model '{self.name}' did not answer within {self.timeout_s:g}s "
-                f"(MLAPI_REQUEST_TIMEOUT_S)"
+                f"(MLAPI_REQUEST_TIMEOUT_S)",
+                queued=isinstance(exc, QueuedTooLong),
             ) from None
 
     def describe(self) -> dict[str, object]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from mlapi.errors import BadRequest
 from mlapi.rpc import messages
 from mlapi.serving import codec
-from mlapi.serving.codec import InferRequest
+from mlapi.serving.codec import InferRequest as InferRequest
 from mlapi.serving.limits import Limits, shown
 from mlapi.tensors import DATATYPES, Signature
 
@@ -40,9 +41,15 @@ CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
 }
 
 
-def raw_size(request: Any) -> int:
-    """Bytes of tensor data a request brings (what decides where it is decoded)."""
-    return sum(map(len, request.raw_input_contents))
+def parse_message(data: bytes, message_type: Any) -> Any:
+    """A request message from its bytes; one that does not parse is the client's
+    error (INVALID_ARGUMENT), not the server's (grpc's own parsing says INTERNAL)."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise BadRequest(
+            f"the request is not a valid {message_type.DESCRIPTOR.name} message"
+        ) from None
 
 
 def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[InferRequest, bool]:
@@ -51,6 +58,7 @@ def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[Inf
     raw = request.raw_input_contents
     if not tensors:
         raise BadRequest("'inputs' must be a non-empty array")
+    codec.check_counts(len(tensors), len(request.outputs), signature)
     if raw and len(raw) != len(tensors):
         raise BadRequest(
             f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs: give one "
@@ -106,6 +114,11 @@ def _from_contents(
         array[:] = list(values)
         return array.reshape(dims)
     parsed = np.array(values, dtype=wire)
+    if wire.kind == "f" and not np.isfinite(parsed).all():
+        raise BadRequest(
+            f"input '{shown(name)}': NaN and infinite values are not numbers in typed "
+            f"contents (as in JSON); send them in raw_input_contents"
+        )
     target = DATATYPES[datatype]
     if target.itemsize < wire.itemsize and parsed.size:
         info = np.iinfo(target)

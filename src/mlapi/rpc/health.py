@@ -20,8 +20,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
 from mlapi.errors import NotFound
 from mlapi.rpc import messages
 from mlapi.serving.context import ServingContext
@@ -55,9 +53,7 @@ class HealthService:
     async def check(self, request: Any, context: Any) -> Any:
         status = self.status(request.service)
         if status is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service[:200]}'"
-            )
+            raise NotFound(f"unknown service '{request.service[:200]}'")
         return messages.HealthCheckResponse(status=status)
 
     async def list(self, request: Any, context: Any) -> Any:

@@ -1,7 +1,24 @@
 """The gRPC server of one worker process: grpc.aio on the worker's own event loop
-(the one uvicorn runs), so a gRPC call reaches the same registry, batcher and
-metrics as an HTTP request, with no thread or process between them. It serves
-the inference service (service.py) and the standard health service (health.py).
+(the one uvicorn runs), so a gRPC call reaches the same data plane, registry,
+batcher and metrics as an HTTP request, with no thread or process between them.
+It serves the inference service (service.py) and the standard health service
+(health.py).
+
+What a caller can hold, and for how long, as HTTP bounds it:
+- Every method is served as a stream of requests, so ml-api's code runs when the
+  call's headers arrive, before its message: the key is checked from the
+  metadata first, and a caller without one never makes the server read a byte.
+- A message must arrive within MLAPI_BODY_TIMEOUT_S of the headers (the health
+  service's small messages within MLAPI_HEADER_TIMEOUT_S); a call that stalls
+  is answered DEADLINE_EXCEEDED and freed.
+- Budgets per worker, each with its own count, so no kind of call can take the
+  others' room: open health messages being received (``OPEN_READS``), health
+  Watch streams (``WATCHES``), and keyed calls (MLAPI_MAX_CONNECTIONS). The
+  requests without fields (ServerLive, ServerReady, ServerMetadata, List) are
+  answered without reading their message at all.
+- Per connection at most ``STREAMS_PER_CONNECTION`` calls at once; at most
+  MLAPI_MAX_CONNECTIONS connections; metadata at most MLAPI_MAX_HEADER_BYTES; a
+  connection with no call for ``IDLE_S`` is closed (a client reconnects by itself).
 
 Ports: one worker binds API_GRPC_PORT alone (a second server on the port fails
 to start, as for HTTP); with WORKERS > 1 every worker binds it with SO_REUSEPORT
@@ -14,18 +31,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from mlapi.rpc import messages
+from mlapi.errors import BadRequest, BodyTimeout, MlapiError, Overloaded
+from mlapi.rpc import codec, messages
 from mlapi.rpc.health import HealthService
-from mlapi.rpc.service import Context, Handler, InferenceService
+from mlapi.rpc.service import (
+    INFER_PATH,
+    KEYED,
+    OPEN,
+    Context,
+    InferenceService,
+    call_of,
+    status_of,
+)
 from mlapi.serving.context import ServingContext
 
 log = logging.getLogger("mlapi.grpc")
+
+OPEN_READS = 8  # health messages being received at once (each arrives in one packet)
+WATCHES = 64  # health Watch streams at once
+STREAMS_PER_CONNECTION = 100  # HTTP/2's usual SETTINGS_MAX_CONCURRENT_STREAMS
+IDLE_S = 60  # a connection with no call for this long is closed
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def server_options(ctx: ServingContext) -> list[tuple[str, Any]]:
@@ -35,10 +68,36 @@ def server_options(ctx: ServingContext) -> list[tuple[str, Any]]:
         # (RESOURCE_EXHAUSTED) before it reaches the server's code.
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
+        ("grpc.max_metadata_size", settings.max_header_bytes),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_connection_idle_ms", IDLE_S * 1000),
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        # Idle connections are closed after 5 minutes (clients reconnect by themselves).
-        ("grpc.max_connection_idle_ms", 300_000),
     ]
+
+
+class Budget:
+    """At most ``size`` calls of one kind at once in this worker."""
+
+    __slots__ = ("size", "taken", "what")
+
+    def __init__(self, size: int, what: str) -> None:
+        self.size, self.what, self.taken = size, what, 0
+
+    def take(self) -> None:
+        if self.taken >= self.size:
+            raise Overloaded(f"this worker already has {self.size} {self.what}; retry shortly")
+        self.taken += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
+def escaped(text: str) -> str:
+    """Error details as one printable line: a client's control characters, echoed
+    in a message, would otherwise reach the caller's terminal and logs raw."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)[:2000]
 
 
 class GrpcFront:
@@ -49,33 +108,37 @@ class GrpcFront:
         self._stopping: asyncio.Task[None] | None = None
         # Set when the port stops accepting: health Watch streams end then.
         self._closing = asyncio.Event()
+        self.open_reads = Budget(OPEN_READS, "health messages being received")
+        self.watches = Budget(WATCHES, "health Watch streams")
+        self.keyed = Budget(
+            ctx.settings.max_connections, "calls in progress (MLAPI_MAX_CONNECTIONS)"
+        )
+        self._service = InferenceService(ctx)
+        self._health = HealthService(ctx, self._closing)
 
     async def start(self) -> None:
         settings = self.ctx.settings
-        server = grpc.aio.server(
-            options=server_options(self.ctx),
-            # calls in progress at once, as MLAPI_MAX_CONNECTIONS bounds HTTP's
-            maximum_concurrent_rpcs=settings.max_connections,
-        )
+        server = grpc.aio.server(options=server_options(self.ctx))
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            name: grpc.unary_unary_rpc_method_handler(
-                _parsing(handler, request_type), response_serializer=_serialize
+            name: grpc.stream_unary_rpc_method_handler(
+                self._unary(access, handler, request_type), response_serializer=_serialize
             )
-            for name, (handler, request_type) in InferenceService(self.ctx).handlers().items()
+            for name, (access, handler, request_type) in self._service.methods().items()
         }
-        health = HealthService(self.ctx, self._closing)
+        handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            self._infer, response_serializer=_serialize
+        )
+        health = self._health
         health_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                _parsing(health.check, messages.HealthCheckRequest),
+            "Check": grpc.stream_unary_rpc_method_handler(
+                self._unary(OPEN, health.check, messages.HealthCheckRequest),
                 response_serializer=_serialize,
             ),
-            "List": grpc.unary_unary_rpc_method_handler(
-                _parsing(health.list, messages.HealthListRequest),
-                response_serializer=_serialize,
+            "List": grpc.stream_unary_rpc_method_handler(
+                self._unary(OPEN, health.list, None), response_serializer=_serialize
             ),
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                _parsing_stream(health.watch, messages.HealthCheckRequest),
-                response_serializer=_serialize,
+            "Watch": grpc.stream_stream_rpc_method_handler(
+                self._watch, response_serializer=_serialize
             ),
         }
         server.add_generic_rpc_handlers(
@@ -105,38 +168,106 @@ class GrpcFront:
         if self._server is not None:
             await self._server.stop(grace=self.ctx.settings.shutdown_timeout_s)
 
+    # ----- receiving a call's message ------------------------------------------
+    async def _receive(self, context: Context, access: str) -> bytes:
+        """The call's one request message, within its deadline."""
+        settings = self.ctx.settings
+        timeout_s = settings.header_timeout_s if access == OPEN else settings.body_timeout_s
+        try:
+            data = await asyncio.wait_for(context.read(), timeout_s)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request message did not arrive within {timeout_s:g}s "
+                f"({'MLAPI_HEADER_TIMEOUT_S' if access == OPEN else 'MLAPI_BODY_TIMEOUT_S'})"
+            ) from None
+        if data is grpc.aio.EOF:
+            raise BadRequest("the call carries no request message")
+        return bytes(data)
 
-def _parsing(handler: Handler, request_type: Any) -> Handler:
-    """The handler, given the request's bytes: a message that does not parse is the
-    client's error (INVALID_ARGUMENT), not the server's (grpc's own parsing would
-    answer INTERNAL)."""
+    async def _message(self, context: Context, access: str, message_type: Any) -> Any:
+        if access == OPEN:  # an open message is small: a budget of its own while it comes
+            self.open_reads.take()
+            try:
+                data = await self._receive(context, access)
+            finally:
+                self.open_reads.give_back()
+        else:
+            data = await self._receive(context, access)
+        return codec.parse_message(data, message_type)
 
-    async def call(data: bytes, context: Context) -> Any:
-        return await handler(await _decoded(data, request_type, context), context)
+    # ----- the handlers --------------------------------------------------------
+    def _unary(
+        self, access: str, handler: Callable[[Any, Context], Awaitable[Any]], message_type: Any
+    ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[Any]]:
+        async def call(requests: AsyncIterator[bytes], context: Context) -> Any:
+            budget = None if access == OPEN else self.keyed
+            try:
+                self._service.check(access, _metadata(context))
+                if budget is not None:
+                    budget.take()
+                try:
+                    request = None
+                    if message_type is not None:
+                        request = await self._message(context, access, message_type)
+                    return await handler(request, context)
+                finally:
+                    if budget is not None:
+                        budget.give_back()
+            except MlapiError as exc:
+                status, details = status_of(exc), exc.message
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                status, details = _internal(exc, None)
+            # aborted outside the except block: nothing of the call (its message, a
+            # traceback's frames) stays referenced by the error grpc keeps
+            await context.abort(status, escaped(details))
 
-    return call
+        return call
+
+    async def _infer(self, requests: AsyncIterator[bytes], context: Context) -> Any:
+        """ModelInfer through the data plane: the key from the metadata, the in-flight
+        room, then the message (within its deadline), then the rest."""
+        metadata = _metadata(context)
+        call = call_of(metadata, INFER_PATH)
+        try:
+            self.keyed.take()
+            try:
+                return await self._service.model_infer(
+                    call, lambda: self._receive(context, KEYED), context
+                )
+            finally:
+                self.keyed.give_back()
+        except MlapiError as exc:
+            status, details = status_of(exc), exc.message
+        await context.abort(status, escaped(details))
+
+    async def _watch(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        try:
+            request = await self._message(context, OPEN, messages.HealthCheckRequest)
+            self.watches.take()
+        except MlapiError as exc:
+            status, details = status_of(exc), exc.message
+        else:
+            try:
+                async for message in self._health.watch(request, context):
+                    yield message
+            finally:
+                self.watches.give_back()
+            return
+        await context.abort(status, escaped(details))
 
 
-def _parsing_stream(
-    handler: Callable[[Any, Context], AsyncIterator[Any]], request_type: Any
-) -> Callable[[bytes, Context], AsyncIterator[Any]]:
-    """As _parsing, for a call that answers with a stream."""
-
-    async def call(data: bytes, context: Context) -> AsyncIterator[Any]:
-        async for message in handler(await _decoded(data, request_type, context), context):
-            yield message
-
-    return call
+def _metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple(context.invocation_metadata() or ())
 
 
-async def _decoded(data: bytes, request_type: Any, context: Context) -> Any:
-    try:
-        return request_type.FromString(data)
-    except DecodeError:
-        what = request_type.DESCRIPTOR.name
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what} message"
-        )
+def _internal(exc: Exception, request_id: str | None) -> tuple[grpc.StatusCode, str]:
+    request_id = request_id or uuid.uuid4().hex
+    log.error(
+        "unhandled %s on gRPC call (request id %s)", type(exc).__name__, request_id, exc_info=exc
+    )
+    return grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id})"
 
 
 def _address(host: str, port: int) -> str:

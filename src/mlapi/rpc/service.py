@@ -1,33 +1,33 @@
-"""The GRPCInferenceService calls, each a thin front over what the HTTP routes use:
-the registry for readiness and metadata, ``Tracking`` + the model's batcher for
-inference (the same in-flight limit, deadline, metrics and access log, with
-``protocol="grpc"``), the repository functions for index/load/unload.
+"""The GRPCInferenceService calls, each a thin front over the data plane: the
+registry for readiness and metadata, ``Plane.infer`` for inference (the same key
+check, admission, in-flight limit, deadline, metrics and access log as HTTP, with
+``protocol="grpc"``), the repository operations for index/load/unload.
 
 Who may call what is HTTP's rule: liveness, readiness and server metadata are
 open; model calls take the API key (metadata ``authorization: Bearer <key>`` or
 ``x-api-key``); the repository calls take the admin key and can be turned off.
-An error is the HTTP error's message under the gRPC status that means the same."""
+An error is the HTTP error's message under the gRPC status that means the same.
+
+The key is checked from the call's metadata before its message is read (server.py
+reads it), so a caller without one never makes the server receive or parse a byte."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
+import numpy as np
 
 from mlapi import __version__
-from mlapi.api import repository, v2
 from mlapi.errors import BadRequest, MlapiError, NotReady
+from mlapi.registry import ModelVersion
 from mlapi.rpc import codec, messages
-from mlapi.serving.auth import Authenticator, credentials
+from mlapi.serving import repository
 from mlapi.serving.context import ServingContext
-from mlapi.serving.lane import convert
-from mlapi.serving.tracking import outcome_of
-
-log = logging.getLogger("mlapi.grpc")
+from mlapi.serving.limits import Limits
+from mlapi.serving.metadata import EXTENSIONS, metadata_of
+from mlapi.serving.plane import Call, Wire
 
 # The gRPC status of each error code; by HTTP status for the rest.
 _STATUS_OF_CODE = {
@@ -35,14 +35,22 @@ _STATUS_OF_CODE = {
     "forbidden": grpc.StatusCode.PERMISSION_DENIED,
     "not_found": grpc.StatusCode.NOT_FOUND,
     "not_ready": grpc.StatusCode.UNAVAILABLE,
-    "overloaded": grpc.StatusCode.UNAVAILABLE,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "cancelled": grpc.StatusCode.CANCELLED,
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "headers_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "insufficient_memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "model_load_failed": grpc.StatusCode.FAILED_PRECONDITION,
     "unsafe_model_file": grpc.StatusCode.FAILED_PRECONDITION,
 }
-_INFER = "/inference.GRPCInferenceService/ModelInfer"
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Context], Awaitable[Any]]
+Receive = Callable[[], Awaitable[bytes]]
+# Who may call a method: anyone, API key holders, admin key holders.
+OPEN, KEYED, ADMIN = "open", "keyed", "admin"
 
 
 def status_of(error: MlapiError) -> grpc.StatusCode:
@@ -52,46 +60,60 @@ def status_of(error: MlapiError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT if error.status < 500 else grpc.StatusCode.INTERNAL
 
 
-Context = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[Any, Context], Awaitable[Any]]
+def call_of(metadata: Sequence[tuple[str, str | bytes]], path: str) -> Call:
+    """The plane's view of a gRPC call, from its metadata: its credentials and
+    request id (a ModelInfer names its model in the message, not known yet)."""
+    call = Call(None, None, "gRPC", path, None, None, None, protocol="grpc")
+    for key, value in metadata:
+        if key == "authorization":
+            call.repeated_credentials |= call.authorization is not None
+            call.authorization = _text(value)
+        elif key == "x-api-key":
+            call.repeated_credentials |= call.api_key is not None
+            call.api_key = _text(value)
+        elif key == "x-request-id":
+            call.request_id = _text(value)
+    return call
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode("latin-1")
 
 
 class InferenceService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
-        self._limits = ctx.limits
 
-    def handlers(self) -> dict[str, tuple[Handler, Any]]:
-        """Method name -> (handler, request message class)."""
+    def methods(self) -> dict[str, tuple[str, Handler, Any]]:
+        """Method name -> (who may call, handler, request message class). A class of
+        None: the request has no fields, and its message is never read."""
         return {
-            "ServerLive": (self.server_live, messages.ServerLiveRequest),
-            "ServerReady": (self.server_ready, messages.ServerReadyRequest),
-            "ModelReady": (self.guarded(self.model_ready), messages.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, messages.ServerMetadataRequest),
-            "ModelMetadata": (self.guarded(self.model_metadata), messages.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, messages.ModelInferRequest),
-            "RepositoryIndex": (self.admin(self.repository_index), messages.RepositoryIndexRequest),
+            "ServerLive": (OPEN, self.server_live, None),
+            "ServerReady": (OPEN, self.server_ready, None),
+            "ServerMetadata": (OPEN, self.server_metadata, None),
+            "ModelReady": (KEYED, self.model_ready, messages.ModelReadyRequest),
+            "ModelMetadata": (KEYED, self.model_metadata, messages.ModelMetadataRequest),
+            "RepositoryIndex": (ADMIN, self.repository_index, messages.RepositoryIndexRequest),
             "RepositoryModelLoad": (
-                self.admin(self.repository_load),
+                ADMIN,
+                self.repository_load,
                 messages.RepositoryModelLoadRequest,
             ),
             "RepositoryModelUnload": (
-                self.admin(self.repository_unload),
+                ADMIN,
+                self.repository_unload,
                 messages.RepositoryModelUnloadRequest,
             ),
         }
 
-    # ----- who may call ----------------------------------------------------------
-    def guarded(self, handler: Handler) -> Handler:
-        return _wrapped(handler, lambda context: _authenticate(self.ctx.auth, _metadata(context)))
-
-    def admin(self, handler: Handler) -> Handler:
-        def check(context: Context) -> None:
-            _authenticate(self.ctx.admin_auth, _metadata(context))
+    def check(self, access: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        """The call's key, from its metadata alone: before its message is read."""
+        if access == OPEN:
+            return
+        self.ctx.plane.authenticate(call_of(metadata, ""), admin=access == ADMIN)
+        if access == ADMIN:
             repository.check_enabled(self.ctx.settings)
-
-        return _wrapped(handler, check)
 
     # ----- health and metadata ---------------------------------------------------
     async def server_live(self, request: Any, context: Context) -> Any:
@@ -103,7 +125,7 @@ class InferenceService:
 
     async def server_metadata(self, request: Any, context: Context) -> Any:
         return messages.ServerMetadataResponse(
-            name="mlapi", version=__version__, extensions=v2.EXTENSIONS
+            name="mlapi", version=__version__, extensions=EXTENSIONS
         )
 
     async def model_ready(self, request: Any, context: Context) -> Any:
@@ -114,43 +136,18 @@ class InferenceService:
         return messages.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: Any, context: Context) -> Any:
-        body = v2.metadata_of(self.registry, request.name, request.version or None)
+        body = metadata_of(self.registry, request.name, request.version or None)
         body.pop("parameters", None)  # labels: the gRPC message has no place for them
         return messages.ModelMetadataResponse(**body)
 
     # ----- inference -------------------------------------------------------------
-    async def model_infer(self, request: Any, context: Context) -> Any:
-        """As the HTTP fast path: resolve, admit, count in flight, decode, infer,
-        encode; every request is counted once, however it ends."""
-        ctx = self.ctx
-        metadata = _metadata(context)
-        request_id = next((str(v) for k, v in metadata if k == "x-request-id"), None)
-        tracked = ctx.tracking.begin(request.model_name, "gRPC", _INFER, request_id, "grpc")
+    async def model_infer(self, call: Call, receive: Receive, context: Context) -> Any:
+        """The data plane's one infer path, with gRPC's wire."""
+        wire = GrpcWire(receive, context)
         try:
-            _authenticate(ctx.auth, metadata)
-            model = self.registry.get(request.model_name, request.model_version or None)
-            tracked.resolved(model)
-            model.admit()
-            tracked.enter()
-            signature = model.signature
-            size = codec.raw_size(request)
-            parsed, raw = await convert(size, codec.parse_infer, request, signature, self._limits)
-            results = await model.infer(parsed.inputs, parsed.output_names, context.done)
-            size = sum(array.nbytes for array in results.values())
-            response = await convert(
-                size, codec.render_infer, model.name, model.version, parsed, results, raw
-            )
-        except MlapiError as exc:
-            tracked.done(exc.status, outcome_of(exc))
-            await _abort(context, exc)
-        except asyncio.CancelledError:  # the client went away, or the server stopped
-            tracked.done(499, "cancelled")
-            raise
-        except Exception as exc:
-            tracked.done(500, "error")
-            await _internal(context, exc, tracked.id())
-        tracked.done(200, "ok")
-        return response
+            return await self.ctx.plane.infer(call, wire)
+        finally:
+            wire.request = None  # a refused call's message goes now, not at a collection
 
     # ----- repository ------------------------------------------------------------
     async def repository_index(self, request: Any, context: Context) -> Any:
@@ -182,54 +179,37 @@ class InferenceService:
         return messages.RepositoryModelUnloadResponse()
 
 
-def _wrapped(handler: Handler, check: Callable[[Context], None]) -> Handler:
-    async def call(request: Any, context: Context) -> Any:
-        try:
-            check(context)
-            return await handler(request, context)
-        except MlapiError as exc:
-            await _abort(context, exc)
-        except Exception as exc:
-            await _internal(context, exc, None)
+class GrpcWire(Wire):
+    """ModelInfer: the message is read (with its deadline) by ``receive``, parsed to
+    learn the model it names, then its tensors decoded; the plane runs both off the
+    event loop when the message is large, whatever part of it is large."""
 
-    return call
+    __slots__ = ("gone", "raw", "receive", "request")
 
+    def __init__(self, receive: Receive, context: Context) -> None:
+        self.receive = receive
+        self.request: Any = None
+        self.raw = False
+        self.gone = context.done
 
-def _metadata(context: Context) -> Sequence[tuple[str, str | bytes]]:
-    return tuple(context.invocation_metadata() or ())
+    async def read(self) -> bytes:
+        return await self.receive()
 
+    def model_of(self, body: bytes) -> tuple[str, str | None]:
+        self.request = codec.parse_message(body, messages.ModelInferRequest)
+        return self.request.model_name, self.request.model_version or None
 
-def _authenticate(auth: Authenticator | None, metadata: Sequence[tuple[str, str | bytes]]) -> None:
-    if auth is None:
-        return
-    pairs = ((key.encode("latin-1"), _value(value)) for key, value in metadata)
-    auth.check_values(*credentials(pairs))
+    def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> codec.InferRequest:
+        parsed, self.raw = codec.parse_infer(self.request, model.signature, limits)
+        self.request = None  # the arrays hold what they need of it
+        return parsed
 
-
-def _value(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    def encode(
+        self, model: ModelVersion, decoded: codec.InferRequest, results: dict[str, np.ndarray]
+    ) -> Any:
+        return codec.render_infer(model.name, model.version, decoded, results, self.raw)
 
 
 def _no_other_repository(name: str) -> None:
     if name:
         raise BadRequest(f"unknown repository '{name[:64]}': leave repository_name empty")
-
-
-async def _abort(context: Context, error: MlapiError) -> NoReturn:
-    await context.abort(status_of(error), error.message)
-    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
-
-
-async def _internal(context: Context, exc: Exception, request_id: str | None) -> NoReturn:
-    request_id = request_id or _new_id()
-    log.error(
-        "unhandled %s on gRPC call (request id %s)", type(exc).__name__, request_id, exc_info=exc
-    )
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id})"
-    )
-    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex

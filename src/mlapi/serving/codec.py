@@ -52,6 +52,23 @@ def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def check_counts(inputs: int, outputs: int, signature: Signature) -> None:
+    """A request names at most the inputs and outputs its model has, checked before
+    any of them is looked at (3 million output entries would be read one by one)."""
+    if signature.dynamic:
+        return
+    if inputs > len(signature.inputs):
+        raise BadRequest(
+            f"the request has {inputs} inputs, more than the model's {len(signature.inputs)}: "
+            f"an input is unknown or given more than once"
+        )
+    if outputs > len(signature.outputs):
+        raise BadRequest(
+            f"the request asks for {outputs} outputs, more than the model's "
+            f"{len(signature.outputs)}: an output is unknown or requested more than once"
+        )
+
+
 def check_all_given(inputs: dict[str, np.ndarray], signature: Signature) -> None:
     """Every input the model declares is there (a dynamic signature takes any)."""
     if not signature.dynamic and len(inputs) != len(signature.inputs):
@@ -155,6 +172,7 @@ def requested_outputs(
         raise BadRequest("'outputs' must be an array")
     known = set(signature.output_names())
     names: list[str] = []
+    seen: set[str] = set()
     binary: set[str] = set()
     for index, item in enumerate(items):
         if not isinstance(item, dict) or item.keys() - _OUTPUT_KEYS:
@@ -166,8 +184,9 @@ def requested_outputs(
             raise BadRequest(f"outputs[{index}].name must be a string")
         if name not in known and not (signature.dynamic and not known):
             raise BadRequest(f"unknown output '{shown(name)}' (the model gives {sorted(known)})")
-        if name in names:
+        if name in seen:
             raise BadRequest(f"output '{shown(name)}' is requested more than once")
+        seen.add(name)
         parameters = parameters_of(item, f"output '{shown(name)}'")
         if "classification" in parameters:
             raise BadRequest("the classification extension is not supported")

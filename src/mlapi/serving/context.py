@@ -1,4 +1,5 @@
-"""What the routes share: settings, the registry, the authenticators and the limits."""
+"""What every front shares: settings, the registry, the authenticators, the limits
+and the data plane."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from mlapi.lifecycle import Lifecycle
 from mlapi.registry import ModelRegistry
 from mlapi.serving.auth import Authenticator
 from mlapi.serving.limits import Limits
+from mlapi.serving.plane import Plane
 from mlapi.serving.tracking import Tracking
 from mlapi.settings import Settings
 
@@ -20,4 +22,5 @@ class ServingContext:
     tracking: Tracking
     lifecycle: Lifecycle
     limits: Limits
+    plane: Plane
     admin_auth: Authenticator | None = None  # the repository routes' key, when one is set

@@ -14,14 +14,38 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from mlapi.errors import MlapiError
+
 T = TypeVar("T")
 OFFLOAD_BYTES = 256 * 1024  # below this, converting inline costs less than the hop
 _LANE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlapi-convert")
 
 
+class _Raised:
+    """An exception from the lane, carried back as a value."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 async def off_loop(func: Callable[..., T], *args: Any) -> T:
-    """``func(*args)`` on the lane."""
-    return await asyncio.get_running_loop().run_in_executor(_LANE, _without_gc, func, *args)
+    """``func(*args)`` on the lane. Its exception comes back as a value and is
+    raised here: raised by the future instead, it would sit in a reference cycle
+    (the future, its exception, the traceback's frame of ``Future.result``) with
+    everything the call's frames held, such as a refused request's parsed message,
+    until a full garbage collection."""
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(_LANE, _without_gc, func, *args)
+    if isinstance(result, _Raised):
+        error, args = result.error, ()  # this frame keeps nothing large
+        del result
+        try:
+            raise error
+        finally:
+            del error
+    return result
 
 
 async def convert(size: int, func: Callable[..., T], *args: Any) -> T:
@@ -42,6 +66,10 @@ def _without_gc(func: Callable[..., T], *args: Any) -> T:
     gc.disable()
     try:
         return func(*args)
+    except MlapiError as exc:  # the client's error: its frames (and their data) go now
+        return _Raised(exc.with_traceback(None))  # type: ignore[return-value]
+    except Exception as exc:  # a bug: its traceback is logged
+        return _Raised(exc)  # type: ignore[return-value]
     finally:
         if enabled:
             gc.enable()

@@ -1,5 +1,6 @@
-"""The work one request may ask for (MLAPI_MAX_ELEMENTS, MLAPI_MAX_BYTES_ELEMENT),
-checked by the codecs before anything that size is allocated."""
+"""The work one request may ask for (MLAPI_MAX_ELEMENTS, MLAPI_MAX_BYTES_ELEMENT,
+MLAPI_MAX_TOKENS), checked by the codecs before anything that size is allocated
+or run."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Limits:
 
     max_elements: int = 1 << 20
     max_bytes_element: int = 1 << 20
+    max_tokens: int = 16_384  # tokens one request to a text model may bring
 
     def check_elements(self, name: str, total: int) -> None:
         if total > self.max_elements:

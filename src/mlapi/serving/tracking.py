@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 
-from mlapi.errors import MlapiError, Overloaded
+from mlapi.errors import GatewayTimeout, MlapiError, Overloaded
 from mlapi.observability.metrics import OUTCOMES, UNKNOWN_MODEL, Metrics
 from mlapi.registry import ModelRegistry, ModelVersion
 
@@ -75,18 +75,25 @@ class Tracked:
 
     def resolved(self, model: ModelVersion) -> None:
         self._model = model
-        model.holders += 1  # a version being replaced waits for this request
+        self.name = model.name
+        model.hold()  # a version being replaced waits for this request
 
-    def enter(self) -> None:
-        """The body is read: from now on the request is in flight. Overloaded (503)
-        past MLAPI_MAX_INFLIGHT such requests in this process. A client still sending
-        its body holds no slot (the connection's body deadline bounds it)."""
+    def check_room(self) -> None:
+        """Overloaded (503) when MLAPI_MAX_INFLIGHT requests are in flight already:
+        asked before a body is read, so a full server reads none."""
         tracking = self._tracking
         if tracking.active >= tracking.max_inflight:
             raise Overloaded(
                 f"the server has {tracking.max_inflight} requests in flight "
                 f"(MLAPI_MAX_INFLIGHT); retry shortly"
             )
+
+    def enter(self) -> None:
+        """The body is read: from now on the request is in flight. Overloaded (503)
+        past MLAPI_MAX_INFLIGHT such requests in this process. A client still sending
+        its body holds no slot (the connection's body deadline bounds it)."""
+        self.check_room()
+        tracking = self._tracking
         tracking.active += 1
         self.counted = True
         model = self._model
@@ -98,17 +105,19 @@ class Tracked:
             self.request_id = uuid.uuid4().hex
         return self.request_id
 
-    def done(self, status: int, outcome: str) -> None:
+    def failed(self, error: MlapiError) -> None:
+        """Done with an error: a server error, or a timeout of the model's own run (not
+        one that never left the queue), counts against the version."""
+        outcome = outcome_of(error)
+        blamed = outcome == "error" or (isinstance(error, GatewayTimeout) and not error.queued)
+        self.done(error.status, outcome, blamed)
+
+    def done(self, status: int, outcome: str, blamed: bool = False) -> None:
         seconds = time.perf_counter() - self.started
         tracking, model = self._tracking, self._model
         metrics = model.metrics if model is not None else None
         if model is not None:
-            model.holders -= 1
-            if model.outcomes is not None:  # it bakes after a switch: watch its errors
-                failed = outcome in ("error", "timeout")
-                model.outcomes.append((time.monotonic(), failed))
-                if failed and model.alert is not None:
-                    model.alert.set()
+            model.release(blamed)
         if self.counted:
             tracking.active -= 1
             if metrics is not None:

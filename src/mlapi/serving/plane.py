@@ -1,0 +1,166 @@
+"""One infer path under every front. A request's life, written once:
+
+    begin tracking -> the key -> resolve the model -> admit (queue room, in-flight
+    room) -> read the body -> enter (in flight) -> decode -> infer -> encode -> done
+
+Every front (V2 JSON and binary on the fast path, KServe V1, OpenAI, gRPC) hands
+the plane a ``Call`` (what it knows before the body: who, which model, how it came)
+and a ``Wire`` (how to read, decode and encode its own format), and renders what
+comes back: the encoded answer, or an ``MlapiError`` (``InternalError`` for
+anything unexpected, its request id in the log line; ``ClientGone`` when nobody
+is left to answer). So a rule on this path (a check, a limit, a count) holds on
+every front, and no framework exception travels below the fronts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlapi.batching import Gone
+from mlapi.errors import BadRequest, InternalError, MlapiError
+from mlapi.registry import ModelRegistry, ModelVersion
+from mlapi.serving.auth import Authenticator, duplicate_credentials
+from mlapi.serving.lane import OFFLOAD_BYTES, off_loop
+from mlapi.serving.limits import Limits
+from mlapi.serving.tracking import Tracking
+
+log = logging.getLogger("mlapi.api")
+
+
+@dataclass(slots=True)
+class Call:
+    """What a front knows of a request before its body."""
+
+    model: str | None  # None: the body names it (OpenAI's "model" field)
+    version: str | None
+    method: str  # for the access log: "POST", "gRPC"
+    path: str
+    request_id: str | None
+    authorization: str | None
+    api_key: str | None
+    repeated_credentials: bool = False
+    protocol: str = "http"  # the metrics label
+
+
+class Decoded(Protocol):
+    """What a wire's decode gives the plane: the model's inputs and the outputs to
+    compute. A front's own fields (a request id, binary outputs) ride along."""
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
+
+class Wire:
+    """A front's format, as the plane drives it. ``read`` brings the body (or raises
+    ClientGone / PayloadTooLarge); ``decode`` and ``encode`` run inline for small
+    bodies and on the decode lane for large ones, by the size ``size`` gives."""
+
+    gone: Gone | None = None  # "has the client left?", checked before a queued run
+
+    async def read(self) -> Any:
+        raise NotImplementedError
+
+    def size(self, body: Any) -> int:
+        return len(body)
+
+    def model_of(self, body: Any) -> tuple[str, str | None]:
+        """The model (and version) a body names: asked only when the call named none."""
+        raise BadRequest("the request names no model")
+
+    def decode(self, body: Any, model: ModelVersion, limits: Limits) -> Decoded:
+        raise NotImplementedError
+
+    def encode(self, model: ModelVersion, decoded: Any, results: dict[str, np.ndarray]) -> Any:
+        raise NotImplementedError
+
+
+class Plane:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        tracking: Tracking,
+        auth: Authenticator | None,
+        limits: Limits,
+        admin_auth: Authenticator | None = None,
+    ) -> None:
+        self.registry = registry
+        self.tracking = tracking
+        self.auth = auth
+        self.admin_auth = admin_auth
+        self.limits = limits
+
+    def authenticate(self, call: Call, admin: bool = False) -> None:
+        """The call's credentials (the admin key's with ``admin``): one of each at
+        most, each right, one at least; nothing to check where no key is set."""
+        if call.repeated_credentials:
+            raise duplicate_credentials()
+        auth = self.admin_auth if admin else self.auth
+        if auth is not None:
+            auth.check_values(call.authorization, call.api_key)
+
+    async def infer(self, call: Call, wire: Wire) -> Any:
+        """The encoded answer, or an MlapiError for the front to render; every
+        request is counted, logged and released exactly once, however it ends."""
+        tracked = self.tracking.begin(
+            call.model or "", call.method, call.path, call.request_id, call.protocol
+        )
+        try:
+            self.authenticate(call)
+            model = None
+            if call.model is not None:
+                model = self.registry.get(call.model, call.version)
+                tracked.resolved(model)
+                model.admit()
+            tracked.check_room()  # nothing is read while the server is full
+            body = await wire.read()
+            # Small bodies are converted inline, with no extra coroutine: the hot path.
+            large = wire.size(body) > OFFLOAD_BYTES
+            if model is None:
+                name, version = (
+                    await off_loop(wire.model_of, body) if large else wire.model_of(body)
+                )
+                tracked.name = name
+                model = self.registry.get(name, version)
+                tracked.resolved(model)
+                model.admit()
+            tracked.enter()
+            if large:
+                decoded = await off_loop(wire.decode, body, model, self.limits)
+            else:
+                decoded = wire.decode(body, model, self.limits)
+            del body  # a large body is not held while the model runs
+            results = await model.infer(decoded.inputs, decoded.output_names, wire.gone)
+            if sum(array.nbytes for array in results.values()) > OFFLOAD_BYTES:
+                answer = await off_loop(wire.encode, model, decoded, results)
+            else:
+                answer = wire.encode(model, decoded, results)
+        except MlapiError as exc:
+            # a traceback keeps its frames' locals: a refused request's data goes now
+            body = decoded = None  # noqa: F841
+            tracked.failed(exc)
+            raise
+        except asyncio.CancelledError:  # the client went away, or the server stopped
+            tracked.done(499, "cancelled")
+            raise
+        except Exception as exc:
+            request_id = tracked.id()
+            log.error(
+                "unhandled %s on %s %s (request id %s)",
+                type(exc).__name__,
+                call.method,
+                call.path[:200],
+                request_id,
+                exc_info=exc,
+            )
+            error = InternalError(request_id)
+            tracked.failed(error)
+            raise error from None
+        tracked.done(200, "ok")
+        return answer
