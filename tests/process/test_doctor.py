@@ -218,3 +218,29 @@ def test_without_compose_files_here_it_says_so(tmp_path: Path) -> None:
     result = doctor(cwd=tmp_path)
     assert result.returncode == 2 and "no compose file" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_the_measuring_child_runs_nothing_it_was_asked_to_read(tmp_path: Path) -> None:
+    """A json.py beside the audited compose file is not imported by the measuring
+    child (it ran as `python -m` in the current folder), MLAPI_ALLOW_PICKLE in the
+    audited file never lets it unpickle, and the output names the models whose
+    model.py measuring ran."""
+    import yaml
+
+    project = tmp_path / "project"
+    (compose,) = write_project(project, CASES[0], broken=False)[:1]
+    document = yaml.safe_load(compose.read_text())
+    document["services"]["api"]["environment"]["MLAPI_ALLOW_PICKLE"] = "true"
+    compose.write_text(yaml.safe_dump(document))
+    marker = tmp_path / "json-was-imported"
+    (project / "json.py").write_text(f"open({str(marker)!r}, 'w').write('yes')\n")
+    models = tmp_path / "models"
+    write_python_model(models, "small", SMALL, vector_toml())
+    (models / "pickled" / "1").mkdir(parents=True)
+    (models / "pickled" / "1" / "model.pkl").write_bytes(b"\x80\x04K\x01.")
+    result = doctor("-f", str(compose), "--model-path", str(models), cwd=project)
+    assert result.returncode in (0, 1), result.stderr
+    assert not marker.exists()
+    lines = result.stdout.splitlines()
+    assert any("pickled" in line and "FAILED" in line and "pickle" in line for line in lines)
+    assert "measuring ran the code of model.py in: small v1" in result.stdout

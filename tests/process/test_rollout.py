@@ -211,3 +211,58 @@ def test_with_a_memory_limit_a_version_that_does_not_fit_is_refused_on_every_wor
         wait_for(lambda: answers[-8:] == [(200, 3.0)] * 8, timeout_s=30, what="v3 everywhere")
     assert {status for status, _ in answers} == {200}
     assert server.process.poll() is None
+
+
+FAILS_ON_TRAFFIC = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    class FailsOnTraffic:
+        def load(self, path):
+            self.factor = float(Path(path).name)
+
+        def predict(self, inputs):
+            if float(inputs["x"].ravel()[0]) != 0.0:  # warm-up sends zeros
+                raise RuntimeError("cannot handle real rows")
+            return {"y": inputs["x"] * self.factor}
+    """
+)
+
+
+def test_a_server_with_no_traffic_follows_a_rollback_marked_by_another(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Two servers on one repository (as two workers, or two replicas): the one that
+    gets traffic rolls a bad version back and marks it; the one that gets none
+    follows the mark at its next looks, whatever its own traffic, and its index
+    never again lists the rolled-back version as serving."""
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED, vector_toml())
+    busy = start_server(MODEL_PATH=str(repo), MLAPI_REPOSITORY_POLL_S="0.2")
+    idle = start_server(MODEL_PATH=str(repo), MLAPI_REPOSITORY_POLL_S="0.2")
+    bad = _folder(tmp_path, "bad", FAILS_ON_TRAFFIC)
+    watched = "[rollout]\nbake_s = 60\nwindow_s = 10\nmin_requests = 5\n"
+    (bad / "model.toml").write_text(watched + vector_toml().replace("\n    ", "\n"))
+
+    def serving(server: Server) -> list[str]:
+        return [
+            str(i["version"])
+            for i in _index(server)
+            if i["state"] == "READY" and not i.get("candidate") and not i.get("previous")
+        ]
+
+    assert _publish(repo, str(bad), "--name", "m", "--version", "2").returncode == 0
+    wait_for(lambda: serving(busy) == ["2"] and serving(idle) == ["2"], what="v2 on both")
+    with _traffic(busy) as answers:
+        wait_for(lambda: (repo / "m" / ".rolled-back-2").exists(), what="the rollback mark")
+        wait_for(lambda: answers[-8:] == [(200, 1.0)] * 8, what="v1 again on the busy one")
+    wait_for(lambda: serving(idle) == ["1"], timeout_s=10, what="the idle one following")
+    for _ in range(10):  # ten more polls: it stays back
+        time.sleep(0.2)
+        index = _index(idle)
+        assert serving(idle) == ["1"], index
+        (rolled,) = [i for i in index if str(i.get("version")) == "2"]
+        assert rolled["state"] in ("ROLLED_BACK", "FAILED"), index
+    assert httpx.post(idle.url + "/v2/models/m/infer", json=BODY).json()["outputs"][0]["data"] == [
+        1.0
+    ]

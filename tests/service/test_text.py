@@ -219,3 +219,38 @@ def test_a_small_token_budget_encodes_in_several_passes_alike(text_models: Path)
     assert len(passes) > 2 and sum(passes) == len(rows)
     for runtime in runtimes:
         runtime.close()
+
+
+def test_a_request_over_the_token_budget_is_refused_before_it_runs(
+    serve_app: Start,
+    text_models: Path,  # noqa: F811
+) -> None:
+    """2,048 inputs of 512 characters kept the encoder busy for 7 minutes: the
+    request's tokens are counted against MLAPI_MAX_TOKENS before it is queued."""
+    from tests.service import test_metrics
+
+    client = serve_app(text_models, MLAPI_MAX_TOKENS=64)
+    response = embed(client, input=["a sentence of some words"] * 20)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "input" and "MLAPI_MAX_TOKENS" in error["message"]
+    assert "over the limit of 64 per request" in error["message"]
+    within = embed(client, input=["a sentence of some words"] * 2)
+    assert vectors(within).shape == (2, 384)
+    assert within.json()["usage"]["prompt_tokens"] <= 64
+    found = test_metrics.samples(client)
+    labels = {"model": "minilm", "version": "1", "protocol": "http"}
+    assert test_metrics.value(found, "mlapi_requests_total", outcome="bad_request", **labels) == 1
+    assert test_metrics.value(found, "mlapi_requests_total", outcome="ok", **labels) == 1
+
+
+def test_a_body_that_is_not_json_is_counted_once(serve_app: Start, text_models: Path) -> None:  # noqa: F811
+    """The embeddings route counted nothing until its JSON parsed."""
+    from tests.service import test_metrics
+
+    client = serve_app(text_models)
+    broken = client.post("/v1/embeddings", content=b'{"model": "minilm", "input": [')
+    assert broken.status_code == 400
+    found = test_metrics.samples(client)
+    unknown = {"model": "", "version": "", "protocol": "http", "outcome": "bad_request"}
+    assert test_metrics.value(found, "mlapi_requests_total", **unknown) == 1

@@ -17,7 +17,6 @@ from mlapi.serving.codec import (
     InferRequest,
     array_from_binary,
     check_all_given,
-    check_counts,
     check_input,
     datatype_name,
     is_number,
@@ -67,15 +66,9 @@ def parse_infer(
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
     parameters = parameters_of(document, "request")
-    items, wanted = document.get("inputs"), document.get("outputs")
-    check_counts(
-        len(items) if isinstance(items, list) else 0,
-        len(wanted) if isinstance(wanted, list) else 0,
-        signature,
-    )
-    inputs = _decode_inputs(items, signature, binary, limits)
+    inputs = _decode_inputs(document.get("inputs"), signature, binary, limits)
     names, binary_outputs = requested_outputs(
-        wanted, signature, bool(parameters.get("binary_data_output", False))
+        document.get("outputs"), signature, bool(parameters.get("binary_data_output", False))
     )
     return InferRequest(request_id, inputs, names, binary_outputs)
 

@@ -8,6 +8,8 @@ to the app."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import numpy as np
 import orjson
 from starlette.applications import Starlette
@@ -63,25 +65,34 @@ class FastInfer:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        wire = _V2Wire(receive, scope, self._max_body)
-        call = Call(name, version, "POST", scope["path"], None, None, None)
-        for key, value in scope["headers"]:  # one pass: what the plane and the wire need
+        length = encoding = header_length = authorization = api_key = request_id = None
+        host = None
+        header_bytes = 0
+        repeated = False
+        for key, value in scope["headers"]:  # one pass: the guard's, the plane's, the wire's
+            header_bytes += len(key) + len(value)
             if key == b"content-length":
-                wire.length = value.decode("latin-1")
+                length = value.decode("latin-1")
             elif key == b"inference-header-content-length":
-                wire.header_length = value.decode("latin-1")
+                header_length = value.decode("latin-1")
             elif key == b"authorization":
-                call.repeated_credentials |= call.authorization is not None
-                call.authorization = value.decode("latin-1")
+                repeated = repeated or authorization is not None
+                authorization = value.decode("latin-1")
             elif key == b"x-api-key":
-                call.repeated_credentials |= call.api_key is not None
-                call.api_key = value.decode("latin-1")
+                repeated = repeated or api_key is not None
+                api_key = value.decode("latin-1")
             elif key == b"content-encoding":
-                wire.encoding = value.decode("latin-1")
+                encoding = value.decode("latin-1")
             elif key == b"x-request-id":
-                call.request_id = value.decode("latin-1")
+                request_id = value.decode("latin-1")
+            elif key == b"host":
+                host = value
+        call = Call(
+            name, version, "POST", scope["path"], request_id, authorization, api_key, repeated
+        )
+        wire = _V2Wire(receive, scope, self._max_body, length, encoding, header_length)
         try:
-            self._guard.check(scope)
+            self._guard.check_values(header_bytes, host)
             content, binary_header = await self._plane.infer(call, wire)
         except ClientGone:
             return  # nobody to answer (or the connection has answered 408 itself)
@@ -105,17 +116,21 @@ class _V2Wire(Wire):
 
     __slots__ = ("encoding", "gone", "header_length", "length", "max_body", "receive", "scope")
 
-    def __init__(self, receive: Receive, scope: Scope, max_body: int) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        scope: Scope,
+        max_body: int,
+        length: str | None,
+        encoding: str | None,
+        header_length: str | None,
+    ) -> None:
         self.receive, self.scope, self.max_body = receive, scope, max_body
-        self.length: str | None = None
-        self.encoding: str | None = None
-        self.header_length: str | None = None
+        self.length, self.encoding, self.header_length = length, encoding, header_length
         self.gone = disconnect_probe(receive)
 
-    async def read(self) -> bytes:
-        return await receive_body(
-            self.receive, self.length, self.encoding, self.max_body, self.scope
-        )
+    def read(self) -> Awaitable[bytes]:
+        return receive_body(self.receive, self.length, self.encoding, self.max_body, self.scope)
 
     def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> InferRequest:
         return codec.parse_infer(body, self.header_length, model.signature, limits)

@@ -59,10 +59,14 @@ class HeaderRules:
             total += len(name) + len(value)
             if name == b"host":
                 host = value
-        if total > self.max_bytes:
+        self.check_values(total, None if scope["path"].startswith(_ANY_HOST_PREFIXES) else host)
+
+    def check_values(self, header_bytes: int, host: bytes | None) -> None:
+        """The rules, given what one pass over the headers found (the fast path
+        makes that pass for its own headers too); ``host`` None: any is answered."""
+        if header_bytes > self.max_bytes:
             raise HeadersTooLarge(self.max_bytes)
-        if not scope["path"].startswith(_ANY_HOST_PREFIXES):
-            check_host(host, self.hosts)
+        check_host(host, self.hosts)
 
 
 class RequestGuard:

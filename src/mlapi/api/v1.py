@@ -4,6 +4,7 @@ out. Instances are rows of the model's one input, or objects keyed by input name
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,8 @@ class _V1Wire(Wire):
         self.request, self.max_body = request, max_body
         self.gone = disconnect_probe(request.receive)
 
-    async def read(self) -> bytes:
-        return await read_body(self.request, self.max_body)
+    def read(self) -> Awaitable[bytes]:
+        return read_body(self.request, self.max_body)
 
     def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> _Instances:
         signature = model.signature

@@ -12,20 +12,22 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mlapi.errors import ConfigError
 from mlapi.repository import scan as repo_scan
 
-# Variables of the service that change what a model load does or how many threads it gets.
+# Variables of the service that change how many threads a model load gets, or where.
+# Never MLAPI_ALLOW_PICKLE: an audit reads files it was asked to check, and a pickle
+# among them is refused (named as a finding), never unpickled on the auditor's say-so.
 PASSED_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
-    "MLAPI_ALLOW_PICKLE",
     "MLAPI_DEVICE",
 )
 
@@ -43,6 +45,7 @@ class ModelMeasure:
     batch_max_ms: float | None = None
     max_batch_size: int = 1
     error: str | None = None
+    ran_code: bool = False  # a Python model: measuring it ran its model.py
 
     @property
     def own_bytes(self) -> int:
@@ -139,8 +142,21 @@ def measure(
                 result.models.append(ModelMeasure(item.name, str(item.version), error=item.error))
                 continue
             report = _probe({**spec, "folder": str(item.path.resolve())}, env, timeout_s)
-            result.models.append(_model(item.name, str(item.version), report))
+            measured = _model(item.name, str(item.version), report)
+            result.models.append(replace(measured, ran_code=_runs_code(item)))
     return result
+
+
+def _runs_code(item: repo_scan.VersionEntry) -> bool:
+    """Whether loading this version runs code from its folder (the python runtime)."""
+    from mlapi.runtimes import catalog
+
+    if item.config is None:
+        return False
+    try:
+        return catalog.choose(item.path, item.config)[0] == "python"
+    except Exception:  # no runtime chosen: the probe says why; nothing of it ran
+        return False
 
 
 def _model(name: str, version: str, report: dict[str, Any]) -> ModelMeasure:
@@ -161,15 +177,20 @@ def _model(name: str, version: str, report: dict[str, Any]) -> ModelMeasure:
 
 
 def _probe(spec: dict[str, Any], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    """One measuring child: Python's isolated mode (-I: no current folder, no
+    PYTHON* variables, no user site on sys.path) in an empty folder of its own, so no
+    file beside the audited compose file (a json.py, say) is imported in its place."""
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "mlapi.doctor.probe", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout_s,
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="mlapi-doctor-") as neutral:
+            done = subprocess.run(
+                [sys.executable, "-I", "-m", "mlapi.doctor.probe", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                env={**env, "MLAPI_ALLOW_PICKLE": "false"},
+                cwd=neutral,
+                timeout=timeout_s,
+                check=False,
+            )
     except subprocess.TimeoutExpired:
         return {"error": f"did not load and warm up within {timeout_s:.0f} s (--timeout)"}
     lines = done.stdout.strip().splitlines()

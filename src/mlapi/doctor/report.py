@@ -53,6 +53,12 @@ def as_text(report: Report) -> str:
             )
         for model in measured.failed:
             lines.append(f"  {model.name[:20]:20} {model.version:>4} FAILED: {model.error}")
+        ran = [f"{m.name} v{m.version}" for m in measured.models if m.ran_code]
+        if ran:
+            lines.append(
+                f"  measuring ran the code of model.py in: {', '.join(ran)} "
+                "(Python models: audit only folders you trust)"
+            )
         lines.append("")
     lines.append(f"  {'':4} {'ID':28} {'SERVICE':12} MESSAGE")
     for finding in _sorted(report):

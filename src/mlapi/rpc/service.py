@@ -192,8 +192,8 @@ class GrpcWire(Wire):
         self.raw = False
         self.gone = context.done
 
-    async def read(self) -> bytes:
-        return await self.receive()
+    def read(self) -> Awaitable[bytes]:
+        return self.receive()
 
     def model_of(self, body: bytes) -> tuple[str, str | None]:
         self.request = codec.parse_message(body, messages.ModelInferRequest)

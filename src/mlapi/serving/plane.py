@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,15 +61,17 @@ class Decoded(Protocol):
 class Wire:
     """A front's format, as the plane drives it. ``read`` brings the body (or raises
     ClientGone / PayloadTooLarge); ``decode`` and ``encode`` run inline for small
-    bodies and on the decode lane for large ones, by the size ``size`` gives."""
+    bodies and on the decode lane for large ones."""
 
     gone: Gone | None = None  # "has the client left?", checked before a queued run
 
-    async def read(self) -> Any:
+    def read(self) -> Awaitable[Any]:
+        """The body (an awaitable: a front may hand back its reader's own coroutine)."""
         raise NotImplementedError
 
-    def size(self, body: Any) -> int:
-        return len(body)
+    # What decides whether decode runs off the loop: the body's length times this
+    # (a front whose decoding costs more per byte says so).
+    cost_per_byte = 1
 
     def model_of(self, body: Any) -> tuple[str, str | None]:
         """The model (and version) a body names: asked only when the call named none."""
@@ -108,20 +111,23 @@ class Plane:
     async def infer(self, call: Call, wire: Wire) -> Any:
         """The encoded answer, or an MlapiError for the front to render; every
         request is counted, logged and released exactly once, however it ends."""
-        tracked = self.tracking.begin(
+        tracking = self.tracking
+        tracked = tracking.begin(
             call.model or "", call.method, call.path, call.request_id, call.protocol
         )
         try:
-            self.authenticate(call)
+            if call.repeated_credentials or self.auth is not None:
+                self.authenticate(call)
             model = None
             if call.model is not None:
                 model = self.registry.get(call.model, call.version)
                 tracked.resolved(model)
                 model.admit()
-            tracked.check_room()  # nothing is read while the server is full
+            if tracking.active >= tracking.max_inflight:
+                tracked.check_room()  # full: refused before any body is read
             body = await wire.read()
             # Small bodies are converted inline, with no extra coroutine: the hot path.
-            large = wire.size(body) > OFFLOAD_BYTES
+            large = len(body) * wire.cost_per_byte > OFFLOAD_BYTES
             if model is None:
                 name, version = (
                     await off_loop(wire.model_of, body) if large else wire.model_of(body)

@@ -92,8 +92,9 @@ class Tracked:
         """The body is read: from now on the request is in flight. Overloaded (503)
         past MLAPI_MAX_INFLIGHT such requests in this process. A client still sending
         its body holds no slot (the connection's body deadline bounds it)."""
-        self.check_room()
         tracking = self._tracking
+        if tracking.active >= tracking.max_inflight:
+            self.check_room()  # raises
         tracking.active += 1
         self.counted = True
         model = self._model
