@@ -60,9 +60,22 @@ def create_app(
         registry.publish_states()
         metrics.update_process(logs.WriteErrors.count)
 
+    rendering: asyncio.Future[bytes] | None = None
+
     async def metrics_text(request: Request) -> Response:
-        refresh_metrics()
-        return Response(metrics.expose(), media_type=CONTENT_TYPE)
+        """Rendered off the event loop (400 models: 3.4 MB, 0.65 s of the GIL), and
+        one render at a time: scrapes that come while one runs share its text."""
+        nonlocal rendering
+        if rendering is None:
+            refresh_metrics()
+            rendering = asyncio.ensure_future(asyncio.to_thread(metrics.expose))
+            rendering.add_done_callback(_forget_rendering)
+        body = await asyncio.shield(rendering)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    def _forget_rendering(done: asyncio.Future[bytes]) -> None:
+        nonlocal rendering
+        rendering = None
 
     async def refresh_every(seconds: float) -> None:
         """Each worker keeps its own gauges fresh, since a scrape reaches only one."""

@@ -110,3 +110,34 @@ def test_model_state_reports_failed_and_unloaded_models(serve_app: Start, tmp_pa
     found = samples(client)
     assert value(found, "mlapi_model_state", model="iris", version="1", state="unavailable") == 1
     assert value(found, "mlapi_model_state", model="iris", version="1", state="ready") == 0
+
+
+def test_metrics_render_off_the_event_loop(serve_app: Start) -> None:
+    """Rendering /metrics for 400 models held the event loop for 0.65 s a scrape:
+    while a render is held here, liveness and inference are still answered."""
+    import threading
+
+    client = serve_app(DEFAULT_MODEL_PATH)
+    metrics = client.app.state.registry.metrics  # type: ignore[attr-defined]
+    real = metrics.expose
+    entered, release = threading.Event(), threading.Event()
+
+    def held() -> bytes:
+        entered.set()
+        release.wait(30)
+        return real()  # type: ignore[no-any-return]
+
+    metrics.expose = held
+    scrape: list[int] = []
+    thread = threading.Thread(target=lambda: scrape.append(client.get("/metrics").status_code))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        assert client.get("/health/live").status_code == 200
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
+        assert client.post("/v2/models/iris/infer", json=body).status_code == 200
+        assert not scrape  # the render is still held
+    finally:
+        release.set()
+        thread.join(30)
+    assert scrape == [200]

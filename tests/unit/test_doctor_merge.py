@@ -208,3 +208,58 @@ def test_short_and_long_forms_are_one_shape(tmp_path: Path) -> None:
         Mount("bind", str(tmp_path / "src"), "/app/src"),
         Mount("volume", None, "/data"),
     )
+
+
+def _laughs(levels: int) -> str:
+    """A 'billion laughs' compose file: each level is ten aliases of the one before."""
+    lines = ["x-0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*l{level - 1}"] * 10)
+        lines.append(f"x-{level}: &l{level} [{refs}]")
+    lines.append(f"services: {{api: {{image: x, labels: {{big: *l{levels}}}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_laughs(9), "expands to more than 100,000 values"),
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", "nest"),
+        (
+            "services:\n  api:\n    image: " + "${A:-" * 2000 + "x" + "}" * 2000 + "\n",
+            "variables nest deeper than 16 levels",
+        ),
+    ],
+    ids=["billion laughs", "2000 levels deep", "2000 nested defaults"],
+)
+def test_hostile_yaml_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    """A 10 KB file that expanded to a billion values took 16.8 s and 611 MB at seven
+    levels and ran out of memory at nine; deep nesting raised RecursionError."""
+    path = tmp_path / "compose.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        merge.merged([path], {})
+
+
+def test_interpolation_nests_at_most_sixteen_levels() -> None:
+    deep = "${A:-" * 17 + "x" + "}" * 17
+    with pytest.raises(ConfigError, match="nest deeper than 16 levels"):
+        interpolate(deep, {})
+    assert interpolate("${A:-" * 3 + "x" + "}" * 3, {}) == "x"
+
+
+def test_an_env_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"API_PORT=\xff\xfe8000\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_env_file(path)
+
+
+def test_numbers_in_other_scripts_and_non_finite_cpus_are_refused_not_crashed() -> None:
+    from mlapi.doctor import view
+
+    assert view.whole("²") is None and view.whole("v2") is None and view.whole(" 12 ") == 12
+    for bad in ("nan", "inf", "-1", "two"):
+        with pytest.raises(ConfigError, match="is not a number of CPUs"):
+            view._float(bad)
+    assert view._float("1.5") == 1.5

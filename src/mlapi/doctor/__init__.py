@@ -17,7 +17,7 @@ from mlapi.doctor import source as compose_source
 from mlapi.doctor.findings import Finding, Sources, api_services
 from mlapi.doctor.measure import Measurements
 from mlapi.doctor.sizing import Sizing, host_memory_bytes, size
-from mlapi.doctor.view import Deployment, Service
+from mlapi.doctor.view import Deployment, Service, whole
 from mlapi.errors import ConfigError
 
 
@@ -63,7 +63,7 @@ def run(options: Options, environ: Mapping[str, str]) -> Report:
         pinned = (main.env("MODEL_VERSION") or "").strip().lstrip("v")
         measured = measuring.measure(
             options.model_path or DEFAULT_MODEL_PATH,
-            int(pinned) if pinned.isdigit() else None,
+            whole(pinned),
             main.cpus,
             checks_sizing.workers_of(main),
             main.environment,

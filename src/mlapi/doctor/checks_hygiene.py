@@ -3,6 +3,7 @@ production-only rules, the stop grace period, volume names."""
 
 from __future__ import annotations
 
+import math
 import re
 import stat
 import subprocess
@@ -270,9 +271,10 @@ def stop_grace(service: Service, sources: Sources) -> list[Finding]:
 
 def _number(text: str | None, default: float) -> float:
     try:
-        return float(text) if text else default
+        number = float(text) if text else default
     except ValueError:
         return default
+    return number if math.isfinite(number) else default
 
 
 def volumes(deployment: Deployment, api: list[Service], sources: Sources) -> list[Finding]:

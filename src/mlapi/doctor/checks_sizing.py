@@ -8,7 +8,7 @@ import math
 from mlapi.doctor import sizing
 from mlapi.doctor.findings import Finding, Sources, mib
 from mlapi.doctor.measure import Measurements
-from mlapi.doctor.view import Service
+from mlapi.doctor.view import Service, whole
 
 _LIVENESS_WORDS = ("/live", "health/live", "--live")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -21,7 +21,8 @@ def workers_of(service: Service) -> int:
         value = words[words.index("--workers") + 1]
     else:
         value = service.env("WORKERS") or "1"
-    return int(value) if value.strip().isdigit() and int(value) > 0 else 1
+    number = whole(value)
+    return number if number is not None and number > 0 else 1
 
 
 def health(
@@ -188,7 +189,8 @@ def cpu(service: Service, sources: Sources) -> list[Finding]:
     workers = workers_of(service)
     for variable in _THREAD_VARIABLES:
         value = service.env(variable)
-        if value and value.isdigit() and int(value) > cpus:
+        number = whole(value) if value else None
+        if number is not None and number > cpus:
             findings.append(
                 Finding(
                     "threads.over_cpus",
@@ -201,7 +203,8 @@ def cpu(service: Service, sources: Sources) -> list[Finding]:
                 )
             )
     intra = service.env("MLAPI_INTRA_OP_THREADS")
-    if intra and intra.isdigit() and int(intra) * workers > cpus:
+    threads = whole(intra) if intra else None
+    if threads is not None and threads * workers > cpus:
         findings.append(
             Finding(
                 "threads.over_cpus",

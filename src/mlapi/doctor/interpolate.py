@@ -19,8 +19,12 @@ _ENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)"
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines; '#' comments; single quotes literal, double quotes with escapes."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         match = _ENV_LINE.fullmatch(line)
@@ -40,9 +44,14 @@ def _env_value(raw: str) -> str:
     return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
 
 
-def interpolate(text: str, env: Mapping[str, str], where: str = "") -> str:
+MAX_NESTING = 16  # ${A:-${B:-...}} levels: real files use one or two
+
+
+def interpolate(text: str, env: Mapping[str, str], where: str = "", depth: int = 0) -> str:
     """``text`` with every variable replaced. An unset variable without a default is
     empty (Compose warns and does the same); ``${VAR:?msg}`` unset is an error."""
+    if depth > MAX_NESTING:
+        raise ConfigError(f"variables nest deeper than {MAX_NESTING} levels{where}")
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -57,7 +66,7 @@ def interpolate(text: str, env: Mapping[str, str], where: str = "") -> str:
             i += 2
         elif nxt == "{":
             end = _closing_brace(text, i + 2)
-            out.append(_expand(text[i + 2 : end], env, where))
+            out.append(_expand(text[i + 2 : end], env, where, depth))
             i = end + 1
         else:
             match = _NAME.match(text, i + 1)
@@ -79,23 +88,23 @@ def _closing_brace(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return index
-    raise ConfigError(f"{text!r}: '${{' without its closing brace")
+    raise ConfigError(f"{text[:64]!r}: '${{' without its closing brace")
 
 
-def _expand(body: str, env: Mapping[str, str], where: str) -> str:
+def _expand(body: str, env: Mapping[str, str], where: str, depth: int) -> str:
     match = _NAME.match(body)
     if match is None:
-        raise ConfigError(f"invalid interpolation '${{{body}}}'")
+        raise ConfigError(f"invalid interpolation '${{{body[:64]}}}'")
     name, rest = match.group(0), body[match.end() :]
     value = env.get(name)
     if not rest:
         return value or ""
     for operator in (":-", "-", ":+", "+", ":?", "?"):
         if rest.startswith(operator):
-            argument = interpolate(rest[len(operator) :], env, where)
+            argument = interpolate(rest[len(operator) :], env, where, depth + 1)
             break
     else:
-        raise ConfigError(f"invalid interpolation '${{{body}}}'")
+        raise ConfigError(f"invalid interpolation '${{{body[:64]}}}'")
     empty_counts = operator.startswith(":")
     unset = value is None or (empty_counts and value == "")
     if operator in (":-", "-"):

@@ -57,12 +57,30 @@ _Loader.add_constructor("!reset", _reset)
 _Loader.add_constructor("!override", _override)
 
 
+# What one compose file may expand to: its values counted with every alias expanded
+# (a 10 KB "billion laughs" file of nested aliases is a billion values), and how deep
+# its values nest. A real compose file is a few hundred values, a dozen deep.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    """One compose file as written (no interpolation)."""
+    """One compose file as written (no interpolation), within the budgets above."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        loader = _Loader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_budget(node, path)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: values nest too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -72,6 +90,33 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a compose file is a mapping at the top")
     return dict(data)
+
+
+def _check_budget(root: yaml.Node, path: Path) -> None:
+    """ConfigError when the document, aliases expanded, holds more than MAX_VALUES
+    values or nests deeper than MAX_DEPTH. Counted over the node graph, each shared
+    node once (memoized), so the count itself costs what the file's size does."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{path}: values nest deeper than {MAX_DEPTH} levels")
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        if total > MAX_VALUES:
+            raise ConfigError(
+                f"{path}: expands to more than {MAX_VALUES:,} values (aliases of aliases?)"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
 
 
 def merged(paths: list[Path], env: Mapping[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ doctor's own merge (the forms people write: ``"127.0.0.1:8000:8000"``, ``1g``,
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any
 from mlapi.doctor.merge import as_mapping
 from mlapi.errors import ConfigError
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)i?b?", re.IGNORECASE)
 _SIZE_BYTES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -26,7 +27,7 @@ def seconds(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     text = str(value).strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
         return float(text)
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
@@ -172,9 +173,19 @@ def _float(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise ConfigError(f"'{str(value)[:32]}' is not a number of CPUs") from None
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:  # 'nan' and 'inf' parse as floats
+        raise ConfigError(f"'{str(value)[:32]}' is not a number of CPUs")
+    return number
+
+
+def whole(text: str) -> int | None:
+    """A whole number written in ASCII digits, or None: str.isdigit() also takes
+    '²', which int() then refuses with a traceback."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _words(value: Any) -> tuple[str, ...] | None:
