@@ -58,7 +58,9 @@ def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[Inf
     raw = request.raw_input_contents
     if not tensors:
         raise BadRequest("'inputs' must be a non-empty array")
-    codec.check_counts(len(tensors), len(request.outputs), signature)
+    codec.check_inputs_count(len(tensors), signature)
+    outputs = request.outputs
+    codec.check_outputs_count(len(outputs), signature)
     if raw and len(raw) != len(tensors):
         raise BadRequest(
             f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs: give one "
@@ -80,9 +82,7 @@ def parse_infer(request: Any, signature: Signature, limits: Limits) -> tuple[Inf
         else:
             inputs[name] = _from_contents(name, datatype, dims, count, tensor, limits)
     codec.check_all_given(inputs, signature)
-    wanted = [
-        {"name": item.name, "parameters": _parameters(item.parameters)} for item in request.outputs
-    ]
+    wanted = [{"name": item.name, "parameters": _parameters(item.parameters)} for item in outputs]
     names, _ = codec.requested_outputs(wanted or None, signature, False)
     return InferRequest(request.id or None, inputs, names, frozenset()), bool(raw)
 
