@@ -20,22 +20,36 @@ import asyncio
 import contextlib
 
 from mlapi.errors import MlapiError, NotFound
-from mlapi.registry.core import log
+from mlapi.observability.metrics import Metrics
+from mlapi.registry.core import RegistryCore, log
 from mlapi.registry.loading import settle_garbage_collector
 from mlapi.registry.rollout import Rollouts
 from mlapi.registry.versions import ModelRecord, ModelVersion, State
 from mlapi.repository import scan as repo_scan
+from mlapi.settings import Settings
 
 __all__ = ["ModelRecord", "ModelRegistry", "ModelVersion", "State"]
 
 
-class ModelRegistry(Rollouts):
+class ModelRegistry:
+    """The models this process serves: a shared core (records, loading, retiring)
+    and the rollouts that move each model's versions, held, not inherited."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self._core = RegistryCore(settings, metrics)
+        self._rollouts = Rollouts(self._core)
+        self.metrics = self._core.metrics
+
+    @property
+    def scan_error(self) -> str | None:
+        return self._core.scan_error
+
     # ----- queries -------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The READY version to serve; NotFound for unknown names, NotReady otherwise."""
-        record = self._records.get(name)
+        record = self._core.records.get(name)
         if record is None or record.unloaded:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model '{name[:128]}'")
         wanted = None
         if version is not None:
             if not repo_scan.VERSION.fullmatch(version):
@@ -45,16 +59,16 @@ class ModelRegistry(Rollouts):
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is a model of the repository (safe to use as a metric label)."""
-        return name in self._records
+        return name in self._core.records
 
     def record(self, name: str) -> ModelRecord:
-        record = self._records.get(name)
+        record = self._core.records.get(name)
         if record is None or record.unloaded:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model '{name[:128]}'")
         return record
 
     def records(self) -> list[ModelRecord]:
-        return [self._records[name] for name in sorted(self._records)]
+        return [self._core.records[name] for name in sorted(self._core.records)]
 
     def readiness(self) -> tuple[bool, list[dict[str, object]]]:
         """(ready, details): ready only when every model that should be served is READY
@@ -69,13 +83,15 @@ class ModelRegistry(Rollouts):
     def scan(self) -> list[repo_scan.ModelEntry]:
         """Scan MODEL_PATH and create LOADING records for what will be loaded."""
         try:
-            entries = repo_scan.scan(self._settings.model_path, self._settings.pinned_version)
+            entries = repo_scan.scan(
+                self._core.settings.model_path, self._core.settings.pinned_version
+            )
         except MlapiError as exc:
-            self.scan_error = exc.message
+            self._core.scan_error = exc.message
             log.error("model repository cannot be read: %s", exc.message)
             return []
         for entry in entries:
-            self._records[entry.name] = self._record_for(entry)
+            self._core.records[entry.name] = self._core.record_for(entry)
         return entries
 
     async def load_all(self) -> None:
@@ -83,8 +99,8 @@ class ModelRegistry(Rollouts):
 
         async def first_load(record: ModelRecord) -> None:
             # without the model's lock: an unload meanwhile withdraws what loads
-            await self._load_versions(list(record.versions.values()))
-            self._publish_serving(record)
+            await self._core.load_versions(list(record.versions.values()))
+            self._core.publish_serving(record)
 
         await asyncio.gather(*(first_load(r) for r in self.records()))
         settle_garbage_collector()
@@ -94,36 +110,38 @@ class ModelRegistry(Rollouts):
         policy selects is reloaded; with ``changed_only``, only those whose files
         changed). The versions that serve keep serving until their replacements are
         READY; a replacement that fails leaves them as they are."""
-        model_dir = self._settings.model_path / name
+        model_dir = self._core.settings.model_path / name
         if not repo_scan.MODEL_NAME.fullmatch(name) or not model_dir.is_dir():
             raise NotFound(f"no model '{name[:128]}' in the model repository")
-        async with self._lock(name):
+        async with self._core.lock(name):
             entry = await asyncio.to_thread(
-                repo_scan.scan_model, model_dir, self._settings.pinned_version
+                repo_scan.scan_model, model_dir, self._core.settings.pinned_version
             )
-            old = self._records.get(name)
+            old = self._core.records.get(name)
             if old is None or old.unloaded or not old.serves():
-                fresh = self._record_for(entry)
-                await self._load_versions(list(fresh.versions.values()))
-                self._records[name] = fresh
+                fresh = self._core.record_for(entry)
+                await self._core.load_versions(list(fresh.versions.values()))
+                self._core.records[name] = fresh
                 if old is not None and not old.unloaded:
-                    self._retire(old.versions.values())
-                self._publish_serving(fresh)
+                    self._core.retire(old.versions.values())
+                self._core.publish_serving(fresh)
                 settle_garbage_collector()
                 return fresh
-            await self._roll_forward(old, entry, changed_only)
+            await self._rollouts.roll_forward(old, entry, changed_only)
             return old
 
     async def refresh(self) -> None:
         """One look at the repository: roll forward every served model whose files
         changed and load new model folders. Models unloaded through the API stay so."""
         try:
-            folders = await asyncio.to_thread(repo_scan.model_folders, self._settings.model_path)
+            folders = await asyncio.to_thread(
+                repo_scan.model_folders, self._core.settings.model_path
+            )
         except OSError as exc:
             log.warning("model repository cannot be read: %s", type(exc).__name__)
             return
         for name, has_versions in folders:
-            record = self._records.get(name)
+            record = self._core.records.get(name)
             if record is not None and record.unloaded:
                 continue
             if record is None and not has_versions:
@@ -144,7 +162,7 @@ class ModelRegistry(Rollouts):
 
     async def unload(self, name: str) -> None:
         record = self.record(name)
-        async with self._lock(name):
+        async with self._core.lock(name):
             record.unloaded = True
             record.retired = tuple(record.versions)
             for version in [*record.versions.values(), *record.candidates.values()]:
@@ -162,7 +180,7 @@ class ModelRegistry(Rollouts):
             settle_garbage_collector()
 
     async def close(self) -> None:
-        for task in list(self._retiring):
+        for task in list(self._core.retiring):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -174,13 +192,13 @@ class ModelRegistry(Rollouts):
     def publish_states(self) -> None:
         """Set mlapi_model_state, queue depth and in-flight gauges for every known
         model version (this process)."""
-        for record in self._records.values():
+        for record in self._core.records.values():
             if record.unloaded:
                 for number in record.retired:
                     self.metrics.set_state(record.name, str(number), "unavailable")
                 continue
             for version in [*record.versions.values(), *record.candidates.values()]:
-                self._loader.publish_state(version)
+                self._core.loader.publish_state(version)
                 if version.metrics is not None:
                     queued = version.batcher.queue_depth if version.batcher else 0
                     version.metrics.publish_load(queued)

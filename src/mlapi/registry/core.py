@@ -19,45 +19,47 @@ ROLLOUT_OUTCOMES = ("promoted", "failed", "refused", "rolled_back")
 
 
 class RegistryCore:
+    """The state the registry and its rollouts share, and what both do with it."""
+
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self._settings = settings
+        self.settings = settings
         self.metrics = metrics or Metrics()
-        self._records: dict[str, ModelRecord] = {}
+        self.records: dict[str, ModelRecord] = {}
         self._load_slots = asyncio.Semaphore(settings.load_concurrency)
         self._model_locks: dict[str, asyncio.Lock] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        self.retiring: set[asyncio.Task[None]] = set()
         self.scan_error: str | None = None
         threads = settings.intra_op_threads
         if not threads:
             threads = max(1, int(available_cpus() // settings.workers))
         self.intra_op_threads = threads
-        self._loader = Loader(settings, self.metrics, threads)
+        self.loader = Loader(settings, self.metrics, threads)
 
-    def _retire(self, versions: object) -> None:
+    def retire(self, versions: object) -> None:
         """Let each version answer what it holds, then free it, in the background."""
-        grace_s = self._settings.request_timeout_s + self._settings.body_timeout_s
+        grace_s = self.settings.request_timeout_s + self.settings.body_timeout_s
         for version in list(versions):  # type: ignore[call-overload]
             task = asyncio.create_task(self._retire_one(version, grace_s))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
 
     async def _retire_one(self, version: ModelVersion, grace_s: float) -> None:
         await version.retire(grace_s)
-        self._loader.publish_state(version)
+        self.loader.publish_state(version)
         log.info("model %s v%d unloaded", version.name, version.version)
         settle_garbage_collector()
 
-    def _count(self, name: str, outcome: str) -> None:
+    def count(self, name: str, outcome: str) -> None:
         self.metrics.rollouts.labels(name, outcome).inc()
 
-    def _publish_serving(self, record: ModelRecord) -> None:
+    def publish_serving(self, record: ModelRecord) -> None:
         ready = [v.version for v in record.versions.values() if v.state is State.READY]
         self.metrics.serving_version.labels(record.name).set(max(ready, default=0))
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def lock(self, name: str) -> asyncio.Lock:
         return self._model_locks.setdefault(name, asyncio.Lock())
 
-    def _record_for(self, entry: repo_scan.ModelEntry, quiet: bool = False) -> ModelRecord:
+    def record_for(self, entry: repo_scan.ModelEntry, quiet: bool = False) -> ModelRecord:
         model_error = without_host_paths(entry.error, entry.path) if entry.error else None
         record = ModelRecord(entry.name, error=model_error)
         for outcome in ROLLOUT_OUTCOMES:  # every outcome is exposed, from 0
@@ -71,7 +73,7 @@ class RegistryCore:
                 item.version,
                 item.path,
                 item.config,
-                timeout_s=self._settings.request_timeout_s,
+                timeout_s=self.settings.request_timeout_s,
                 fingerprint=item.fingerprint,
             )
             if item.error:
@@ -81,13 +83,13 @@ class RegistryCore:
             log.error("model %s cannot be served: %s", entry.name, model_error)
         return record
 
-    async def _load_versions(self, versions: list[ModelVersion]) -> None:
+    async def load_versions(self, versions: list[ModelVersion]) -> None:
         await asyncio.gather(*(self._load_one(v) for v in versions if v.state is State.LOADING))
 
     async def _load_one(self, version: ModelVersion) -> None:
         async with self._load_slots:
             try:
-                await asyncio.to_thread(self._loader.load_and_warm, version)
+                await asyncio.to_thread(self.loader.load_and_warm, version)
             except MlapiError as exc:
                 version.fail(exc.message, refused=isinstance(exc, InsufficientMemory))
             except Exception as exc:  # a runtime bug must not kill the other models

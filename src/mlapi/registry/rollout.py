@@ -15,13 +15,18 @@ from mlapi.repository import rollback
 from mlapi.repository import scan as repo_scan
 
 
-class Rollouts(RegistryCore):
-    async def _roll_forward(
+class Rollouts:
+    """Rolling one model forward and back, on the registry's shared core."""
+
+    def __init__(self, core: RegistryCore) -> None:
+        self.core = core
+
+    async def roll_forward(
         self, record: ModelRecord, entry: repo_scan.ModelEntry, changed_only: bool
     ) -> None:
-        fresh = self._record_for(entry, quiet=changed_only)
+        fresh = self.core.record_for(entry, quiet=changed_only)
         if fresh.error and fresh.error != record.rollout_error:
-            self._count(record.name, "failed")
+            self.core.count(record.name, "failed")
             log.warning("model %s: what serves keeps serving: %s", record.name, fresh.error)
         record.rollout_error = fresh.error
         record.rolled_back = dict(entry.rolled_back)
@@ -35,7 +40,7 @@ class Rollouts(RegistryCore):
             if number in fresh.versions
         }
         record.candidates.update({v.version: v for v in candidates})
-        await self._load_versions(candidates)
+        await self.core.load_versions(candidates)
         replaced, switched = self._switch_in(record, reused, candidates)
         if any(
             version.state is State.READY
@@ -51,7 +56,7 @@ class Rollouts(RegistryCore):
                 ", v".join(map(str, sorted(stale))),
             )
         self._keep_or_retire(record, replaced, switched)
-        self._publish_serving(record)
+        self.core.publish_serving(record)
 
     def _pick(
         self, record: ModelRecord, fresh: ModelRecord, changed_only: bool
@@ -84,10 +89,10 @@ class Rollouts(RegistryCore):
                     replaced.append(previous)
                 if version not in reused:
                     switched.append(version)
-                    self._count(record.name, "promoted")
+                    self.core.count(record.name, "promoted")
                 log.info("model %s v%d now serves", record.name, version.version)
             elif version.state is State.FAILED:
-                self._count(record.name, "refused" if version.refused else "failed")
+                self.core.count(record.name, "refused" if version.refused else "failed")
                 log.warning(
                     "model %s v%d was not switched in; what served keeps serving: %s",
                     record.name,
@@ -102,7 +107,7 @@ class Rollouts(RegistryCore):
         """A new version that bakes keeps what it replaced loaded as the rollback
         target; otherwise that is retired."""
         if switched:  # an older bake is over: its rollback target goes
-            self._retire(record.previous.values())
+            self.core.retire(record.previous.values())
             record.previous = {}
         baking = [v for v in switched if v.config is not None and v.config.rollout.bake_s > 0]
         if baking and replaced:
@@ -110,14 +115,14 @@ class Rollouts(RegistryCore):
             for version in baking:
                 self._start_bake(record, version)
         else:
-            self._retire(replaced)
+            self.core.retire(replaced)
 
     # ----- after a switch: bake, and roll back by itself ------------------------
     def _start_bake(self, record: ModelRecord, version: ModelVersion) -> None:
         version.bake = Bake()
         task = asyncio.create_task(self._bake(record, version), name=f"mlapi-bake-{record.name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self.core.retiring.add(task)
+        task.add_done_callback(self.core.retiring.discard)
 
     async def _bake(self, record: ModelRecord, version: ModelVersion) -> None:
         """Watch a switched-in version's server errors for its bake window; past the
@@ -142,16 +147,16 @@ class Rollouts(RegistryCore):
                 await self._roll_back(record, version, reason)
                 return
         version.bake = None
-        async with self._lock(record.name):
+        async with self.core.lock(record.name):
             if record.versions.get(version.version) is version:
-                self._retire(record.previous.values())
+                self.core.retire(record.previous.values())
                 record.previous = {}
 
     async def _roll_back(self, record: ModelRecord, version: ModelVersion, reason: str) -> None:
         """Put back what ``version`` replaced, at once, and mark ``version`` rolled back
         in the repository, so every other worker and replica follows at its next look
         and it is not tried again until its files change."""
-        async with self._lock(record.name):
+        async with self.core.lock(record.name):
             if record.versions.get(version.version) is not version or not record.previous:
                 return
             del record.versions[version.version]
@@ -167,12 +172,12 @@ class Rollouts(RegistryCore):
                 fingerprint=version.fingerprint,
             )
             version.bake = None
-            self._retire([version])
-            self._count(record.name, "rolled_back")
-            self._publish_serving(record)
+            self.core.retire([version])
+            self.core.count(record.name, "rolled_back")
+            self.core.publish_serving(record)
             log.warning("model %s v%d %s", record.name, version.version, reason)
             try:
-                rollback.mark(self._settings.model_path / record.name, version.version, reason)
+                rollback.mark(self.core.settings.model_path / record.name, version.version, reason)
             except OSError as exc:
                 log.error(
                     "model %s: the rollback of v%d could not be recorded in the repository "
