@@ -42,7 +42,7 @@ def _target(src: Path | None, grpc_port: int) -> object:
             extra["PYTHONPATH"] = str(src)
         return {**base_env(m, name), **extra}  # type: ignore[arg-type]
 
-    target.env = env  # type: ignore[assignment]
+    target.env = env
     return target
 
 

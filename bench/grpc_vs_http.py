@@ -205,11 +205,11 @@ def row(models: Models, model: str, rows: int, args: argparse.Namespace) -> str:
     finally:
         ours.stop()
         theirs.stop()
-    rate = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
+    rates = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
     cost = {k: statistics.median(c for _, c in v) for k, v in results.items()}
 
     def shown(key: str) -> str:
-        return f"{rate[key]:,.0f}/s ({cost[key]:.0f} us CPU)"
+        return f"{rates[key]:,.0f}/s ({cost[key]:.0f} us CPU)"
 
     return (
         f"| {model} | {rows} | {shown('http')} | {shown('grpc')} | {shown('mlserver')} | "

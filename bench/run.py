@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import deployment
 import numpy as np
@@ -109,7 +110,9 @@ def run_pairs(models: Models, args: argparse.Namespace) -> list[Pair]:
             continue
         if model not in args.models.split(","):
             continue
-        pair = paired(*wanted, models, model, rows, args.rounds, min(args.seconds, 4.0))
+        pair = paired(
+            wanted[0], wanted[1], models, model, rows, args.rounds, min(args.seconds, 4.0)
+        )
         print(
             f"  {first} / {second} {model} rows={rows}: {pair.ratio:.2f}x "
             f"throughput, {pair.cpu_ratio:.2f}x per CPU second",
@@ -192,10 +195,13 @@ def workers_study(models: Models, seconds: float) -> list[str]:
     for workers in ("1", "2"):
         target = mlapi("onnx")
         base_env = target.env
-        target.env = lambda m, model, base_env=base_env, w=workers: {
-            **base_env(m, model),
-            "WORKERS": w,
-        }
+
+        def with_workers(
+            m: Models, model: str, base_env: Any = base_env, w: str = workers
+        ) -> dict[str, str]:
+            return {**base_env(m, model), "WORKERS": w}
+
+        target.env = with_workers
         server = Server(target, models, "logreg", cores="0,1")
         try:
             server.wait_ready(target.ready)

@@ -169,7 +169,7 @@ def _mlserver(batched: bool) -> Target:
     def cwd(m: Models, model: str) -> Path:
         folder = m.folder / ("mlserver-batched" if batched else "mlserver") / model
         folder.mkdir(parents=True, exist_ok=True)
-        settings = {
+        settings: dict[str, object] = {
             "name": model,
             "implementation": "mlserver_sklearn.SKLearnModel",
             "parameters": {"uri": str(m.folder / "joblib" / model / "1" / "model.joblib")},

@@ -254,7 +254,7 @@ def report(
             )
         )
     for name, values in limits.items():
-        rows.append((name, statistics.median(values), None, None))
+        rows.append((name, statistics.median(values), None, None))  # type: ignore[arg-type]
     server_64 = statistics.median(r["per_s"] for r in served["1 sentence, 64 connections"])
     limit = statistics.median(limits[f"onnxruntime in-process, batch {formed}"])
     ratio = server_64 / limit

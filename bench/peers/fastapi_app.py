@@ -2,6 +2,7 @@
 teams write one. Run: uvicorn fastapi_app:app (BENCH_MODEL=model.joblib)."""
 
 import os
+from typing import Any
 
 import joblib
 import numpy as np
@@ -16,7 +17,7 @@ class Tensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list
+    data: list[Any]
 
 
 class InferRequest(BaseModel):

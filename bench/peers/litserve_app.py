@@ -10,7 +10,7 @@ import litserve as ls
 import numpy as np
 
 
-class Api(ls.LitAPI):
+class Api(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device):
         self.model = joblib.load(os.environ["BENCH_MODEL"])
 

@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.process.conftest import free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = [
@@ -91,7 +92,7 @@ class Stack:
             cwd=self.folder,
         )
 
-    def containers(self, service: str) -> list[dict[str, object]]:
+    def containers(self, service: str) -> list[dict[str, Any]]:
         ids = self.compose("ps", "-a", "-q", service).stdout.split()
         if not ids:
             return []

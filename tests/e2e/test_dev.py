@@ -22,14 +22,14 @@ def test_dev_override_hot_reloads_a_read_only_src(
     stack_factory.append(stack)
     stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "300")
     (container,) = stack.containers("ml-api")
-    assert str(container["Config"]["Image"]).endswith(":dev")  # type: ignore[index]
-    env = container["Config"]["Env"]  # type: ignore[index]
+    assert str(container["Config"]["Image"]).endswith(":dev")
+    env = container["Config"]["Env"]
     assert "RELOAD=true" in env and "LOG_LEVEL=debug" in env
-    (src_mount,) = [m for m in container["Mounts"] if m["Destination"] == "/app/src"]  # type: ignore[union-attr]
+    (src_mount,) = [m for m in container["Mounts"] if m["Destination"] == "/app/src"]
     assert src_mount["Type"] == "bind" and src_mount["RW"] is False
-    debugger = container["HostConfig"]["PortBindings"]["5678/tcp"]  # type: ignore[index]
+    debugger = container["HostConfig"]["PortBindings"]["5678/tcp"]
     assert debugger == [{"HostIp": "127.0.0.1", "HostPort": stack.env["DEBUG_PORT"]}]
-    grpc_port = container["HostConfig"]["PortBindings"]["8001/tcp"]  # type: ignore[index]
+    grpc_port = container["HostConfig"]["PortBindings"]["8001/tcp"]
     assert grpc_port == [{"HostIp": "127.0.0.1", "HostPort": stack.env["API_GRPC_PORT"]}]
     with triton_client(f"127.0.0.1:{stack.env['API_GRPC_PORT']}") as client:
         assert client.is_model_ready("iris")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlapi import doctor
+from mlapi.doctor.view import Deployment
 from tests.e2e.conftest import ROOT, Stack, make_stack
 from tests.e2e.test_lint import MERGES
 from tests.fixtures.compose import CASES, HOST_BYTES, Case, case_id, measured, write_project
@@ -34,7 +35,7 @@ SLOW = f"""
 """
 
 
-def both(files: list[Path], env_file: Path | None = None) -> list[doctor.Deployment]:
+def both(files: list[Path], env_file: Path | None = None) -> list[Deployment]:
     return [
         doctor.read(doctor.Options(files=tuple(files), env_file=env_file, use_compose=flag), ENV)[0]
         for flag in (True, False)
@@ -72,7 +73,7 @@ def test_an_env_file_and_overrides_are_read_alike(tmp_path: Path) -> None:
 
 def _healthy(stack: Stack) -> bool:
     (container,) = stack.containers("ml-api")
-    return str(container["State"].get("Health", {}).get("Status")) == "healthy"  # type: ignore[union-attr]
+    return str(container["State"].get("Health", {}).get("Status")) == "healthy"
 
 
 def test_doctor_sizes_a_slow_model_s_start_period(

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, Stack, docker, make_stack, wait_until, write_api_key
 from tests.fixtures.grpc import health_of, health_stub, infer, triton_client
-from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 IRIS = {
@@ -37,7 +37,7 @@ def _infer(stack: Stack, key: str | None, model: str = "iris") -> httpx.Response
 
 
 def _healthy(stack: Stack, count: int) -> bool:
-    states = [c["State"].get("Health", {}).get("Status") for c in stack.containers("ml-api")]  # type: ignore[union-attr]
+    states = [c["State"].get("Health", {}).get("Status") for c in stack.containers("ml-api")]
     return states.count("healthy") == count
 
 
@@ -54,10 +54,10 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
     assert len(replicas) == 2
     everything = replicas + stack.containers("proxy")
     for container in everything:
-        bindings = container["HostConfig"]["PortBindings"] or {}  # type: ignore[index]
+        bindings = container["HostConfig"]["PortBindings"] or {}
         for port_bindings in bindings.values():
             assert all(b["HostIp"] == "127.0.0.1" for b in port_bindings), bindings
-    assert all(not (c["HostConfig"]["PortBindings"] or {}) for c in replicas)  # type: ignore[index]
+    assert all(not (c["HostConfig"]["PortBindings"] or {}) for c in replicas)
 
     # auth with the key from the secret file
     assert _infer(stack, None).status_code == 401
@@ -80,14 +80,14 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
         cid = str(container["Id"])
         assert docker("exec", cid, "id", "-u").stdout.strip() == "1000"
         host = container["HostConfig"]
-        assert host["ReadonlyRootfs"] is True  # type: ignore[index]
-        assert host["CapDrop"] == ["ALL"]  # type: ignore[index]
-        assert "no-new-privileges:true" in host["SecurityOpt"]  # type: ignore[index]
-        assert host["NanoCpus"] == 2_000_000_000  # type: ignore[index]
-        assert host["Memory"] == 1024**3  # type: ignore[index]
-        assert host["PidsLimit"] == 256  # type: ignore[index]
-        assert host["RestartPolicy"]["Name"] == "always"  # type: ignore[index]
-        env = container["Config"]["Env"]  # type: ignore[index]
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert host["NanoCpus"] == 2_000_000_000
+        assert host["Memory"] == 1024**3
+        assert host["PidsLimit"] == 256
+        assert host["RestartPolicy"]["Name"] == "always"
+        env = container["Config"]["Env"]
         assert "OMP_NUM_THREADS=2" in env and "API_KEY_FILE=/run/secrets/api_key" in env
 
     # both replicas answer traffic sent to the one address
@@ -95,8 +95,7 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
         for _ in range(40):
             assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200
     replica_ips = {
-        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"]
-        for c in replicas  # type: ignore[index]
+        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"] for c in replicas
     }
     proxy_log = stack.compose("logs", "--no-color", "proxy").stdout
     served_by = set(re.findall(r"upstream=([0-9.]+):8000", proxy_log))
@@ -109,7 +108,7 @@ def test_production_stack(stack_factory: list[Stack], tmp_path: Path) -> None:
 
     # a replica whose server process is SIGKILLed is restarted and healthy again
     victim = replicas[0]
-    os.kill(int(victim["State"]["Pid"]), signal.SIGKILL)  # type: ignore[index]
+    os.kill(int(victim["State"]["Pid"]), signal.SIGKILL)
 
     def restarted() -> bool:
         (now,) = json.loads(docker("inspect", str(victim["Id"])).stdout)
@@ -197,7 +196,7 @@ def test_monitoring_profile_scrapes_every_replica(
         "prometheus",
     )
     replica_ips = {
-        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"]  # type: ignore[index]
+        next(iter(c["NetworkSettings"]["Networks"].values()))["IPAddress"]
         for c in stack.containers("ml-api")
     }
     assert len(replica_ips) == 2
@@ -217,7 +216,7 @@ def test_monitoring_profile_scrapes_every_replica(
 
     wait_until(all_up, 90, "Prometheus to scrape both replicas")
     (prom,) = stack.containers("prometheus")
-    bindings = prom["HostConfig"]["PortBindings"]["9090/tcp"]  # type: ignore[index]
+    bindings = prom["HostConfig"]["PortBindings"]["9090/tcp"]
     assert bindings == [{"HostIp": "127.0.0.1", "HostPort": stack.env["PROMETHEUS_PORT"]}]
 
 

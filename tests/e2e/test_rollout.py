@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -84,7 +85,7 @@ def _exec_stdin(stack: Stack, data: bytes, *command: str) -> subprocess.Complete
     )
 
 
-def _replica_index(container_id: str) -> list[dict[str, object]]:
+def _replica_index(container_id: str) -> list[dict[str, Any]]:
     """The repository index of one replica, read from inside it (the API key is in
     the container's secret file)."""
     script = (
@@ -93,7 +94,7 @@ def _replica_index(container_id: str) -> list[dict[str, object]]:
         "headers={'Authorization': 'Bearer ' + key, 'Content-Type': 'application/json'}); "
         "print(u.urlopen(r).read().decode())"
     )
-    return json.loads(docker("exec", container_id, "python", "-c", script).stdout)  # type: ignore[no-any-return]
+    return json.loads(docker("exec", container_id, "python", "-c", script).stdout)
 
 
 @contextmanager

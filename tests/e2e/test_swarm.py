@@ -18,15 +18,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import free_port
 from tests.e2e.conftest import CA_BUNDLE, copy_project, docker, wait_until
 from tests.fixtures.grpc import infer, triton_client
-from tests.process.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 IRIS = {
@@ -139,7 +140,7 @@ class Swarm:
             timeout=120,
         )
 
-    def containers(self) -> list[dict[str, object]]:
+    def containers(self) -> list[dict[str, Any]]:
         """The running containers of the model server (one may stop between the two
         calls: inspect then lists the others)."""
         ids = docker(
@@ -150,7 +151,7 @@ class Swarm:
 
     def healthy(self, count: int) -> bool:
         found = self.containers()
-        states = [c["State"].get("Health", {}).get("Status") for c in found]  # type: ignore[union-attr]
+        states = [c["State"].get("Health", {}).get("Status") for c in found]
         return len(found) == count and states.count("healthy") == count
 
     def image(self) -> str:
@@ -350,9 +351,9 @@ def test_the_stack_on_a_single_node_swarm(swarm: Swarm) -> None:
     # what Swarm kept of the hardening
     for container in swarm.containers():
         host = container["HostConfig"]
-        assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]  # type: ignore[index]
-        assert container["Config"]["User"] == "1000:1000"  # type: ignore[index]
-        assert host["Memory"] == 1024**3 and host["NanoCpus"] == 1_000_000_000  # type: ignore[index]
+        assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+        assert container["Config"]["User"] == "1000:1000"
+        assert host["Memory"] == 1024**3 and host["NanoCpus"] == 1_000_000_000
         cid = str(container["Id"])
         setuid = docker(
             "exec", "-u", "0", cid, "find", "/", "-xdev", "-type", "f", "-perm", "/6000"
@@ -387,7 +388,7 @@ def test_the_stack_on_a_single_node_swarm(swarm: Swarm) -> None:
         30,
         "every answer from model version 2",
     )
-    assert {c["HostConfig"]["PidsLimit"] for c in swarm.containers()} == {256}  # type: ignore[index]
+    assert {c["HostConfig"]["PidsLimit"] for c in swarm.containers()} == {256}
 
     # an image that never gets ready: Swarm rolls back by itself, nothing fails
     with Traffic(swarm.url, swarm.key) as traffic:
@@ -420,7 +421,7 @@ def test_the_stack_on_a_single_node_swarm(swarm: Swarm) -> None:
     with Traffic(swarm.url, swarm.key) as traffic:
         time.sleep(2)
         victim = swarm.containers()[0]
-        os.kill(int(victim["State"]["Pid"]), 9)  # type: ignore[index]
+        os.kill(int(victim["State"]["Pid"]), 9)
         wait_until(
             lambda: (
                 swarm.healthy(2)

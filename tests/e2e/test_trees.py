@@ -4,6 +4,7 @@ dropped onto the models volume as their own files, answering as the libraries do
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
@@ -24,7 +25,7 @@ def test_the_trees_image_serves_xgboost_and_lightgbm(
 
     rows, target = load_iris(return_X_y=True)
     models = tmp_path / "host-models"
-    trained = {
+    trained: dict[str, Any] = {
         "xgb": xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(rows, target),
         "lgb": lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(rows, target),
     }

@@ -9,17 +9,19 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
+from tests.conftest import free_port
 from tests.fixtures.models import write_broken_onnx, write_pickle
-from tests.process.conftest import MLAPI, Server, base_env, free_port
+from tests.process.conftest import MLAPI, Server, base_env
 
 pytestmark = pytest.mark.process
 
 
-def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None, **env: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [MLAPI, *args], env=base_env(**env), capture_output=True, text=True, timeout=60, cwd=cwd
     )
@@ -37,7 +39,7 @@ def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Completed
 )
 def test_serve_with_a_bad_setting_exits_2_with_one_line(env: dict[str, str], variable: str) -> None:
     port_args = () if "API_PORT" in env else ("--port", str(free_port()))
-    result = run("serve", *port_args, **env)
+    result = run("serve", *port_args, cwd=None, **env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and lines[0].startswith("mlapi: error:")

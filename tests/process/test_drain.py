@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -31,7 +32,7 @@ SLOW_MODEL = """
 SLOW_TOML = vector_toml(extra="[batching]\n    enabled = false")
 
 
-def _body(value: float, rows: int = 2000) -> dict[str, object]:
+def _body(value: float, rows: int = 2000) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "datatype": "FP64", "shape": [rows], "data": [value] * rows}]}
 
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from mlapi.settings import DEFAULT_MODEL_PATH
-from tests.conftest import wait_for
-from tests.process.conftest import Server, free_port
+from tests.conftest import free_port, wait_for
+from tests.process.conftest import Server
 
 pytestmark = pytest.mark.process
 ROOT = Path(__file__).resolve().parents[2]

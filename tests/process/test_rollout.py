@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -77,8 +78,8 @@ def _traffic(server: Server) -> Iterator[list[tuple[int, float | None]]]:
             thread.join(timeout=30)
 
 
-def _index(server: Server) -> list[dict[str, object]]:
-    return httpx.post(server.url + "/v2/repository/index", timeout=10).json()  # type: ignore[no-any-return]
+def _index(server: Server) -> list[dict[str, Any]]:
+    return httpx.post(server.url + "/v2/repository/index", timeout=10).json()
 
 
 def test_publish_while_traffic_flows_on_two_workers(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
@@ -23,7 +24,7 @@ from tests.process.conftest import Server, metric, status_of
 pytestmark = pytest.mark.process
 
 
-def _request(rows: np.ndarray) -> dict[str, object]:
+def _request(rows: np.ndarray) -> dict[str, Any]:
     return {
         "inputs": [
             {
@@ -50,13 +51,14 @@ def test_400_concurrent_mixed_batches_each_get_their_own_answer(
     clients: list[httpx.Client] = []
     start = threading.Barrier(32)
 
-    def call(index: int) -> tuple[int, int, dict[str, object]]:
+    def call(index: int) -> tuple[int, int, dict[str, Any]]:
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=server.url, timeout=30)
             clients.append(local.client)
             start.wait(timeout=30)  # all 32 threads fire together
         response = local.client.post("/v2/models/iris/infer", json=_request(batches[index]))
-        return index, response.status_code, response.json()
+        body: Any = response.json()
+        return index, response.status_code, body
 
     try:
         with ThreadPoolExecutor(max_workers=32) as pool:
@@ -68,7 +70,7 @@ def test_400_concurrent_mixed_batches_each_get_their_own_answer(
     for index, status, body in results:
         assert status == 200, body
         labels, probabilities = session.run(["label", "probabilities"], {"input": batches[index]})
-        outputs = {o["name"]: o for o in body["outputs"]}  # type: ignore[union-attr]
+        outputs = {o["name"]: o for o in body["outputs"]}
         assert outputs["label"]["data"] == labels.tolist(), index
         got = np.array(outputs["probabilities"]["data"], np.float32).reshape(probabilities.shape)
         np.testing.assert_allclose(got, probabilities, rtol=1e-6, atol=1e-7)

@@ -39,7 +39,7 @@ def _silent_call(address: str, method: str, metadata: tuple[tuple[str, str], ...
     release = threading.Event()
     channel = grpc.insecure_channel(address)
     try:
-        call = channel.stream_unary(method)
+        call: Any = channel.stream_unary(method)
         try:
             return call(_never_sent(release), metadata=metadata, timeout=30)
         except grpc.RpcError as exc:
@@ -69,10 +69,10 @@ def test_a_message_that_does_not_come_is_answered_at_its_deadline(serve_app: Sta
     )
     error = _silent_call(address, INFER)
     assert isinstance(error, grpc.RpcError) and error.code() == Code.DEADLINE_EXCEEDED
-    assert "did not arrive within 1s (MLAPI_BODY_TIMEOUT_S)" in error.details()
+    assert "did not arrive within 1s (MLAPI_BODY_TIMEOUT_S)" in str(error.details())
     check = _silent_call(address, "/grpc.health.v1.Health/Check")
     assert isinstance(check, grpc.RpcError) and check.code() == Code.DEADLINE_EXCEEDED
-    assert "MLAPI_HEADER_TIMEOUT_S" in check.details()
+    assert "MLAPI_HEADER_TIMEOUT_S" in str(check.details())
     # the requests that have no fields are answered without their message
     live = _silent_call(address, SERVICE + "ServerLive")
     assert not isinstance(live, grpc.RpcError)
@@ -100,7 +100,7 @@ def test_health_watch_streams_have_a_budget_of_their_own(serve_app: Start) -> No
                 next(stream)
             except grpc.RpcError as exc:
                 assert exc.code() == Code.RESOURCE_EXHAUSTED, exc.details()
-                assert "health Watch streams" in exc.details()
+                assert "health Watch streams" in str(exc.details())
                 refused += 1
         assert refused == 6
         with stub(address) as calls:
@@ -125,7 +125,7 @@ def test_inputs_and_outputs_past_the_models_count_are_refused_before_they_are_re
         with pytest.raises(grpc.RpcError) as caught:
             calls.ModelInfer(request, timeout=60)
         assert caught.value.code() == Code.INVALID_ARGUMENT
-        assert "asks for 200000 outputs, more than the model's 2" in caught.value.details()
+        assert "asks for 200000 outputs, more than the model's 2" in str(caught.value.details())
         assert len(calls.ModelInfer(raw_request("iris", ROWS)).raw_output_contents) == 2
 
 
@@ -136,7 +136,7 @@ def test_error_details_echo_no_control_characters(serve_app: Start) -> None:
         request.inputs[0].name = "x\x1b[31m\ny"
         with pytest.raises(grpc.RpcError) as caught:
             calls.ModelInfer(request)
-    details = caught.value.details()
+    details = str(caught.value.details())
     assert "\\x1b[31m\\x0ay" in details and "\x1b" not in details and "\n" not in details
     assert escaped("a\tb\x7f") == "a\\x09b\\x7f"
 

@@ -379,10 +379,11 @@ def test_every_credential_presented_must_be_right(serve_app: Start) -> None:
 def test_oversized_headers_are_431_on_the_infer_path_and_elsewhere(serve_app: Start) -> None:
     client = serve_app(DEFAULT_MODEL_PATH, MLAPI_MAX_HEADER_BYTES=2048)
     big = {"x-padding": "a" * 4096}
-    for method, path, kwargs in (
+    cases: tuple[tuple[str, str, dict[str, Any]], ...] = (
         ("POST", "/v2/models/iris/infer", {"json": v2_request(ROWS)}),
         ("GET", "/v2/models/iris", {}),
-    ):
+    )
+    for method, path, kwargs in cases:
         response = client.request(method, path, headers=big, **kwargs)
         assert response.status_code == 431
         assert "MLAPI_MAX_HEADER_BYTES" in response.json()["error"]

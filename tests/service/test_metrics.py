@@ -125,7 +125,7 @@ def test_metrics_render_off_the_event_loop(serve_app: Start) -> None:
     def held() -> bytes:
         entered.set()
         release.wait(30)
-        return real()  # type: ignore[no-any-return]
+        return real()
 
     metrics.expose = held
     scrape: list[int] = []

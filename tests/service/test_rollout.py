@@ -71,7 +71,7 @@ def _traffic(client: TestClient) -> Iterator[list[tuple[int, float | None]]]:
 
 
 def _index(client: TestClient) -> list[dict[str, object]]:
-    return client.post("/v2/repository/index").json()  # type: ignore[no-any-return]
+    return client.post("/v2/repository/index").json()
 
 
 def test_a_published_version_takes_over_with_nothing_failed(
@@ -224,9 +224,7 @@ def test_two_publishes_of_one_version_one_wins(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     sources = [_source(tmp_path, f"twin{i}") for i in range(2)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(
-            pool.map(lambda s: _try_publish(repo, s), sources)  # type: ignore[arg-type]
-        )
+        outcomes = list(pool.map(lambda s: _try_publish(repo, s), sources))
     assert sorted(outcomes) == ["ok", "refused"]
     assert [p.name for p in (repo / "m").iterdir() if p.name.startswith(".")] == []
 

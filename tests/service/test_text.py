@@ -211,7 +211,12 @@ def test_a_small_token_budget_encodes_in_several_passes_alike(text_models: Path)
     one_pass, small = runtimes
     passes: list[int] = []
     encode = small._encode
-    small._encode = lambda rows: passes.append(len(rows)) or encode(rows)  # type: ignore[method-assign]
+
+    def counted(rows: Any) -> Any:
+        passes.append(len(rows))
+        return encode(rows)
+
+    small._encode = counted  # type: ignore[method-assign]
     rows = np.array(SENTENCES * 3, dtype=object)
     expected = one_pass.predict({"text": rows}, ["embedding"])["embedding"]
     got = small.predict({"text": rows}, ["embedding"])["embedding"]

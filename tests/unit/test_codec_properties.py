@@ -38,7 +38,7 @@ def tensors(draw: Any) -> tuple[str, np.ndarray]:
     dtype = DATATYPES[datatype]
     elements = None
     if dtype.kind == "f":  # finite values the type can hold (JSON has no NaN/inf)
-        elements = st.floats(width=dtype.itemsize * 8, allow_nan=False, allow_infinity=False)
+        elements = st.floats(width=dtype.itemsize * 8, allow_nan=False, allow_infinity=False)  # type: ignore[arg-type]
     array = draw(hnp.arrays(dtype, SHAPES, elements=elements))
     return datatype, array
 

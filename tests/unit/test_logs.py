@@ -45,6 +45,7 @@ def test_write_failures_after_start_are_counted(tmp_path: Path) -> None:
     (handler,) = [
         h for h in logging.getLogger().handlers if isinstance(h, logs.SafeRotatingFileHandler)
     ]
+    assert handler.stream is not None
     handler.stream.close()  # what a vanished or full volume looks like to the handler
     before = logs.WriteErrors.count
     logging.getLogger("mlapi.test").error("cannot be written")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,14 +34,14 @@ def test_the_committed_descriptor_is_what_the_proto_compiles_to() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _fields(descriptor: object) -> dict[str, object]:
-    shape = {}
-    for field in descriptor.fields:  # type: ignore[attr-defined]
+def _fields(descriptor: Any) -> dict[str, object]:
+    shape: dict[str, object] = {}
+    for field in descriptor.fields:
         kind = field.message_type.full_name if field.message_type else field.type
         shape[field.name] = (field.number, kind, field.is_repeated)
-    for nested in descriptor.nested_types:  # type: ignore[attr-defined]
+    for nested in descriptor.nested_types:
         shape[nested.name] = _fields(nested)
-    for enum in descriptor.enum_types:  # type: ignore[attr-defined]
+    for enum in descriptor.enum_types:
         shape[enum.name] = [(value.name, value.number) for value in enum.values]
     return shape
 

@@ -229,6 +229,10 @@ class ModelRecord:
         if self.error:
             return [{"name": self.name, "state": State.FAILED.value, "reason": self.error}]
         items = [v.describe() for v in sorted(self.versions.values(), key=lambda v: v.version)]
+        for item in items:  # marked rolled back by another server, not yet replaced here
+            why = self.rolled_back.get(int(str(item["version"])))
+            if why is not None:
+                item["reason"] = f"{why}; serving here until its replacement is READY"
         if with_candidates:
             for candidate in sorted(self.candidates.values(), key=lambda v: v.version):
                 items.append({**candidate.describe(), "candidate": True})
