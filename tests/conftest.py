@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from mlapi.app import create_app
+from mlapi.app import asgi_app
 from mlapi.settings import Settings, load_settings
 
 
@@ -45,7 +45,7 @@ def serve_app() -> Iterator[Callable[..., TestClient]]:
 
     def start(model_path: Path, wait_ready: bool = True, **overrides: Any) -> TestClient:
         client = TestClient(
-            create_app(make_settings(model_path, **overrides)),
+            asgi_app(make_settings(model_path, **overrides)),
             raise_server_exceptions=False,
             base_url="http://127.0.0.1",  # a key-less server answers loopback names only
         )

@@ -1,6 +1,8 @@
-"""create_app(settings): the ASGI application, its routes and one lifespan that
-scans the repository, loads the models in the background (so liveness answers at
-once and readiness says what is loading), and unloads them on shutdown."""
+"""asgi_app(settings): the ASGI callable uvicorn serves (api.fastpath.FastInfer:
+the infer fast path, in front of the Starlette app of every other route), the
+routes and one lifespan that scans the repository, loads the models in the
+background (so liveness answers at once and readiness says what is loading), and
+unloads them on shutdown."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from mlapi.rpc.server import GrpcFront
 
 
-def create_app(
+def asgi_app(
     settings: Settings,
     registry: ModelRegistry | None = None,
     lifecycle: Lifecycle | None = None,

@@ -23,7 +23,7 @@ from uvicorn.supervisors import ChangeReload
 
 from mlapi import logs, supervisor
 from mlapi.api.fastpath import FastInfer
-from mlapi.app import create_app
+from mlapi.app import asgi_app
 from mlapi.connections import ConnectionLimits, guarded_protocol
 from mlapi.errors import ConfigError
 from mlapi.lifecycle import Lifecycle
@@ -43,7 +43,7 @@ class AppFactory:
 
     def __call__(self) -> FastInfer:
         configure_logging(self.settings)
-        return create_app(self.settings, lifecycle=self.lifecycle)
+        return asgi_app(self.settings, lifecycle=self.lifecycle)
 
 
 def configure_logging(settings: Settings) -> None:
