@@ -53,7 +53,14 @@ def test_a_call_without_its_key_is_refused_before_its_message_is_read(serve_app:
     """The call's message never comes: it is answered UNAUTHENTICATED all the same
     (were the message read first, the call would wait for it until its deadline)."""
     _, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH, API_KEY=KEY)
-    for method in ("ModelInfer", "ModelReady", "ModelMetadata", "RepositoryIndex"):
+    for method in (
+        "ModelInfer",
+        "ModelReady",
+        "ModelMetadata",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    ):
         error = _silent_call(address, SERVICE + method)
         assert isinstance(error, grpc.RpcError) and error.code() == Code.UNAUTHENTICATED, method
         wrong = _silent_call(address, SERVICE + method, (("x-api-key", "wrong"),))
@@ -152,3 +159,15 @@ def test_an_overloaded_server_answers_resource_exhausted_over_grpc(serve_app: St
     _, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH, MLAPI_MAX_INFLIGHT=1)
     with stub(address) as calls:
         assert status_of(lambda: calls.ModelInfer(raw_request("iris", ROWS))) == Code.OK
+
+
+def test_health_by_model_name_follows_the_drain(serve_app: Start) -> None:
+    """A model's name is NOT_SERVING from the SIGTERM on, as the server's is."""
+    from tests.fixtures.grpc import health_of, health_stub
+
+    client, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH)
+    with health_stub(address) as health:
+        assert health_of(health, "iris") == "SERVING"
+        assert client.app.state.lifecycle.start_draining()  # type: ignore[attr-defined]
+        assert health_of(health, "iris") == "NOT_SERVING"
+        assert health_of(health, "") == "NOT_SERVING"

@@ -299,3 +299,22 @@ def test_malformed_bytes_binary_is_a_bad_request() -> None:
     )
     with pytest.raises(BadRequest, match="malformed"):
         codec.parse_infer(header + raw, str(len(header)), _signature("BYTES", (-1,)))
+
+
+def test_a_json_bytes_element_over_the_limit_is_refused_naming_it() -> None:
+    """The JSON decoder's own check of MLAPI_MAX_BYTES_ELEMENT (removing it left
+    every test green): a string of 40 characters against a limit of 16 bytes, and
+    one of 10 characters that UTF-8 makes 30 bytes."""
+    from mlapi.errors import PayloadTooLarge
+
+    limits = Limits(max_bytes_element=16)
+    for text in ("a" * 40, "€" * 10):
+        body = orjson.dumps(
+            {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+        )
+        with pytest.raises(PayloadTooLarge, match="MLAPI_MAX_BYTES_ELEMENT"):
+            codec.parse_infer(body, None, _signature("BYTES", (-1,)), limits)
+    fits = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["€" * 5]}]}
+    )
+    assert codec.parse_infer(fits, None, _signature("BYTES", (-1,)), limits).inputs["x"].size == 1

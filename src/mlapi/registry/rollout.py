@@ -138,8 +138,9 @@ class Rollouts:
             bake.alert.clear()
             if record.versions.get(version.version) is not version:
                 return  # superseded or unloaded meanwhile
-            errors, seen = bake.failures_within(rollout.window_s)
-            if seen >= rollout.min_requests and errors > rollout.max_error_ratio * seen:
+            breach = bake.breached(rollout)
+            if breach is not None:
+                errors, seen = breach
                 reason = (
                     f"rolled back: {errors} of {seen} requests failed on the server "
                     f"within {rollout.window_s:g}s (max_error_ratio {rollout.max_error_ratio:g})"

@@ -18,7 +18,7 @@ import numpy as np
 from mlapi.batching import Batcher, Gone, QueuedTooLong
 from mlapi.errors import GatewayTimeout, NotFound, NotReady
 from mlapi.observability.metrics import ModelMetrics
-from mlapi.repository.config import ModelConfig
+from mlapi.repository.config import ModelConfig, RolloutConfig
 from mlapi.runtimes.base import Runtime
 from mlapi.tensors import Signature
 
@@ -54,6 +54,14 @@ class Bake:
         while outcomes and outcomes[0][0] < horizon:
             outcomes.popleft()
         return sum(1 for _, failed in outcomes if failed), len(outcomes)
+
+    def breached(self, rollout: RolloutConfig) -> tuple[int, int] | None:
+        """(failed, all) when the window's failures pass the rollout's gate: at least
+        ``min_requests`` requests, more than ``max_error_ratio`` of them failed."""
+        errors, seen = self.failures_within(rollout.window_s)
+        if seen >= rollout.min_requests and errors > rollout.max_error_ratio * seen:
+            return errors, seen
+        return None
 
 
 @dataclass(eq=False)
