@@ -6,11 +6,9 @@ refused on both, and no client sees anything but a 200."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.e2e.conftest import Stack, docker, make_stack, wait_until, write_api_key
+from tests.fixtures.archives import tar_of
 
 pytestmark = pytest.mark.e2e
 PROD = ["docker-compose.yml", "docker-compose.prod.yml"]
@@ -60,16 +59,6 @@ name = "probabilities"
 datatype = "FP32"
 shape = [-1, 3]
 """
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for name, data in files.items():
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-    return archive.getvalue()
 
 
 def _exec_stdin(stack: Stack, data: bytes, *command: str) -> subprocess.CompletedProcess[bytes]:
@@ -162,7 +151,7 @@ def test_publishing_versions_into_the_production_deployment(
         wait_until(lambda: len(answers) > 100, 30, "traffic")
         # version 2: the README's command, a tar of the folder on stdin
         started = time.monotonic()
-        v2 = _tar({"model.py": V2_MODEL.encode(), "model.toml": V2_TOML.encode()})
+        v2 = tar_of({"model.py": V2_MODEL.encode(), "model.toml": V2_TOML.encode()})
         published = _exec_stdin(
             stack, v2, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "2"
         )
@@ -174,7 +163,7 @@ def test_publishing_versions_into_the_production_deployment(
         assert {version for _, version in answers[-80:]} == {"2"}
         # version 3: a corrupt model file, published the same way
         onnx = (DEFAULT_MODEL_PATH / "iris" / "1" / "model.onnx").read_bytes()
-        corrupt = _tar({"model.onnx": onnx[:300]})
+        corrupt = tar_of({"model.onnx": onnx[:300]})
         result = _exec_stdin(
             stack, corrupt, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "3"
         )
@@ -183,7 +172,7 @@ def test_publishing_versions_into_the_production_deployment(
         # version 4: copied by other means, with a manifest its file does not match
         manifest = json.dumps({"format": 1, "files": {"model.onnx": "0" * 64}}).encode()
         # the manifest first: a copy in progress fails its check until it is whole
-        mismatched = _tar({"manifest.json": manifest, "model.onnx": onnx})
+        mismatched = tar_of({"manifest.json": manifest, "model.onnx": onnx})
         extract = (
             "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|')"
             ".extractall('/app/models/iris/4')"
@@ -192,7 +181,7 @@ def test_publishing_versions_into_the_production_deployment(
         assert result.returncode == 0, result.stderr
         wait_until(lambda: refused("4", "does not match"), 30, "version 4 refused on both")
         # version 5: needs more memory than the 1 GiB containers have left
-        big = _tar(
+        big = tar_of(
             {"model.py": V2_MODEL.encode(), "model.toml": b"memory_mb = 4000\n" + V2_TOML.encode()}
         )
         result = _exec_stdin(
@@ -209,7 +198,7 @@ def test_publishing_versions_into_the_production_deployment(
         raising = "        if inputs['input'].any():\n            raise RuntimeError('bad rows')\n"
         failing = V2_MODEL.replace("        rows = ", raising + "        rows = ")
         watched = V2_TOML.replace("bake_s = 2", "bake_s = 60\nwindow_s = 10\nmin_requests = 10")
-        bad = _tar({"model.py": failing.encode(), "model.toml": watched.encode()})
+        bad = tar_of({"model.py": failing.encode(), "model.toml": watched.encode()})
         result = _exec_stdin(
             stack, bad, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "6"
         )

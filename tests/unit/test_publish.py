@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,11 @@ import pytest
 from mlapi.errors import ConfigError
 from mlapi.repository import publish
 from mlapi.repository.scan import scan
+from tests.fixtures.archives import tar_of
 
 
 def _tar(members: dict[str, bytes], sparse: str | None = None) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        if sparse is not None:  # a GNU sparse member: announced size, no data blocks
-            info = tarfile.TarInfo(sparse)
-            info.type = tarfile.GNUTYPE_SPARSE
-            tar.addfile(info)
-    buffer.seek(0)
-    return buffer
+    return io.BytesIO(tar_of(members, sparse))
 
 
 def _model(folder: Path) -> Path:
