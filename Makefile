@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast engine lint check bench default-model proto clean
+.PHONY: serve test test-fast engine lint check bench default-model proto clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,27 @@ engine: $(VENV)/.installed-test
 	scripts/test-engine.sh $(BIN)/python
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests scripts bench
-	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/ruff check src tests scripts bench fuzz
+	$(BIN)/ruff format --check src tests scripts bench fuzz
 	$(BIN)/mypy
 
 check: test lint
+
+# Coverage-guided fuzzing (atheris) of the binary tensor framing, the V2 JSON codec,
+# the gRPC message decoder and the tar publish reader, each for FUZZ_S seconds from
+# its committed seed corpus (new finds go to a scratch folder, not the corpus). A
+# crash leaves its input as crash-* here and fails the run: make it a unit test.
+FUZZ_S ?= 60
+fuzz: $(VENV)/.installed-test
+	@for target in binary json grpc tar; do \
+		work=$$(mktemp -d); \
+		echo "fuzz: $$target for $(FUZZ_S) s"; \
+		$(BIN)/python fuzz/targets.py $$target -max_total_time=$(FUZZ_S) -timeout=10 \
+			-rss_limit_mb=2048 -print_final_stats=1 $$work fuzz/corpus/$$target \
+			> $$work.log 2>&1 || { tail -40 $$work.log; rm -rf $$work; exit 1; }; \
+		grep -E "^stat::number_of_executed_units|^Done" $$work.log | tail -1; \
+		rm -rf $$work $$work.log; \
+	done
 
 # The side-by-side benchmark (not a test): needs wrk; peers' venvs come from
 # bench/setup_peers.sh. Writes bench/results/; with a Docker engine running, also
