@@ -166,11 +166,9 @@ class ModelRegistry:
             record.unloaded = True
             record.retired = tuple(record.versions)
             for version in [*record.versions.values(), *record.candidates.values()]:
-                version.state = State.UNLOADING
-                version.withdrawn = True
+                version.withdraw()
             for version in list(record.versions.values()):
-                await version.aclose()
-                version.state = State.UNAVAILABLE
+                await version.unload_now()
             for version in record.previous.values():
                 await version.aclose()
             record.versions.clear()

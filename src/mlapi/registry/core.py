@@ -91,12 +91,14 @@ class RegistryCore:
             try:
                 await asyncio.to_thread(self.loader.load_and_warm, version)
             except MlapiError as exc:
-                version.fail(exc.message, refused=isinstance(exc, InsufficientMemory))
+                version.fail(
+                    without_host_paths(exc.message, version.path),
+                    refused=isinstance(exc, InsufficientMemory),
+                )
             except Exception as exc:  # a runtime bug must not kill the other models
                 version.fail(f"unexpected {type(exc).__name__} while loading")
                 log.exception("model %s v%d: unexpected error", version.name, version.version)
         if version.state is State.FAILED:
-            version.reason = without_host_paths(version.reason or "", version.path)
             log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
             version.close()
         elif version.state is State.UNAVAILABLE:

@@ -15,7 +15,7 @@ from mlapi.batching import Batcher
 from mlapi.errors import MlapiError, ModelLoadError
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.memory import MemoryBudget, resident_bytes
-from mlapi.registry.versions import ModelVersion, State
+from mlapi.registry.versions import ModelVersion
 from mlapi.repository import manifest, safety
 from mlapi.repository.config import ModelConfig
 from mlapi.runtimes import catalog
@@ -55,38 +55,33 @@ class Loader:
             device=self._settings.device,
         )
         runtime = catalog.factory(runtime_name)(ctx)
-        version.runtime, version.runtime_name = runtime, runtime_name
-        version.load_seconds = time.perf_counter() - started
-        version.state = State.WARMING
+        load_seconds = time.perf_counter() - started
+        version.loaded(runtime, runtime_name, load_seconds)
         self.publish_state(version)
         started = time.perf_counter()
         warm_up(version.name, runtime, version.config)
-        version.warmup_seconds = time.perf_counter() - started
+        warmup_seconds = time.perf_counter() - started
         self.budget.remember(version.fingerprint, resident_bytes() - resident_before)
-        version.executor = ThreadPoolExecutor(
+        executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )
         batching = version.config.batching
-        version.metrics = self.metrics.model(version.name, str(version.version))
+        metrics = self.metrics.model(version.name, str(version.version))
         labels = (version.name, str(version.version))
-        self.metrics.load_seconds.labels(*labels).set(version.load_seconds)
-        self.metrics.warmup_seconds.labels(*labels).set(version.warmup_seconds)
-        version.batcher = Batcher(
+        self.metrics.load_seconds.labels(*labels).set(load_seconds)
+        self.metrics.warmup_seconds.labels(*labels).set(warmup_seconds)
+        batcher = Batcher(
             f"{version.name}:{version.version}",
             runtime.predict,
-            version.executor,
+            executor,
             batchable=batching.enabled and stackable(runtime.signature),
             max_batch_size=batching.max_batch_size,
             max_delay_ms=batching.max_delay_ms,
             max_queue=batching.max_queue,
-            observer=version.metrics,
+            observer=metrics,
         )
-        if version.withdrawn:  # unloaded while it was loading: free it, never serve it
-            version.close()
-            version.state = State.UNAVAILABLE
-            return
-        version.state = State.READY
-        self.publish_state(version)
+        if version.serving(warmup_seconds, executor, metrics, batcher):
+            self.publish_state(version)
 
 
 def warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:

@@ -102,8 +102,45 @@ class ModelVersion:
             self.bake.record(failed)
 
     def fail(self, reason: str, refused: bool = False) -> None:
-        """FAILED, with the reason shown in readiness and the repository index."""
+        """FAILED, with the reason shown in readiness and the repository index (the
+        caller has put its files' paths relative to the version folder)."""
         self.state, self.reason, self.refused = State.FAILED, reason, refused
+
+    # ----- its life: loaded, warmed and serving; withdrawn; gone -------------------
+    def loaded(self, runtime: Runtime, runtime_name: str, seconds: float) -> None:
+        """Its runtime is loaded: WARMING."""
+        self.runtime, self.runtime_name, self.load_seconds = runtime, runtime_name, seconds
+        self.state = State.WARMING
+
+    def serving(
+        self,
+        warmup_seconds: float,
+        executor: ThreadPoolExecutor,
+        metrics: ModelMetrics,
+        batcher: Batcher,
+    ) -> bool:
+        """Warmed up, with its thread, metrics and batcher: READY; unless it was
+        withdrawn meanwhile (unloaded while it loaded), then freed and UNAVAILABLE.
+        Whether it serves."""
+        self.warmup_seconds = warmup_seconds
+        self.executor, self.metrics, self.batcher = executor, metrics, batcher
+        if self.withdrawn:
+            self.close()
+            self.state = State.UNAVAILABLE
+            return False
+        self.state = State.READY
+        return True
+
+    def withdraw(self) -> None:
+        """Unloaded through the API: no new request routes here, and a load still
+        running for it frees it instead of serving it."""
+        self.state = State.UNLOADING
+        self.withdrawn = True
+
+    async def unload_now(self) -> None:
+        """Stop and free it at once (requests it holds get a 503): UNAVAILABLE."""
+        await self.aclose()
+        self.state = State.UNAVAILABLE
 
     @property
     def signature(self) -> Signature:
