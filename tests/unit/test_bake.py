@@ -81,3 +81,17 @@ def test_only_the_versions_own_failures_count_against_it(error: Any, blamed: boo
     tracked.failed(error)
     assert version.holders == 0
     assert list(failed for _, failed in version.bake.outcomes) == [blamed]
+
+
+def test_the_index_never_shows_a_version_marked_rolled_back_as_plainly_serving() -> None:
+    """A server that still serves a version another marked rolled back (its
+    replacement not loaded here yet) says so; the mark used to be hidden behind the
+    version's READY item."""
+    from mlapi.registry.versions import ModelRecord, State
+
+    serving = ModelVersion("m", 2, None, None, state=State.READY)  # type: ignore[arg-type]
+    record = ModelRecord("m", versions={2: serving}, rolled_back={2: "rolled back: 9 of 10"})
+    (item,) = record.describe(with_candidates=True)
+    assert item["version"] == "2" and item["state"] == "READY"
+    assert "rolled back: 9 of 10" in str(item["reason"])
+    assert "serving here until its replacement is READY" in str(item["reason"])
