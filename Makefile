@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast engine lint check bench default-model proto clean fuzz
+.PHONY: serve test test-fast engine lint check bench default-model proto clean fuzz mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 check: test lint
+
+# Mutation testing (mutmut) of the modules that hold the README's rules, each against
+# its tests, with a score per module (scripts/mutate.py; not part of CI: minutes).
+mutate: $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q "mutmut>=3.3"
+	$(BIN)/python scripts/mutate.py
 
 # Coverage-guided fuzzing (atheris) of the binary tensor framing, the V2 JSON codec,
 # the gRPC message decoder and the tar publish reader, each for FUZZ_S seconds from

@@ -37,8 +37,17 @@ class Authenticator:
             self._compare(api_key)
 
     def _compare(self, presented: str) -> None:
-        if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._key):
+        if not hmac.compare_digest(_raw(presented), self._key):
             raise Unauthorized("invalid API key")
+
+
+def _raw(presented: str) -> bytes:
+    """The bytes the client sent: HTTP header values are decoded as latin-1, so a key
+    of non-ASCII characters (sent as UTF-8) comes back byte for byte that way."""
+    try:
+        return presented.encode("latin-1")
+    except UnicodeEncodeError:
+        return presented.encode("utf-8", "surrogateescape")
 
 
 def duplicate_credentials() -> BadRequest:
