@@ -55,6 +55,7 @@ def _config(module: str, tests: list[str]) -> str:
             "    no:cacheprovider",
             "also_copy =",
             "    tests/",
+            "    scripts/",
             "",
         ]
     )
