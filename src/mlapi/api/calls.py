@@ -11,16 +11,7 @@ from mlapi.serving.plane import Call
 
 def call_of(scope: Scope, model: str | None, version: str | None = None) -> Call:
     call = Call(model, version, scope["method"], scope["path"], None, None, None)
-    for key, value in scope["headers"]:
-        if key == b"authorization":
-            call.repeated_credentials |= call.authorization is not None
-            call.authorization = value.decode("latin-1")
-        elif key == b"x-api-key":
-            call.repeated_credentials |= call.api_key is not None
-            call.api_key = value.decode("latin-1")
-        elif key == b"x-request-id":
-            call.request_id = value.decode("latin-1")
-    return call
+    return call.read((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
 
 
 def disconnect_probe(receive: Receive) -> Gone | None:

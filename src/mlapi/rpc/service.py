@@ -64,16 +64,7 @@ def call_of(metadata: Sequence[tuple[str, str | bytes]], path: str) -> Call:
     """The plane's view of a gRPC call, from its metadata: its credentials and
     request id (a ModelInfer names its model in the message, not known yet)."""
     call = Call(None, None, "gRPC", path, None, None, None, protocol="grpc")
-    for key, value in metadata:
-        if key == "authorization":
-            call.repeated_credentials |= call.authorization is not None
-            call.authorization = _text(value)
-        elif key == "x-api-key":
-            call.repeated_credentials |= call.api_key is not None
-            call.api_key = _text(value)
-        elif key == "x-request-id":
-            call.request_id = _text(value)
-    return call
+    return call.read((key, _text(value)) for key, value in metadata)
 
 
 def _text(value: str | bytes) -> str:

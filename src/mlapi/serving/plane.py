@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +45,20 @@ class Call:
     api_key: str | None
     repeated_credentials: bool = False
     protocol: str = "http"  # the metrics label
+
+    def read(self, headers: Iterable[tuple[str, str]]) -> Call:
+        """Its credentials and request id from a request's (lower-case) headers or
+        gRPC metadata; a credential given twice is marked, for the key check."""
+        for key, value in headers:
+            if key == "authorization":
+                self.repeated_credentials |= self.authorization is not None
+                self.authorization = value
+            elif key == "x-api-key":
+                self.repeated_credentials |= self.api_key is not None
+                self.api_key = value
+            elif key == "x-request-id":
+                self.request_id = value
+        return self
 
 
 class Decoded(Protocol):
