@@ -48,13 +48,6 @@ async def off_loop(func: Callable[..., T], *args: Any) -> T:
     return result
 
 
-async def convert(size: int, func: Callable[..., T], *args: Any) -> T:
-    """``func(*args)``: inline when ``size`` bytes are small, else on the lane."""
-    if size > OFFLOAD_BYTES:
-        return await off_loop(func, *args)
-    return func(*args)
-
-
 def _without_gc(func: Callable[..., T], *args: Any) -> T:
     """A large conversion makes millions of objects and no cycles: the cyclic
     collector would scan them again and again (3x the time of a nested JSON
