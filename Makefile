@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast engine lint check bench default-model proto clean fuzz mutate
+.PHONY: serve test test-fast engine lint check bench default-model proto clean fuzz fuzz-ci mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,18 +48,33 @@ mutate: $(VENV)/.installed-test
 
 # Coverage-guided fuzzing (atheris) of the binary tensor framing, the V2 JSON codec,
 # the gRPC message decoder and the tar publish reader, each for FUZZ_S seconds from
-# its committed seed corpus (new finds go to a scratch folder, not the corpus). A
-# crash leaves its input as crash-* here and fails the run: make it a unit test.
+# its committed seed corpus, a new random seed each run (new finds go to a scratch
+# folder, not the corpus). A crash leaves its input as crash-* here and fails the
+# run: make it a seed in fuzz/corpus/<target>/ and a unit test.
+# fuzz-ci is what CI runs: the same targets with a fixed seed (FUZZ_SEED) and a fixed
+# number of runs each, so that CI tries the same inputs every time (near enough: a
+# temporary folder's name still differs) and a change fails it for what the change
+# did, not for what a random seed happened to find that day.
 FUZZ_S ?= 60
+FUZZ_SEED ?= 20261206
+FUZZ_OPTIONS = -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+define fuzz_one
+	work=$$(mktemp -d); \
+	echo "fuzz: $$target $(1)"; \
+	PYTHONHASHSEED=0 $(BIN)/python fuzz/targets.py $$target $(1) $(FUZZ_OPTIONS) \
+		$$work fuzz/corpus/$$target > $$work.log 2>&1 \
+		|| { tail -40 $$work.log; rm -rf $$work $$work.log; exit 1; }; \
+	grep -E "^stat::number_of_executed_units|^Done" $$work.log | tail -1; \
+	rm -rf $$work $$work.log
+endef
 fuzz: $(VENV)/.installed-test
 	@for target in binary json grpc tar; do \
-		work=$$(mktemp -d); \
-		echo "fuzz: $$target for $(FUZZ_S) s"; \
-		$(BIN)/python fuzz/targets.py $$target -max_total_time=$(FUZZ_S) -timeout=10 \
-			-rss_limit_mb=2048 -print_final_stats=1 $$work fuzz/corpus/$$target \
-			> $$work.log 2>&1 || { tail -40 $$work.log; rm -rf $$work; exit 1; }; \
-		grep -E "^stat::number_of_executed_units|^Done" $$work.log | tail -1; \
-		rm -rf $$work $$work.log; \
+		$(call fuzz_one,-max_total_time=$(FUZZ_S)); \
+	done
+fuzz-ci: $(VENV)/.installed-test
+	@for spec in binary:3000000 json:1200000 grpc:4000000 tar:50000; do \
+		target=$${spec%%:*}; runs=$${spec##*:}; \
+		$(call fuzz_one,-seed=$(FUZZ_SEED) -runs=$$runs); \
 	done
 
 # The side-by-side benchmark (not a test): needs wrk; peers' venvs come from

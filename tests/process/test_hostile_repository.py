@@ -63,3 +63,24 @@ def test_fifos_and_links_to_dev_zero_in_the_repository_never_stop_the_server(
     log = server.log()
     assert "Traceback" not in log
     assert "model a: what serves keeps serving: 2/model.toml is not a regular file" in log
+
+
+def test_a_file_name_that_is_not_utf8_in_a_version_is_reported_not_a_500(
+    start_server: object, tmp_path: Path
+) -> None:
+    """A name of raw bytes (a copy by other means; publish refuses it) used to reach
+    the JSON index, the logs and error bodies, none of which can hold it."""
+    repo = tmp_path / "repo"
+    write_python_model(repo, "m", SCALED_MODEL, vector_toml())
+    server = start_server(MODEL_PATH=str(repo), MLAPI_REPOSITORY_POLL_S="0.1")  # type: ignore[operator]
+    write_python_model(repo, "m", SCALED_MODEL, vector_toml(), version=2)
+    folder = repo / "m" / "2"
+    (folder / "manifest.json").write_text('{"format": 1, "files": {}}')
+    os.close(os.open(os.fsencode(folder) + b"/weights\xff.bin", os.O_CREAT | os.O_WRONLY, 0o644))
+
+    wait_for(lambda: "FAILED" in _states(server).get(("m", "2"), ""), what="m v2 refused")
+    assert "file 'weights\\udcff.bin' has a name that is not" in _states(server)[("m", "2")]
+    assert _answer(server, "m") == 1.0  # v1 keeps serving
+    assert status_of(server.url + "/health") == 200
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,50 @@ def test_a_folder_holding_a_fifo_is_refused_without_opening_it(tmp_path: Path) -
     with pytest.raises(ConfigError, match="'pipe' is not a plain file or folder"):
         publish.publish(repository, "m", 1, source=source)
     assert list(repository.iterdir()) == []
+
+
+def _gnu_tar(name: str) -> io.BytesIO:
+    """A GNU tar whose one member's name is raw bytes (``name`` as Python reads them,
+    a byte that is not UTF-8 escaped as a lone surrogate)."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        member = tarfile.TarInfo(name)
+        member.size = 1
+        tar.addfile(member, io.BytesIO(b"x"))
+    archive.seek(0)
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("weights\udcff.bin", r"'weights\\udcff\.bin' in the archive is not a UTF-8 name"),
+        ("dir\udcfe/model.py", r"'dir\\udcfe/model\.py' in the archive is not a UTF-8 name"),
+        ("a\nb.py", r"'a\\nb\.py' in the archive has a control character in its name"),
+        ("a\x7fb", r"'a\\x7fb' in the archive has a control character"),
+    ],
+)
+def test_an_archive_member_name_that_is_not_printable_utf8_is_refused(
+    tmp_path: Path, name: str, why: str
+) -> None:
+    """Found by `make fuzz` (tar): such a name reached the manifest's JSON writer
+    and failed there with a TypeError, not a refusal."""
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    with pytest.raises(ConfigError, match=why):
+        publish.publish(repository, "m", 1, archive=_gnu_tar(name))
+    assert list(repository.iterdir()) == []
+
+
+def test_a_folder_holding_a_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    source = _model(tmp_path / "src")
+    os.close(os.open(os.fsencode(source) + b"/w\xe9.bin", os.O_CREAT | os.O_WRONLY, 0o644))
+    with pytest.raises(ConfigError, match=r"'w\\udce9\.bin' is not a UTF-8 name"):
+        publish.publish(repository, "m", 1, source=source)
+    assert list(repository.iterdir()) == []
+    (source / "wé.bin").write_bytes(b"ok")  # UTF-8 that is not ASCII is a name like any other
+    os.unlink(os.fsencode(source) + b"/w\xe9.bin")
+    final = publish.publish(repository, "m", 1, source=source)
+    assert (final / "wé.bin").read_bytes() == b"ok"

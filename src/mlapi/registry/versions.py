@@ -104,6 +104,9 @@ class ModelVersion:
     def fail(self, reason: str, refused: bool = False) -> None:
         """FAILED, with the reason shown in readiness and the repository index (the
         caller has put its files' paths relative to the version folder)."""
+        # a reason may quote a file's name of raw bytes: kept printable for the JSON
+        # index, the logs and error bodies
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         self.state, self.reason, self.refused = State.FAILED, reason, refused
 
     # ----- its life: loaded, warmed and serving; withdrawn; gone -------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import orjson
@@ -63,6 +64,10 @@ def verify(folder: Path) -> None:
     except (orjson.JSONDecodeError, KeyError, TypeError, OSError):
         raise ModelLoadError(f"'{MANIFEST}' is not a manifest written by mlapi") from None
     present = {p.relative_to(folder).as_posix(): p for p in files_of(folder)}
+    for name in present:
+        if not name.isprintable() or _not_utf8(name):
+            shown = ascii(name[:64])[1:-1]
+            raise ModelLoadError(f"file '{shown}' has a name that is not printable UTF-8")
     for name, expected in sorted(listed.items()):
         found = present.get(name)
         if found is None:
@@ -74,6 +79,14 @@ def verify(folder: Path) -> None:
         raise ModelLoadError(f"file '{unlisted[0]}' is not in {MANIFEST}")
 
 
+def _not_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def fingerprint(folder: Path) -> str:
     """Changes whenever the version's files do: every file's name, size and
     modification time, and the manifest's own bytes when there is one."""
@@ -83,7 +96,8 @@ def fingerprint(folder: Path) -> str:
             digest.update(files.read_capped(folder / MANIFEST, files.MANIFEST_MAX_BYTES))
         for path in files_of(folder):
             stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            name = os.fsencode(path.relative_to(folder))  # a name of raw bytes included
+            digest.update(name + f":{stat.st_size}:{stat.st_mtime_ns};".encode())
     except OSError:
         return ""  # the folder changes under us: the next look sees it settled
     return digest.hexdigest()

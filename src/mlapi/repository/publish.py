@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -29,6 +30,7 @@ from mlapi.repository.scan import MODEL_NAME, VERSION
 _SAFE_EXTRACT: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 DEFAULT_MAX_BYTES = 4 << 30
 DEFAULT_MAX_FILES = 10_000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Budget:
@@ -51,6 +53,17 @@ class Budget:
                 f"the model is larger than {self.max_bytes:,} bytes (MLAPI_PUBLISH_MAX_BYTES) "
                 f"by '{name[:64]}'"
             )
+
+
+def check_name(name: str, where: str = "") -> None:
+    """A file or folder name a publish may bring: UTF-8 (it is written into the
+    manifest, the logs and JSON error bodies) and free of control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"'{ascii(name[:64])[1:-1]}'{where} is not a UTF-8 name") from None
+    if _CONTROL.search(name):
+        raise ConfigError(f"'{ascii(name[:64])[1:-1]}'{where} has a control character in its name")
 
 
 def default_name(source: Path) -> str:
@@ -178,6 +191,7 @@ def _copy_folder(source: Path, staging: Path, budget: Budget) -> None:
     skipped = ("__pycache__", manifest.MANIFEST)
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
+        check_name(relative.as_posix())
         if skipped[0] in relative.parts or relative.as_posix() == skipped[1]:
             continue
         mode = path.lstat()
@@ -195,6 +209,7 @@ def _extract(archive: BinaryIO, staging: Path, budget: Budget) -> None:
     try:
         with tarfile.open(fileobj=archive, mode="r|*") as tar:
             for member in tar:
+                check_name(member.name, " in the archive")
                 parts = Path(member.name).parts
                 if not (member.isfile() or member.isdir()):
                     raise ConfigError(f"'{member.name[:64]}' in the archive is not a plain file")
