@@ -2,6 +2,7 @@
 README states, each against the tests that guard it, and a score per module.
 
     .venv/bin/python scripts/mutate.py [MODULE ...]     # default: every module below
+    MUTATE_REPORT=DIR .venv/bin/python scripts/mutate.py MODULE   # + survivors' diffs
 
 mutmut 3 copies the package into mutants/ and needs all of it importable, so each
 run names the whole of src/ and keeps every file but the one under test out of the
@@ -12,6 +13,7 @@ killed."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -71,6 +73,8 @@ def run(module: str, tests: list[str]) -> tuple[int, int]:
         done = subprocess.run(
             [str(MUTMUT), "run"], cwd=ROOT, capture_output=True, text=True, timeout=3600
         )
+        if report := os.environ.get("MUTATE_REPORT"):
+            _report(Path(report) / (module.replace("/", "_") + ".diff"))
     finally:
         setup.unlink()
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
@@ -81,6 +85,21 @@ def run(module: str, tests: list[str]) -> tuple[int, int]:
         )
     killed, _skipped, timeouts, _suspicious, survived = map(int, found[-1])
     return killed + timeouts, survived
+
+
+def _report(path: Path) -> None:
+    """Every surviving mutant's diff, one after the other, in ``path``."""
+    listed = subprocess.run(
+        [str(MUTMUT), "results"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    names = [line.split(":")[0].strip() for line in listed.splitlines() if "survived" in line]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for name in names:
+            shown = subprocess.run(
+                [str(MUTMUT), "show", name], cwd=ROOT, capture_output=True, text=True
+            ).stdout
+            out.write(f"# {name}\n{shown}\n")
 
 
 def main() -> int:

@@ -11,8 +11,15 @@ from mlapi.errors import BadRequest, Unauthorized
 from mlapi.serving.auth import Authenticator, credentials
 
 KEY = "k3y-\u00e9"  # a non-ASCII key, configured as text (UTF-8)
-AUTH = Authenticator(SecretStr(KEY))
 SENT = KEY.encode().decode("latin-1")  # what the server reads of it from an HTTP header
+MISSING = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+SCHEME = "unsupported Authorization scheme: use 'Bearer <key>'"
+INVALID = "invalid API key"
+
+
+def _auth(key: str = KEY) -> Authenticator:
+    """Built in each test (not at import), so that a broken constructor fails them."""
+    return Authenticator(SecretStr(key))
 
 
 @pytest.mark.parametrize(
@@ -22,29 +29,30 @@ SENT = KEY.encode().decode("latin-1")  # what the server reads of it from an HTT
 def test_the_right_key_in_either_header_passes(
     authorization: str | None, api_key: str | None
 ) -> None:
-    AUTH.check_values(authorization, api_key)
+    _auth().check_values(authorization, api_key)
 
 
 @pytest.mark.parametrize(
     ("authorization", "api_key", "message"),
     [
-        (None, None, "missing API key"),
-        ("Basic dXNlcjpwYXNz", None, "unsupported Authorization scheme"),
-        ("Bearer wrong", None, "invalid API key"),
-        (None, "wrong", "invalid API key"),
-        (f"Bearer {SENT}", "wrong", "invalid API key"),  # a right one does not excuse the other
-        ("Bearer wrong", SENT, "invalid API key"),
-        (f"Bearer {SENT}x", None, "invalid API key"),
-        ("Bearer", None, "invalid API key"),
-        (SENT, None, "unsupported Authorization scheme"),
+        (None, None, MISSING),
+        ("Basic dXNlcjpwYXNz", None, SCHEME),
+        ("Bearer wrong", None, INVALID),
+        (None, "wrong", INVALID),
+        (f"Bearer {SENT}", "wrong", INVALID),  # a right one does not excuse the other
+        ("Bearer wrong", SENT, INVALID),
+        (f"Bearer {SENT}x", None, INVALID),
+        ("Bearer", None, INVALID),
+        (SENT, None, SCHEME),
+        (None, "\udcff", INVALID),  # a lone surrogate is a wrong key, not a crash
     ],
 )
 def test_a_wrong_or_missing_key_is_refused(
     authorization: str | None, api_key: str | None, message: str
 ) -> None:
     with pytest.raises(Unauthorized) as refused:
-        AUTH.check_values(authorization, api_key)
-    assert message in refused.value.message
+        _auth().check_values(authorization, api_key)
+    assert refused.value.message == message
     assert SENT not in refused.value.message and "wrong" not in refused.value.message
 
 
@@ -57,12 +65,24 @@ def test_headers_are_read_once_each_and_a_second_is_refused() -> None:
     )
     assert credentials([(b"host", b"x")]) == (None, None)
     for name in (b"authorization", b"x-api-key"):
-        with pytest.raises(BadRequest, match="more than one"):
+        with pytest.raises(BadRequest) as refused:
             credentials([(name, b"a"), (name, b"a")])
-    AUTH.check([(b"x-api-key", KEY.encode())])
+        assert refused.value.message == "more than one Authorization or X-API-Key header"
+    auth = _auth()
+    auth.check([(b"x-api-key", KEY.encode())])
+    auth.check([(b"authorization", b"Bearer " + KEY.encode())])
     with pytest.raises(Unauthorized):
-        AUTH.check([(b"x-api-key", b"nope")])
+        auth.check([(b"x-api-key", b"nope")])
+
+
+def test_a_key_beyond_latin1_matches_as_grpc_metadata_gives_it() -> None:
+    """gRPC gives metadata values as text decoded from UTF-8, not latin-1."""
+    key = "\u043a\u043b\u044e\u0447-\U0001f511"
+    _auth(key).check_values(None, key)
+    _auth(key).check_values(f"Bearer {key}", None)
+    with pytest.raises(Unauthorized):
+        _auth(key).check_values(None, key[:-1])
 
 
 def test_the_key_never_shows_in_its_repr() -> None:
-    assert KEY not in repr(AUTH) and "**********" in repr(AUTH)
+    assert repr(_auth()) == "Authenticator(key=**********)"

@@ -14,7 +14,7 @@ from mlapi.errors import BadRequest, Unauthorized
 
 class Authenticator:
     def __init__(self, key: SecretStr) -> None:
-        self._key = key.get_secret_value().encode("utf-8")
+        self._key = key.get_secret_value().encode()  # UTF-8
 
     def __repr__(self) -> str:
         return "Authenticator(key=**********)"
@@ -45,9 +45,9 @@ def _raw(presented: str) -> bytes:
     """The bytes the client sent: HTTP header values are decoded as latin-1, so a key
     of non-ASCII characters (sent as UTF-8) comes back byte for byte that way."""
     try:
-        return presented.encode("latin-1")
-    except UnicodeEncodeError:
-        return presented.encode("utf-8", "surrogateescape")
+        return presented.encode("latin-1")  # pragma: no mutate (codec names ignore case)
+    except UnicodeEncodeError:  # gRPC metadata: text decoded from UTF-8
+        return presented.encode(errors="surrogateescape")
 
 
 def duplicate_credentials() -> BadRequest:
@@ -62,9 +62,9 @@ def credentials(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str
         if key == b"authorization":
             if authorization is not None:
                 raise duplicate_credentials()
-            authorization = value.decode("latin-1")
+            authorization = value.decode("latin-1")  # pragma: no mutate (as above)
         elif key == b"x-api-key":
             if api_key is not None:
                 raise duplicate_credentials()
-            api_key = value.decode("latin-1")
+            api_key = value.decode("latin-1")  # pragma: no mutate (as above)
     return authorization, api_key
