@@ -7,7 +7,12 @@ model is seeing concurrent traffic, so it never taxes the idle case.
 
 Requests are batched together only when they can be stacked: same requested
 outputs, same trailing dimensions and dtypes. A batch that fails is retried one
-request at a time, so one bad request cannot fail its neighbours."""
+request at a time, so one bad request cannot fail its neighbours.
+
+A request given up (its deadline passed, or its client left) is dropped from the
+queue at once; when every request of the batch that is running has been given up,
+the run itself is stopped where the runtime allows it (onnxruntime: ONNX and text
+models) and nothing of it is retried."""
 
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ class BatchObserver(Protocol):
 
     def observe_batch(self, rows: int, seconds: float) -> None: ...
 
+    def observe_interrupt(self) -> None: ...
+
 
 Gone = Callable[[], bool]  # True once the client that sent a request has disconnected
 
@@ -49,13 +56,18 @@ class _Pending:
     key: tuple[object, ...]
     future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
     gone: Gone | None = None
+    # set on the event loop when nobody waits for the answer any more; read by the
+    # worker thread (a plain attribute: the future itself is the loop's alone)
+    given_up: bool = False
 
     def abandoned(self) -> bool:
         """Nobody waits for this answer any more: drop it instead of running it."""
         if self.future.done():
+            self.given_up = True
             return True
         if self.gone is not None and self.gone():
             self.future.set_exception(ClientGone())
+            self.given_up = True
             return True
         return False
 
@@ -74,9 +86,12 @@ class Batcher:
         max_delay_ms: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self._observer = observer
+        self._interrupt = interrupt
+        self._running: list[_Pending] = []  # the batch on the worker thread now
         self._predict = predict
         self._executor = executor
         self._batchable = batchable and max_batch_size > 1
@@ -139,8 +154,17 @@ class Batcher:
             self._withdraw(pending)
 
     def _withdraw(self, pending: _Pending) -> None:
+        pending.given_up = True
         if pending in self._queue:
             self._queue.remove(pending)
+        elif pending in self._running and all(p.given_up for p in self._running):
+            self._stop_running()
+
+    def _stop_running(self) -> None:
+        """Every request of the running batch is given up: stop its run (once)."""
+        if self._interrupt is not None and self._interrupt() and self._observer is not None:
+            self._observer.observe_interrupt()
+        self._running = []
 
     def _shape_key(
         self, inputs: dict[str, np.ndarray], output_names: tuple[str, ...]
@@ -170,15 +194,18 @@ class Batcher:
             if not batch:
                 continue
             self._last_batch_requests = len(batch)
+            self._running = batch
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
             except BaseException as exc:  # the executor itself failed or we are cancelled
+                self._running = []
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            self._running = []
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue
@@ -240,7 +267,9 @@ class Batcher:
             outputs = self._timed(stacked, names, total)
             if any(out.ndim == 0 or out.shape[0] != total for out in outputs.values()):
                 raise ValueError("outputs do not follow the batch dimension")
-        except Exception:
+        except Exception as exc:
+            if all(p.given_up for p in batch):
+                return [exc for _ in batch]  # stopped, or failed for nobody: no retry
             return [self._one(p) for p in batch]  # isolate the request that fails
         results: list[dict[str, np.ndarray] | BaseException] = []
         start = 0
@@ -251,6 +280,8 @@ class Batcher:
         return results
 
     def _one(self, pending: _Pending) -> dict[str, np.ndarray] | BaseException:
+        if pending.given_up:
+            return TimeoutError()  # nobody waits: its answer would be dropped
         try:
             return self._timed(pending.inputs, pending.output_names, max(pending.rows, 1))
         except BaseException as exc:

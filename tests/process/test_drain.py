@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import numpy as np
+import orjson
 import pytest
 
 from tests.conftest import wait_for
-from tests.fixtures.models import vector_toml, write_python_model
+from tests.fixtures.models import vector_toml, write_chain_onnx, write_python_model
 from tests.process.conftest import Server, metric, status_of
 
 pytestmark = pytest.mark.process
@@ -135,3 +137,45 @@ def test_a_request_over_its_deadline_gets_504_and_frees_its_slot(
     assert (folder / "calls").read_text().count("call") == 1
     assert metric(server, 'mlapi_requests_total{model="slow",outcome="timeout"') == 4
     assert status_of(server.url + "/health/live") == 200
+
+
+def test_a_run_that_every_waiting_request_gave_up_is_stopped(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A request whose own run is what takes long (here: 400 matrix products on
+    2,500 rows, seconds of one core) answers 504 at its deadline and its run is
+    stopped there, not left to hold the model's thread (issue 22: work abandoned at
+    the client's deadline). The next request is served in full."""
+    write_chain_onnx(tmp_path / "repo", "chain")
+    server = start_server(MODEL_PATH=str(tmp_path / "repo"), MLAPI_REQUEST_TIMEOUT_S="1")
+    url = server.url + "/v2/models/chain/infer"
+    rows = np.ones((2500, 400), dtype=np.float32)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ]
+        }
+    )
+    late = httpx.post(
+        url,
+        content=header + rows.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=60,
+    )
+    assert late.status_code == 504, late.text
+    wait_for(
+        lambda: metric(server, 'mlapi_interrupted_runs_total{model="chain"') == 1,
+        what="the run stopped",
+    )
+    runs = metric(server, 'mlapi_inference_duration_seconds_count{model="chain"')
+    small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 400], "data": [1.0] * 400}]}
+    answer = httpx.post(url, json=small, timeout=30)
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [1.0] * 400
+    assert metric(server, 'mlapi_inference_duration_seconds_count{model="chain"') == runs + 1
+    assert metric(server, 'mlapi_interrupted_runs_total{model="chain"') == 1

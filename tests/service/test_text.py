@@ -212,9 +212,9 @@ def test_a_small_token_budget_encodes_in_several_passes_alike(text_models: Path)
     passes: list[int] = []
     encode = small._encode
 
-    def counted(rows: Any) -> Any:
+    def counted(rows: Any, options: Any = None) -> Any:
         passes.append(len(rows))
-        return encode(rows)
+        return encode(rows, options)
 
     small._encode = counted  # type: ignore[method-assign]
     rows = np.array(SENTENCES * 3, dtype=object)

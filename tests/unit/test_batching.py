@@ -318,3 +318,119 @@ def test_a_request_past_its_deadline_fails_and_its_queued_work_is_withdrawn() ->
 
     run(scenario())
     assert model.calls == [1, 2]  # the withdrawn 1x3 request never ran
+
+
+class Stoppable(Model):
+    """Like Model, and its run in progress can be stopped (as onnxruntime's is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+        self.interrupts = 0
+        self.stopped = False
+
+    def predict(self, inputs: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.runs += 1
+        self.stopped = False  # each run can be stopped afresh (onnxruntime: new run options)
+        self.started.set()
+        self.gate.wait(timeout=10)
+        if self.stopped:
+            raise RuntimeError("terminated")
+        return {"y": inputs["x"] * 2}
+
+    def interrupt(self) -> bool:
+        self.interrupts += 1
+        self.stopped = True
+        self.gate.set()
+        return True
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.interrupts = 0
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        self.batches.append(rows)
+
+    def observe_interrupt(self) -> None:
+        self.interrupts += 1
+
+
+def _stoppable(model: Stoppable, pool: ThreadPoolExecutor, observer: Observer) -> Batcher:
+    return Batcher(
+        "m",
+        model.predict,
+        pool,
+        batchable=True,
+        max_batch_size=8,
+        max_delay_ms=0.0,
+        max_queue=16,
+        observer=observer,
+        interrupt=model.interrupt,
+    )
+
+
+def test_a_running_batch_that_every_request_gave_up_is_stopped_and_not_retried() -> None:
+    """Both requests of the batch pass their deadline while it runs: the run is
+    stopped (once), counted, and not retried one request at a time."""
+    model, observer = Stoppable(), Observer()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _stoppable(model, pool, observer)
+            model.gate.clear()
+            both = [
+                asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",), None, 0.05)),
+                asyncio.ensure_future(batcher.submit(_rows(2.0), ("y",), None, 0.1)),
+            ]
+            for timed in both:
+                with pytest.raises(TimeoutError):
+                    await timed
+            answer = await batcher.submit(_rows(3.0), ("y",))  # the model serves on
+            np.testing.assert_array_equal(answer["y"], np.full((1, 2), 6.0))
+            await batcher.close()
+
+    run(scenario())
+    assert model.interrupts == 1 and observer.interrupts == 1
+    assert observer.batches == [1]  # the stopped batch observed nothing
+    assert model.runs == 2  # the stopped batch of two, then the third request: no retries
+
+
+def test_a_running_batch_with_one_request_still_waiting_runs_to_its_end() -> None:
+    model, observer = Stoppable(), Observer()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _stoppable(model, pool, observer)
+            model.gate.clear()
+            hasty = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",), None, 0.05))
+            patient = asyncio.ensure_future(batcher.submit(_rows(2.0), ("y",)))
+            with pytest.raises(TimeoutError):
+                await hasty
+            assert model.interrupts == 0
+            model.gate.set()
+            np.testing.assert_array_equal((await patient)["y"], np.full((1, 2), 4.0))
+            await batcher.close()
+
+    run(scenario())
+    assert model.runs == 1 and observer.batches == [2] and observer.interrupts == 0
+
+
+def test_a_client_that_leaves_its_running_request_stops_the_run() -> None:
+    """A cancelled request (the client went away) is given up like a late one."""
+    model, observer = Stoppable(), Observer()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _stoppable(model, pool, observer)
+            model.gate.clear()
+            leaving = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            await batcher.close()
+
+    run(scenario())
+    assert model.interrupts == 1 and observer.interrupts == 1 and model.runs == 1

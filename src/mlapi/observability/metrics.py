@@ -86,6 +86,13 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.interrupted_runs = Counter(
+            "mlapi_interrupted_runs",
+            "Runs stopped part way because every request in them had been given up "
+            "(its deadline passed, or its client left).",
+            ["model", "version"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "mlapi_queue_depth",
             "Requests waiting in a model's batch queue.",
@@ -196,6 +203,7 @@ class ModelMetrics:
         self.request_duration = metrics.request_duration.labels(name, version)
         self.inference_duration = metrics.inference_duration.labels(name, version)
         self.batch_size = metrics.batch_size.labels(name, version)
+        self.interrupted_runs = metrics.interrupted_runs.labels(name, version)
         self.queue_depth = metrics.queue_depth.labels(name, version)
         self.inflight = metrics.inflight.labels(name, version)
         self.inflight_count = 0  # touched only on the event loop
@@ -247,6 +255,9 @@ class ModelMetrics:
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)
         self.inference_duration.observe(seconds)
+
+    def observe_interrupt(self) -> None:
+        self.interrupted_runs.inc()
 
     def publish_load(self, queue_depth: int) -> None:
         """Gauges that change on every request are kept as plain numbers on the hot

@@ -19,7 +19,7 @@ from mlapi.registry.versions import ModelVersion
 from mlapi.repository import manifest, safety
 from mlapi.repository.config import ModelConfig
 from mlapi.runtimes import catalog
-from mlapi.runtimes.base import LoadContext, Runtime
+from mlapi.runtimes.base import Interruptible, LoadContext, Runtime
 from mlapi.settings import Settings
 from mlapi.tensors import DATATYPES, Signature
 
@@ -79,6 +79,7 @@ class Loader:
             max_delay_ms=batching.max_delay_ms,
             max_queue=batching.max_queue,
             observer=metrics,
+            interrupt=runtime.interrupt if isinstance(runtime, Interruptible) else None,
         )
         if version.serving(warmup_seconds, executor, metrics, batcher):
             self.publish_state(version)

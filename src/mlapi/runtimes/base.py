@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +46,16 @@ class Runtime(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A runtime whose running ``predict`` can be stopped from another thread (the
+    batcher calls it when every request of the running batch has been given up:
+    its deadline passed or its client left). The stopped ``predict`` raises;
+    ``interrupt`` says whether a run was there to stop."""
+
+    def interrupt(self) -> bool: ...
 
 
 RuntimeFactory = Callable[[LoadContext], Runtime]

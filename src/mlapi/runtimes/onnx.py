@@ -51,11 +51,36 @@ def _providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class RunSwitch:
+    """Stops the onnxruntime run in progress from another thread: each ``predict``
+    takes fresh run options (``begin``), and ``interrupt`` sets their terminate
+    flag, which onnxruntime checks between the graph's nodes. An interrupt between
+    two runs finds none and does nothing."""
+
+    def __init__(self) -> None:
+        self._current: ort.RunOptions | None = None
+
+    def begin(self) -> ort.RunOptions:
+        self._current = ort.RunOptions()
+        return self._current
+
+    def end(self) -> None:
+        self._current = None
+
+    def interrupt(self) -> bool:
+        current = self._current
+        if current is None:
+            return False
+        current.terminate = True
+        return True
+
+
 class OnnxRuntime:
     platform = "onnxruntime_onnx"
 
     def __init__(self, ctx: LoadContext) -> None:
         self._session, self.from_cache = open_session(ctx)
+        self._switch = RunSwitch()
         self.providers = self._session.get_providers()
         if ctx.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
@@ -82,8 +107,14 @@ class OnnxRuntime:
                 name: _as_str(array) if name in self._string_inputs else array
                 for name, array in inputs.items()
             }
-        results = self._session.run(list(output_names), inputs)
+        try:
+            results = self._session.run(list(output_names), inputs, self._switch.begin())
+        finally:
+            self._switch.end()
         return dict(zip(output_names, results, strict=True))
+
+    def interrupt(self) -> bool:
+        return self._switch.interrupt()
 
     def close(self) -> None:
         del self._session

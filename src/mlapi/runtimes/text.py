@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from mlapi.errors import BadRequest, ModelLoadError
 from mlapi.runtimes import text_config
 from mlapi.runtimes.base import LoadContext
-from mlapi.runtimes.onnx import open_session
+from mlapi.runtimes.onnx import RunSwitch, open_session
 from mlapi.tensors import Signature, TensorSpec
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -50,6 +51,7 @@ class TextRuntime:
         self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
         self._session, _ = open_session(ctx)
+        self._switch = RunSwitch()
         names = [node.name for node in self._session.get_inputs()]
         if not {"input_ids", "attention_mask"} <= set(names) or set(names) - _KNOWN_INPUTS:
             raise ModelLoadError(
@@ -117,17 +119,21 @@ class TextRuntime:
         ids = self.token_ids(text)
         pooled = np.empty((len(ids), self.width), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while (
-                end < len(order)
-                and (end + 1 - start) * len(ids[order[end]]) <= self.settings.token_budget
-            ):
-                end += 1
-            chosen = order[start:end]
-            pooled[chosen] = self._encode([ids[i] for i in chosen])
-            start = end
+        options = self._switch.begin()  # one for every pass: an interrupt stops them all
+        try:
+            start = 0
+            while start < len(order):
+                end = start + 1
+                while (
+                    end < len(order)
+                    and (end + 1 - start) * len(ids[order[end]]) <= self.settings.token_budget
+                ):
+                    end += 1
+                chosen = order[start:end]
+                pooled[chosen] = self._encode([ids[i] for i in chosen], options)
+                start = end
+        finally:
+            self._switch.end()
         results = self._results(pooled, np.array([len(row) for row in ids], dtype=np.int32))
         return {name: results[name] for name in output_names}
 
@@ -141,7 +147,10 @@ class TextRuntime:
         labels = np.array([names[i] for i in best], dtype=object)
         return {"label": labels, "scores": scores.astype(np.float32), "tokens": tokens}
 
-    def _encode(self, rows: list[list[int]]) -> np.ndarray:
+    def interrupt(self) -> bool:
+        return self._switch.interrupt()
+
+    def _encode(self, rows: list[list[int]], options: ort.RunOptions | None = None) -> np.ndarray:
         """One pass of the encoder on rows padded to the longest: pooled [rows, width]."""
         longest = max(len(row) for row in rows)
         input_ids = np.full((len(rows), longest), self._pad_id, dtype=np.int64)
@@ -152,7 +161,7 @@ class TextRuntime:
         feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        (raw,) = self._session.run([self._output], feeds)
+        (raw,) = self._session.run([self._output], feeds, options)
         output: np.ndarray = np.asarray(raw, dtype=np.float32)
         if output.ndim == 3:  # token states: pool them
             if self.settings.pooling == "cls":
