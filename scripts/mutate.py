@@ -32,7 +32,8 @@ MODULES: dict[str, list[str]] = {
     "src/mlapi/registry/memory.py": ["tests/unit/test_memory.py"],
     "src/mlapi/serving/codec.py": ["tests/unit/test_codec.py", "tests/unit/test_rpc.py"],
     "src/mlapi/serving/auth.py": ["tests/unit/test_auth.py"],
-    "src/mlapi/registry/versions.py": ["tests/unit/test_bake.py"],
+    "src/mlapi/rpc/status.py": ["tests/unit/test_grpc_status.py"],
+    "src/mlapi/registry/versions.py": ["tests/unit/test_bake.py", "tests/unit/test_versions.py"],
 }
 _COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)")
 

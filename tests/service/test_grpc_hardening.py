@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2
 from starlette.testclient import TestClient
 from tritonclient.grpc import service_pb2
 
-from mlapi.rpc.server import WATCHES, escaped
+from mlapi.rpc.server import WATCHES
 from mlapi.settings import DEFAULT_MODEL_PATH
-from tests.fixtures.grpc import INFER, raw_request, status_of, stub
+from tests.fixtures.grpc import INFER, raw_request, stub
 from tests.service.test_grpc import ROWS, serve_grpc
 
 Start = Callable[..., TestClient]
@@ -145,20 +145,6 @@ def test_error_details_echo_no_control_characters(serve_app: Start) -> None:
             calls.ModelInfer(request)
     details = str(caught.value.details())
     assert "\\x1b[31m\\x0ay" in details and "\x1b" not in details and "\n" not in details
-    assert escaped("a\tb\x7f") == "a\\x09b\\x7f"
-
-
-def test_an_overloaded_server_answers_resource_exhausted_over_grpc(serve_app: Start) -> None:
-    """The in-flight cap full: RESOURCE_EXHAUSTED, as HTTP's 503 (status_of maps it)."""
-    from mlapi.errors import GatewayTimeout, NotReady, Overloaded
-    from mlapi.rpc.service import status_of as grpc_status
-
-    assert grpc_status(Overloaded("full")) == Code.RESOURCE_EXHAUSTED
-    assert grpc_status(NotReady("loading")) == Code.UNAVAILABLE
-    assert grpc_status(GatewayTimeout("slow")) == Code.DEADLINE_EXCEEDED
-    _, address = serve_grpc(serve_app, DEFAULT_MODEL_PATH, MLAPI_MAX_INFLIGHT=1)
-    with stub(address) as calls:
-        assert status_of(lambda: calls.ModelInfer(raw_request("iris", ROWS))) == Code.OK
 
 
 def test_health_by_model_name_follows_the_drain(serve_app: Start) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -48,8 +47,8 @@ from mlapi.rpc.service import (
     Context,
     InferenceService,
     call_of,
-    status_of,
 )
+from mlapi.rpc.status import abort_of
 from mlapi.serving.context import ServingContext
 
 log = logging.getLogger("mlapi.grpc")
@@ -58,7 +57,6 @@ OPEN_READS = 8  # health messages being received at once (each arrives in one pa
 WATCHES = 64  # health Watch streams at once
 STREAMS_PER_CONNECTION = 100  # HTTP/2's usual SETTINGS_MAX_CONCURRENT_STREAMS
 IDLE_S = 60  # a connection with no call for this long is closed
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def server_options(ctx: ServingContext) -> list[tuple[str, Any]]:
@@ -92,12 +90,6 @@ class Budget:
 
     def give_back(self) -> None:
         self.taken -= 1
-
-
-def escaped(text: str) -> str:
-    """Error details as one printable line: a client's control characters, echoed
-    in a message, would otherwise reach the caller's terminal and logs raw."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)[:2000]
 
 
 class GrpcFront:
@@ -214,14 +206,14 @@ class GrpcFront:
                     if budget is not None:
                         budget.give_back()
             except MlapiError as exc:
-                status, details = status_of(exc), exc.message
+                status, details = abort_of(exc)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 status, details = _internal(exc, None)
             # aborted outside the except block: nothing of the call (its message, a
             # traceback's frames) stays referenced by the error grpc keeps
-            await context.abort(status, escaped(details))
+            await context.abort(status, details)
 
         return call
 
@@ -239,15 +231,15 @@ class GrpcFront:
             finally:
                 self.keyed.give_back()
         except MlapiError as exc:
-            status, details = status_of(exc), exc.message
-        await context.abort(status, escaped(details))
+            status, details = abort_of(exc)
+        await context.abort(status, details)
 
     async def _watch(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
         try:
             request = await self._message(context, OPEN, messages.HealthCheckRequest)
             self.watches.take()
         except MlapiError as exc:
-            status, details = status_of(exc), exc.message
+            status, details = abort_of(exc)
         else:
             try:
                 async for message in self._health.watch(request, context):
@@ -255,7 +247,7 @@ class GrpcFront:
             finally:
                 self.watches.give_back()
             return
-        await context.abort(status, escaped(details))
+        await context.abort(status, details)
 
 
 def _metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from mlapi import __version__
-from mlapi.errors import BadRequest, MlapiError, NotReady
+from mlapi.errors import BadRequest, NotReady
 from mlapi.registry import ModelVersion
 from mlapi.rpc import codec, messages
 from mlapi.serving import repository
@@ -29,21 +29,6 @@ from mlapi.serving.limits import Limits
 from mlapi.serving.metadata import EXTENSIONS, metadata_of
 from mlapi.serving.plane import Call, Wire
 
-# The gRPC status of each error code; by HTTP status for the rest.
-_STATUS_OF_CODE = {
-    "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
-    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "not_ready": grpc.StatusCode.UNAVAILABLE,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "cancelled": grpc.StatusCode.CANCELLED,
-    "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "headers_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "insufficient_memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "model_load_failed": grpc.StatusCode.FAILED_PRECONDITION,
-    "unsafe_model_file": grpc.StatusCode.FAILED_PRECONDITION,
-}
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -51,13 +36,6 @@ Handler = Callable[[Any, Context], Awaitable[Any]]
 Receive = Callable[[], Awaitable[bytes]]
 # Who may call a method: anyone, API key holders, admin key holders.
 OPEN, KEYED, ADMIN = "open", "keyed", "admin"
-
-
-def status_of(error: MlapiError) -> grpc.StatusCode:
-    code = _STATUS_OF_CODE.get(error.code)
-    if code is not None:
-        return code
-    return grpc.StatusCode.INVALID_ARGUMENT if error.status < 500 else grpc.StatusCode.INTERNAL
 
 
 def call_of(metadata: Sequence[tuple[str, str | bytes]], path: str) -> Call:
