@@ -33,6 +33,7 @@ MODULES: dict[str, list[str]] = {
     "src/mlapi/serving/codec.py": ["tests/unit/test_codec.py", "tests/unit/test_rpc.py"],
     "src/mlapi/serving/auth.py": ["tests/unit/test_auth.py"],
     "src/mlapi/rpc/status.py": ["tests/unit/test_grpc_status.py"],
+    "src/mlapi/importers/checks.py": ["tests/unit/test_import_checks.py"],
     "src/mlapi/registry/versions.py": ["tests/unit/test_bake.py", "tests/unit/test_versions.py"],
 }
 _COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)")

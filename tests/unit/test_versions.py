@@ -25,7 +25,9 @@ def _record(*numbers: int, **fields: object) -> ModelRecord:
 
 def test_a_version_describes_itself_with_its_reason_only_when_it_has_one() -> None:
     assert _version(3).describe() == {"name": "m", "version": "3", "state": "READY"}
-    failed = _version(4, State.FAILED, "no room")
+    failed = _version(4)
+    failed.fail("no room")
+    assert failed.state is State.FAILED and not failed.refused
     shown = {"name": "m", "version": "4", "state": "FAILED", "reason": "no room"}
     assert failed.describe() == shown
     failed.fail("file 'w\udcff' is bad", refused=True)
@@ -54,7 +56,7 @@ def test_the_index_adds_candidates_kept_versions_marks_and_a_folder_it_cannot_re
     record = _record(
         2,
         candidates={4: _version(4, State.FAILED, "did not load"), 3: _version(3, State.LOADING)},
-        previous={1: _version(1)},
+        previous={1: _version(1), 0: _version(0)},
         rolled_back={2: "rolled back by server b", 5: "rolled back: 5xx"},
         rollout_error="model.toml: bad float",
     )
@@ -70,6 +72,7 @@ def test_the_index_adds_candidates_kept_versions_marks_and_a_folder_it_cannot_re
         {"name": "m", "version": "3", "state": "LOADING", "candidate": True},
         {"name": "m", "version": "4", "state": "FAILED", "reason": "did not load"}
         | {"candidate": True},
+        {"name": "m", "version": "0", "state": "READY", "previous": True},
         {"name": "m", "version": "1", "state": "READY", "previous": True},
         {"name": "m", "version": "5", "state": "ROLLED_BACK", "reason": "rolled back: 5xx"},
         {"name": "m", "state": "FAILED", "reason": "model.toml: bad float", "candidate": True},

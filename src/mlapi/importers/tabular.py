@@ -7,7 +7,7 @@ estimator to ONNX (else its ``model.json``), a LightGBM one to its ``model.txt``
 The result is served by the runtime that will serve it in production, on sample rows
 (the user's ``--sample``, else rows generated from ``n_features_in_``), and compared
 with the original: labels must be equal and probabilities (or predictions) within
-``TOLERANCE``; else it is refused, or with no ``--to`` given, ONNX falls back to skops."""
+``checks.TOLERANCE``; else it is refused, or with no ``--to`` given, ONNX falls back to skops."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from mlapi.errors import ConfigError, MlapiError
+from mlapi.importers import checks
 from mlapi.repository import config as model_config
 from mlapi.repository.safety import PICKLE_SUFFIXES
 from mlapi.runtimes import catalog
 from mlapi.runtimes.base import LoadContext
 
-TOLERANCE = 1e-5
 GENERATED_ROWS = 240
 
 
@@ -211,56 +211,10 @@ def _checked(
         runtime.close()
     except MlapiError as exc:
         raise ConfigError(f"the {fmt} file does not serve: {exc.message}") from None
-    largest, ties = _compare(model, rows, served)
+    largest, ties = checks.compare_tabular(model, rows, served)
     if ties:
         notes.append(
             f"{ties} of {len(rows)} rows are exact ties between two classes: there the "
-            f"{fmt} model may name the other one (probabilities equal within {TOLERANCE:g})"
+            f"{fmt} model may name the other one (probabilities equal within {checks.TOLERANCE:g})"
         )
     return TabularImport(fmt, len(rows), generated, largest, tuple(notes))
-
-
-def _compare(model: Any, rows: np.ndarray, served: dict[str, np.ndarray]) -> tuple[float, int]:
-    """(the largest difference, the rows whose labels differ on an exact tie)."""
-    expected = np.asarray(model.predict(rows))
-    if "label" in served:
-        got = np.asarray(served["label"]).ravel()
-        same = np.array(
-            [str(_plain(a)) == str(_plain(b)) for a, b in zip(got, expected, strict=True)]
-        )
-        scored = "probabilities" in served and hasattr(model, "predict_proba")
-        original = model.predict_proba(rows) if scored else None
-        if not same.all():
-            # where two classes tie exactly, which one a model names is arbitrary
-            top = np.sort(original, axis=1)[:, -2:] if original is not None else None
-            tied = top is not None and bool((top[~same, 1] - top[~same, 0] <= TOLERANCE).all())
-            if not tied:
-                raise ConfigError(
-                    f"the converted model gives other labels on {int((~same).sum())} of "
-                    f"{len(rows)} rows"
-                )
-        if original is None:
-            return 0.0, 0
-        difference = np.abs(served["probabilities"] - original).max()
-        if difference > TOLERANCE:
-            raise ConfigError(
-                f"the converted model differs from the original by {difference:.2e} "
-                f"(tolerance {TOLERANCE:g})"
-            )
-        return float(difference), int((~same).sum())
-    else:
-        values = next(iter(served.values())).reshape(expected.shape)
-        scale = np.maximum(np.abs(expected), 1.0)
-        difference = (np.abs(values - expected) / scale).max()
-    if difference > TOLERANCE:
-        raise ConfigError(
-            f"the converted model differs from the original by {difference:.2e} "
-            f"(tolerance {TOLERANCE:g})"
-        )
-    return float(difference), 0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if hasattr(value, "item") else value

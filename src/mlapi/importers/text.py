@@ -4,8 +4,8 @@ encoder exported to ONNX from its safetensors weights (never a pickle), its
 normalisation and maximum length the folder's own config files give. Before it is
 published, the exported model is served by the text runtime itself on sample
 sentences and compared with the original in torch: it is refused unless every
-embedding is within ``MIN_COSINE`` of the original (a classifier: same labels,
-scores within ``SCORE_TOLERANCE``)."""
+embedding is within ``checks.MIN_COSINE`` of the original (a classifier: same labels,
+scores within ``checks.SCORE_TOLERANCE``)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 
 from mlapi.errors import ConfigError
+from mlapi.importers import checks
 from mlapi.repository.config import ModelConfig
 from mlapi.runtimes import text_config
 from mlapi.runtimes.base import LoadContext
 
-MIN_COSINE = 0.999
-SCORE_TOLERANCE = 1e-4
 SAMPLES = (
     "The quick brown fox jumps over the lazy dog.",
     "ml-api serves models.",
@@ -166,21 +165,10 @@ def _check(expected: np.ndarray, settings: text_config.TextSettings, staging: Pa
     finally:
         runtime.close()
     if settings.task == "classification":
-        worst = float(np.abs(served["scores"] - expected).max())
-        same = bool((served["scores"].argmax(axis=1) == expected.argmax(axis=1)).all())
-        if not same or worst > SCORE_TOLERANCE:
-            raise ConfigError(
-                f"the exported classifier differs from the original (scores by {worst:.2e})"
-            )
+        worst = checks.compare_scores(served["scores"], expected)
         return TextImport("classification", expected.shape[1], len(SAMPLES), worst)
-    got = served["embedding"]
-    cosine = (got * expected).sum(axis=1) / (
-        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
-    )
-    worst = float(cosine.min())
-    if worst < MIN_COSINE:
-        raise ConfigError(f"the exported encoder differs from the original (cosine {worst:.5f})")
-    return TextImport("embedding", got.shape[1], len(SAMPLES), worst)
+    worst = checks.compare_embeddings(served["embedding"], expected)
+    return TextImport("embedding", expected.shape[1], len(SAMPLES), worst)
 
 
 def _reference(

@@ -106,7 +106,7 @@ class ModelVersion:
         caller has put its files' paths relative to the version folder)."""
         # a reason may quote a file's name of raw bytes: kept printable for the JSON
         # index, the logs and error bodies
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        reason = reason.encode(errors="backslashreplace").decode()
         self.state, self.reason, self.refused = State.FAILED, reason, refused
 
     # ----- its life: loaded, warmed and serving; withdrawn; gone -------------------
