@@ -21,12 +21,12 @@ class Classifier:
 
     def __init__(self, labels: list[Any], probabilities: list[list[float]] | None) -> None:
         self.labels = np.array(labels)
-        self.probabilities = None if probabilities is None else np.array(probabilities)
         if probabilities is not None:
-            self.predict_proba = lambda rows: self.probabilities
+            scores = np.array(probabilities)
+            self.predict_proba = lambda rows: scores[: rows.shape[0]]
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        return self.labels
+        return self.labels[: rows.shape[0]]  # the rows it is given, one label each
 
 
 class Regressor:
@@ -34,7 +34,7 @@ class Regressor:
         self.values = np.array(values)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        return self.values
+        return self.values[: rows.shape[0]]
 
 
 PROBABILITIES = [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]]  # row 2 is an exact tie
@@ -73,6 +73,32 @@ def test_other_labels_are_refused_unless_the_row_is_an_exact_tie() -> None:
     near_tie = [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5 - 2e-5], [0.7, 0.3]]
     with pytest.raises(ConfigError, match="other labels on 1 of 4 rows"):
         checks.compare_tabular(Classifier(LABELS, near_tie), ROWS, _served(["a", "b", "b", "a"]))
+    # three classes: a tie is between the best two, whatever the third one's score
+    three = [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.0, 0.5, 0.5], [0.7, 0.2, 0.1]]
+    served = {"label": np.array(["a", "b", "b", "a"]), "probabilities": np.array(three)}
+    assert checks.compare_tabular(Classifier(LABELS, three), ROWS, served) == (0.0, 1)
+    unequal = [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.7, 0.2, 0.1]]
+    served = {"label": np.array(["a", "b", "b", "a"]), "probabilities": np.array(unequal)}
+    with pytest.raises(ConfigError, match="other labels on 1 of 4 rows"):
+        checks.compare_tabular(Classifier(LABELS, unequal), ROWS, served)
+
+
+def test_a_tie_and_a_difference_of_exactly_the_tolerance_pass() -> None:
+    edge = [[1.0, 0.0], [0.0, 1.0], [0.0, 1e-5], [1.0, 0.0]]  # row 2: 1e-5 apart, a tie
+    original = Classifier(["a", "b", "b", "a"], edge)
+    served = {"label": np.array(["a", "b", "a", "a"]), "probabilities": np.array(edge)}
+    assert checks.compare_tabular(original, ROWS, served) == (0.0, 1)
+    moved = np.array(edge)
+    moved[0, 1] = 1e-5  # 0.0 -> 1e-5: exactly the tolerance
+    served = {"label": np.array(["a", "b", "b", "a"]), "probabilities": moved}
+    assert checks.compare_tabular(original, ROWS, served) == (1e-5, 0)
+
+
+def test_a_converted_model_that_answers_another_number_of_rows_is_refused() -> None:
+    original = Classifier(LABELS, PROBABILITIES)
+    with pytest.raises(ConfigError) as refused:
+        checks.compare_tabular(original, ROWS, _served(LABELS[:3]))
+    assert refused.value.args[0] == "the converted model gives 3 labels for 4 rows"
 
 
 def test_a_classifier_without_probabilities_is_held_to_its_labels() -> None:
@@ -109,6 +135,10 @@ def _unit(rows: list[list[float]]) -> np.ndarray:
 def test_an_encoder_is_held_to_the_cosine_of_its_worst_sentence() -> None:
     expected = _unit([[1, 0, 0], [0, 1, 0]])
     assert checks.compare_embeddings(expected * 3, expected) == pytest.approx(1.0)
+    assert checks.compare_embeddings(expected, expected * 0.5) == pytest.approx(1.0)
+    at_edge = np.array([[0.999, np.sqrt(1 - 0.999**2)], [1.0, 0.0]])
+    exactly = checks.compare_embeddings(at_edge, np.array([[1.0, 0.0], [1.0, 0.0]]))
+    assert exactly == checks.MIN_COSINE  # the gate's own value passes
     slightly = _unit([[1, 0.03, 0], [0, 1, 0]])  # cosine 0.99955
     assert checks.compare_embeddings(slightly, expected) == pytest.approx(0.99955, abs=1e-5)
     off = _unit([[1, 0.05, 0], [0, 1, 0]])  # cosine 0.99875
@@ -122,6 +152,8 @@ def test_an_encoder_is_held_to_the_cosine_of_its_worst_sentence() -> None:
 def test_a_text_classifier_is_held_to_its_top_class_and_its_scores() -> None:
     expected = np.array([[0.7, 0.3], [0.4, 0.6]])
     assert checks.compare_scores(expected + 5e-5, expected) == pytest.approx(5e-5)
+    edge = np.array([[1.0, 0.0]])
+    assert checks.compare_scores(np.array([[1.0, 1e-4]]), edge) == checks.SCORE_TOLERANCE
     with pytest.raises(ConfigError) as refused:
         checks.compare_scores(expected + 2e-4, expected)
     assert refused.value.args[0] == (

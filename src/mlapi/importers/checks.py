@@ -32,12 +32,16 @@ def compare_tabular(
         scale = np.maximum(np.abs(expected), 1.0)
         return _within(float((np.abs(values - expected) / scale).max())), 0
     got = np.asarray(served["label"]).ravel()
-    same = np.array([str(plain(a)) == str(plain(b)) for a, b in zip(got, expected, strict=True)])
+    if got.shape[0] != expected.shape[0]:
+        raise ConfigError(
+            f"the converted model gives {got.shape[0]} labels for {expected.shape[0]} rows"
+        )
+    same = _text(got) == _text(expected)
     scored = "probabilities" in served and hasattr(model, "predict_proba")
     original = model.predict_proba(rows) if scored else None
     if not same.all():
         # where two classes tie exactly, which one a model names is arbitrary
-        top = np.sort(original, axis=1)[:, -2:] if original is not None else None
+        top = np.sort(original)[:, -2:] if original is not None else None  # the best two
         tied = top is not None and bool((top[~same, 1] - top[~same, 0] <= TOLERANCE).all())
         if not tied:
             raise ConfigError(
@@ -56,6 +60,10 @@ def _within(difference: float) -> float:
             f"(tolerance {TOLERANCE:g})"
         )
     return difference
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    return np.array([str(plain(value)) for value in values])
 
 
 def plain(value: Any) -> Any:
