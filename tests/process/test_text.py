@@ -149,8 +149,17 @@ def test_import_refuses_what_it_cannot_convert_safely(tmp_path: Path) -> None:
     for name in ("config.json", "tokenizer.json"):
         shutil.copyfile(minilm_source() / name, pickled / name)
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    corrupt = tmp_path / "corrupt"  # the folder with its weights cut short
+    corrupt.mkdir()
+    for path in minilm_source().iterdir():
+        if path.name != "model.safetensors":
+            (corrupt / path.name).symlink_to(path)
+    (corrupt / "model.safetensors").write_bytes(
+        (minilm_source() / "model.safetensors").read_bytes()[:4096]
+    )
     cases = [
         ([str(pickled), "--name", "m"], "pickle"),
+        ([str(corrupt), "--name", "m"], "cannot be read as a text model: SafetensorError"),
         ([str(tmp_path), "--name", "m"], "neither a sentence-transformers"),
         ([str(minilm_source()), "--name", "../escape"], "not a model name"),
         ([str(minilm_source()), "--name", "m", "--max-length", "0"], "--max-length"),

@@ -68,15 +68,26 @@ def export(source: Path, staging: Path, max_length: int | None = None) -> TextIm
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     loader = AutoModelForSequenceClassification if settings.task == "classification" else AutoModel
-    model = loader.from_pretrained(str(source), use_safetensors=True, attn_implementation="eager")
+    try:
+        model = loader.from_pretrained(
+            str(source), use_safetensors=True, attn_implementation="eager"
+        )
+        ids = _token_ids(source, settings)
+    except Exception as exc:  # a corrupt or truncated file: transformers' many errors
+        raise ConfigError(f"{source} cannot be read as a text model: {_first_line(exc)}") from None
     model.eval()
     # the reference first: exporting traces the model and leaves it changed
-    expected = _reference(torch, model, settings, _token_ids(source, settings))
+    expected = _reference(torch, model, settings, ids)
     staging.mkdir(parents=True, exist_ok=True)
     _export_onnx(torch, model, settings.task, staging / "model.onnx")
     shutil.copyfile(source / "tokenizer.json", staging / "tokenizer.json")
     (staging / "model.toml").write_text(_toml(settings, source))
     return _check(expected, settings, staging)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
 
 def _token_ids(source: Path, settings: text_config.TextSettings) -> list[list[int]]:
