@@ -45,3 +45,20 @@ def test_a_name_that_is_not_utf8_is_refused_by_name_and_still_fingerprinted(
     (folder / "tab\there").write_text("")
     with pytest.raises(ModelLoadError, match=r"file 'tab\\there' has a name that is not"):
         manifest.verify(folder)
+
+
+def test_a_file_named_like_the_manifest_below_the_top_is_the_model_s_and_is_checked(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "1"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "manifest.json").write_text("{}")
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "m.pyc").write_bytes(b"\x00")
+    manifest.write(folder)
+    assert [p.relative_to(folder).as_posix() for p in manifest.files_of(folder)] == [
+        "sub/manifest.json"
+    ]
+    (folder / "sub" / "manifest.json").write_text('{"changed": 1}')
+    with pytest.raises(ModelLoadError, match=r"'sub/manifest\.json' does not match"):
+        manifest.verify(folder)

@@ -4,14 +4,16 @@ repository as it was, and what one publish may bring is capped before it is writ
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlapi.errors import ConfigError
-from mlapi.repository import publish
+from mlapi.repository import manifest, publish
 from mlapi.repository.scan import scan
 from tests.fixtures.archives import tar_of
 
@@ -131,3 +133,334 @@ def test_a_folder_holding_a_name_that_is_not_utf8_is_refused(tmp_path: Path) -> 
     os.unlink(os.fsencode(source) + b"/w\xe9.bin")
     final = publish.publish(repository, "m", 1, source=source)
     assert (final / "wé.bin").read_bytes() == b"ok"
+
+
+LONG = "n" * 100  # a name past the 64 characters an error message shows of it
+
+
+def test_the_budget_counts_every_file_and_byte_up_to_its_limits_inclusive() -> None:
+    budget = publish.Budget(max_bytes=10, max_files=2)
+    assert (budget.bytes, budget.files) == (0, 0)
+    budget.take("a", 4)
+    budget.take("b", 6)  # exactly 10 bytes and 2 files: within
+    assert (budget.bytes, budget.files) == (10, 2)
+    with pytest.raises(ConfigError) as refused:
+        budget.take(LONG, 0)
+    assert refused.value.args[0] == (
+        f"the model has more than 2 files (MLAPI_PUBLISH_MAX_FILES): '{LONG[:64]}' is one too many"
+    )
+    budget = publish.Budget(max_bytes=10, max_files=5)
+    budget.take("a", 4)
+    with pytest.raises(ConfigError) as refused:
+        budget.take(LONG, 7)
+    assert refused.value.args[0] == (
+        f"the model is larger than 10 bytes (MLAPI_PUBLISH_MAX_BYTES) by '{LONG[:64]}'"
+    )
+
+
+def test_names_are_shown_cut_to_64_characters() -> None:
+    with pytest.raises(ConfigError) as refused:
+        publish.check_name("\x01" + LONG)
+    assert refused.value.args[0] == (f"'\\x01{LONG[:63]}' has a control character in its name")
+    with pytest.raises(ConfigError) as refused:
+        publish.check_name("\udcff" + LONG, " here")
+    assert refused.value.args[0] == f"'\\udcff{LONG[:63]}' here is not a UTF-8 name"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"name": "m", "version": 1, "repository": "missing"},
+            "model repository {repo}/repo/missing is not a folder",
+        ),
+        (
+            {"name": "../m", "version": 1},
+            "'../m' is not a model name (letters, digits, '_', '.', '-')",
+        ),
+        (
+            {"name": LONG + "/", "version": 1},
+            f"'{(LONG + '/')[:64]}' is not a model name (letters, digits, '_', '.', '-')",
+        ),
+        ({"name": "m", "version": 0}, "a version is a positive integer"),
+        ({"name": "m", "version": -3}, "a version is a positive integer"),
+        (
+            {"name": "m", "version": 1, "source": "empty"},
+            "nothing to publish: the source has no files",
+        ),
+        (
+            {"name": "m", "version": 1, "source": "nothing-there"},
+            "{repo}/nothing-there is not a folder",
+        ),
+        (
+            {"name": "m", "version": 1, "archive": b"not a tar"},
+            "the archive cannot be read (ReadError)",
+        ),
+        (
+            {"name": "m", "version": 1, "archive": {"/etc/x": b"x"}},
+            "'/etc/x' in the archive leaves its folder",
+        ),
+        (
+            {"name": "m", "version": 1, "archive": {"a/../../x": b"x"}},
+            "'a/../../x' in the archive leaves its folder",
+        ),
+        (
+            {"name": "m", "version": 1, "archive": {"a/b/..": b"x"}},
+            "'a/b/..' in the archive leaves its folder",
+        ),
+    ],
+)
+def test_each_refusal_says_what_is_wrong(
+    tmp_path: Path, arguments: dict[str, Any], message: str
+) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    (tmp_path / "empty").mkdir()
+    where = repository / arguments.pop("repository") if "repository" in arguments else repository
+    if "source" in arguments:
+        arguments["source"] = tmp_path / arguments["source"]
+    if isinstance(arguments.get("archive"), bytes):
+        arguments["archive"] = io.BytesIO(arguments["archive"])
+    elif "archive" in arguments:
+        arguments["archive"] = _tar(arguments["archive"])
+    elif "source" not in arguments:
+        arguments["source"] = _model(tmp_path / "src")
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(where, **arguments)
+    assert refused.value.args[0] == message.format(repo=tmp_path)
+    if where.is_dir():
+        assert list(where.iterdir()) == []
+
+
+def test_an_archive_s_links_and_devices_are_refused_by_name(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE):
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            member = tarfile.TarInfo(LONG)
+            member.type, member.linkname = kind, "/etc/passwd"
+            tar.addfile(member)
+        archive.seek(0)
+        with pytest.raises(ConfigError) as refused:
+            publish.publish(repository, "m", 1, archive=archive)
+        assert refused.value.args[0] == f"'{LONG[:64]}' in the archive is not a plain file"
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(repository, "m", 1, archive=_tar({}, sparse=LONG))
+    assert refused.value.args[0] == f"'{LONG[:64]}' in the archive is a sparse file"
+    source = _model(tmp_path / "src")
+    (source / LONG).symlink_to("/etc/passwd")
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(repository, "m", 1, source=source)
+    assert refused.value.args[0] == f"'{LONG}' is a symbolic link: copy real files"
+    (source / LONG).unlink()
+    os.mkfifo(source / LONG)
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(repository, "m", 1, source=source)
+    assert refused.value.args[0] == f"'{LONG[:64]}' is not a plain file or folder"
+    assert list(repository.iterdir()) == []
+
+
+class _Stream(io.RawIOBase):
+    """A pipe, as `mlapi models publish -` reads stdin: it cannot seek."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_tar_stream_is_published_whole_with_a_fresh_manifest_and_plain_attributes(
+    tmp_path: Path,
+) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:  # compressed, streamed
+        for name, data in {"model.py": b"x = 1\n", "sub/w.bin": b"\x00" * 10}.items():
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(data), 0o4777, 1
+            member.uid = member.gid = 4242
+            tar.addfile(member, io.BytesIO(data))
+        stale = b'{"format": 1, "files": {}}'
+        member = tarfile.TarInfo("manifest.json")
+        member.size = len(stale)
+        tar.addfile(member, io.BytesIO(stale))
+    stream = io.BufferedReader(_Stream(archive.getvalue()))
+    final = publish.publish(repository, "m", 7, archive=stream)
+    assert final == repository / "m" / "7"
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*")) == [
+        "manifest.json",
+        "model.py",
+        "sub",
+        "sub/w.bin",
+    ]
+    listed = json.loads((final / "manifest.json").read_text())["files"]
+    assert sorted(listed) == ["model.py", "sub/w.bin"]  # written here, not the archive's
+    for path in (final / "model.py", final / "sub" / "w.bin"):
+        info = path.stat()
+        assert info.st_uid == os.getuid() and not info.st_mode & 0o7000
+        assert info.st_mtime > 10**9  # not the archive's 1970
+    assert [p.name for p in (repository / "m").iterdir()] == ["7"]  # no staging left
+
+
+def test_a_folder_is_published_without_its_caches_and_its_old_manifest(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    source = _model(tmp_path / "src")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\x00")
+    (source / "manifest.json").write_text('{"format": 1, "files": {}}')
+    (source / "sub").mkdir()
+    (source / "sub" / "manifest.json").write_text("{}")  # a file of the model, kept
+    final = publish.publish(repository, "m", None, source=source)
+    assert final.name == "1"
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*")) == [
+        "manifest.json",
+        "model.py",
+        "sub",
+        "sub/manifest.json",
+    ]
+    assert sorted(json.loads((final / "manifest.json").read_text())["files"]) == [
+        "model.py",
+        "sub/manifest.json",
+    ]
+    (source / "zz-link").symlink_to(source / "model.py")  # after the cache, in order
+    with pytest.raises(ConfigError, match="'zz-link' is a symbolic link"):
+        publish.publish(repository, "m", None, source=source)
+
+
+def test_versions_are_numbered_after_the_newest_or_as_asked(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    source = _model(tmp_path / "src")
+    assert publish.next_version(repository / "m") == 1
+    assert publish.publish(repository, "m", None, source=source).name == "1"
+    assert publish.publish(repository, "m", 5, source=source).name == "5"
+    assert publish.next_version(repository / "m") == 6
+    assert publish.publish(repository, "m", None, source=source).name == "6"
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(repository, "m", 5, source=source)
+    assert refused.value.args[0] == f"m version 5 already exists in {repository}"
+
+
+def test_a_pickle_is_published_only_when_allowed(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    source = _model(tmp_path / "src")
+    (source / "weights.pkl").write_bytes(b"\x80\x04.")
+    with pytest.raises(ConfigError, match="pickle"):
+        publish.publish(repository, "m", 1, source=source)
+    final = publish.publish(repository, "m", 1, source=source, allow_pickle=True)
+    assert (final / "weights.pkl").is_file()
+
+
+def test_an_empty_folder_of_a_known_model_stays_when_a_publish_into_it_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Only a folder this publish made goes with its refusal."""
+    repository = tmp_path / "repo"
+    (repository / "m").mkdir(parents=True)
+    with pytest.raises(ConfigError):
+        publish.publish(repository, "m", 1, archive=io.BytesIO(b"junk"))
+    assert (repository / "m").is_dir()
+
+
+def test_a_publish_that_loses_the_race_for_its_version_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    real = manifest.write
+
+    def meanwhile(folder: Path) -> None:  # another publisher renames its own first
+        real(folder)
+        (repository / "m" / "1").mkdir()
+        (repository / "m" / "1" / "x").write_text("theirs")
+
+    monkeypatch.setattr(manifest, "write", meanwhile)
+    with pytest.raises(ConfigError) as refused:
+        publish.publish(repository, "m", 1, source=_model(tmp_path / "src"))
+    assert refused.value.args[0] == "m version 1 was published by someone else meanwhile"
+    assert [p.name for p in (repository / "m").iterdir()] == ["1"]  # theirs, and no staging
+
+
+def test_every_file_and_folder_is_flushed_before_the_rename_children_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    source = _model(tmp_path / "src")
+    (source / "a" / "b").mkdir(parents=True)
+    (source / "a" / "b" / "w.bin").write_bytes(b"1")
+    opened: dict[int, str] = {}
+    synced: list[str] = []
+    real_open = os.open
+
+    def record_open(path: Any, flags: int, *rest: Any) -> int:
+        fd = real_open(path, flags, *rest)
+        opened[fd] = str(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", record_open)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(opened[fd]))
+    final = publish.publish(repository, "m", 1, source=source)
+    staged = [Path(p) for p in synced if ".publish-1-" in p]
+    root = next(p for p in staged if p.name.startswith(".publish-1-"))
+    relative = [p.relative_to(root).as_posix() for p in staged]
+    assert relative == ["model.py", "manifest.json", "a/b/w.bin", "a/b", "a", "."]
+    assert synced[-1] == str(final.parent)  # then the rename itself
+
+
+def _bundle(folder: Path, versions: dict[str, list[int]]) -> Path:
+    for name, numbers in versions.items():
+        for number in numbers:
+            (folder / name / str(number)).mkdir(parents=True)
+            (folder / name / str(number) / "model.py").write_text(f"v = {number}\n")
+    return folder
+
+
+def test_seeding_keeps_the_bundled_numbers_and_skips_models_a_used_repository_lacks(
+    tmp_path: Path,
+) -> None:
+    bundled = _bundle(tmp_path / "bundled", {"a": [1, 3], "b": [1, 2]})
+    repository = tmp_path / "repo"
+    (repository / ".publish-9-abcd").mkdir(parents=True)  # hidden: not a model
+    assert publish.seed(repository, bundled) == ["a/1", "a/3", "b/1", "b/2"]
+    assert (repository / "a" / "3" / "model.py").read_text() == "v = 3\n"
+    other = tmp_path / "other"
+    (other / "b" / "1").mkdir(parents=True)
+    (other / "b" / "1" / "model.py").write_text("mine\n")
+    assert publish.seed(other, bundled) == ["b/2"]  # a is not added; b still comes after it
+    assert sorted(p.name for p in other.iterdir()) == ["b"]
+
+
+def test_a_version_a_sibling_seeded_first_is_kept_and_the_later_ones_still_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundled = _bundle(tmp_path / "bundled", {"a": [1, 2, 3]})
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    real = publish.publish
+
+    def racing(repo: Path, name: str, version: int | None, **options: Any) -> Path:
+        if version == 2:  # a sibling replica publishes it between the look and the copy
+            (repo / name / "2").mkdir(parents=True)
+        return real(repo, name, version, **options)
+
+    monkeypatch.setattr(publish, "publish", racing)
+    assert publish.seed(repository, bundled) == ["a/1", "a/3"]
+    assert sorted(p.name for p in (repository / "a").iterdir()) == ["1", "2", "3"]
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "empty" / "c" / "1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="nothing to publish"):  # other refusals still raise
+        publish.seed(tmp_path / "fresh", tmp_path / "empty")

@@ -29,13 +29,14 @@ def sha256_of(path: Path) -> str:
 
 
 def files_of(folder: Path) -> list[Path]:
-    """Every regular file under ``folder`` but the manifest and Python's bytecode
-    caches (written when a model.py is imported), sorted, hidden ones too."""
+    """Every regular file under ``folder`` but the manifest (at the top: a file of
+    that name below is the model's) and Python's bytecode caches (written when a
+    model.py is imported), sorted, hidden ones too."""
     return sorted(
         path
         for path in folder.rglob("*")
         if path.is_file()
-        and path.name != MANIFEST
+        and path.relative_to(folder).as_posix() != MANIFEST
         and "__pycache__" not in path.relative_to(folder).parts
     )
 

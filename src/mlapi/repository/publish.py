@@ -180,7 +180,7 @@ def seed(repository: Path, source: Path) -> list[str]:
 
 
 def _children(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def _copy_folder(source: Path, staging: Path, budget: Budget) -> None:
@@ -201,7 +201,13 @@ def _copy_folder(source: Path, staging: Path, budget: Budget) -> None:
             budget.take(relative.as_posix(), mode.st_size)
         elif not stat.S_ISDIR(mode.st_mode):
             raise ConfigError(f"'{str(relative)[:64]}' is not a plain file or folder")
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*skipped))
+
+    def ignored(folder: str, names: list[str]) -> list[str]:
+        """Caches anywhere; the old manifest at the top only (one below is a file)."""
+        top = Path(folder) == source
+        return [n for n in names if n == skipped[0] or (top and n == skipped[1])]
+
+    shutil.copytree(source, staging, ignore=ignored)
 
 
 def _extract(archive: BinaryIO, staging: Path, budget: Budget) -> None:
@@ -219,8 +225,9 @@ def _extract(archive: BinaryIO, staging: Path, budget: Budget) -> None:
                     raise ConfigError(f"'{member.name[:64]}' in the archive is a sparse file")
                 if member.isfile():
                     budget.take(member.name, member.size)
-                member.mode = 0o755 if member.isdir() else 0o644
-                tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)
+                # no attributes from the archive (owner, mode, times): plain files of ours.
+                # Python's own filter, where there is one, stands behind the checks above.
+                tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)  # pragma: no mutate
     except (tarfile.TarError, OSError) as exc:
         raise ConfigError(f"the archive cannot be read ({type(exc).__name__})") from None
     stale = staging / manifest.MANIFEST
