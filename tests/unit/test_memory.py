@@ -138,3 +138,96 @@ def test_a_memory_limit_that_is_not_a_size_is_one_line(
     with pytest.raises(ConfigError) as caught:
         load_settings(env_file=None)
     assert "MLAPI_MEMORY_LIMIT" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [("garbage", None), (str(1 << 60), None), (str((1 << 60) - 1), (1 << 60) - 1), ("max", None)],
+)
+def test_a_cgroup_limit_is_a_number_under_the_unlimited_mark(
+    tmp_path: Path, text: str, limit: int | None
+) -> None:
+    assert memory.cgroup_limit(_files(tmp_path, {"memory.max": text + "\n"})) == limit
+
+
+def test_cgroup_use_without_a_cache_figure_or_below_it(tmp_path: Path) -> None:
+    root = _files(tmp_path / "a", {"memory.current": str(300 * MIB), "memory.stat": "anon 5\n"})
+    assert memory.cgroup_used(root) == 300 * MIB
+    root = _files(tmp_path / "b", {"memory.current": "10", "memory.stat": f"inactive_file {MIB}\n"})
+    assert memory.cgroup_used(root) == 0
+    assert memory.cgroup_used(tmp_path / "none") is None
+
+
+def test_the_host_without_its_figures_is_zero(tmp_path: Path) -> None:
+    meminfo = _files(tmp_path, {"meminfo": "MemFree: 1 kB\n"}) / "meminfo"
+    assert memory.host_memory(meminfo) == (0, 0)
+    meminfo.write_text("MemTotal: 2048 kB\n")
+    assert memory.host_memory(meminfo) == (2 * MIB, 0)  # no MemAvailable: nothing counted used
+
+
+def test_limit_and_use_come_from_the_setting_the_cgroup_or_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 10 * MIB)
+    limited = _files(
+        tmp_path / "cg",
+        {"memory.max": str(512 * MIB), "memory.current": str(300 * MIB), "memory.stat": ""},
+    )
+    unread = _files(tmp_path / "cg-no-use", {"memory.max": str(512 * MIB)})
+    host = _files(tmp_path, {"meminfo": "MemTotal: 4096 kB\nMemAvailable: 1024 kB\n"}) / "meminfo"
+    none = tmp_path / "no-cgroup"
+    assert MemoryBudget(64 * MIB, 3, None, limited, host).limit_and_used() == (64 * MIB, 30 * MIB)
+    assert MemoryBudget(None, 3, None, limited, host).limit_and_used() == (512 * MIB, 300 * MIB)
+    assert MemoryBudget(None, 3, None, unread, host).limit_and_used() == (512 * MIB, 30 * MIB)
+    assert MemoryBudget(None, 3, None, none, host).limit_and_used() == (4 * MIB, 3 * MIB)
+
+
+def test_a_refusal_from_one_worker_and_a_measurement_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 100 * MIB)
+    folder = _version(tmp_path, 2 * MIB)  # twice its files: 4 MiB
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    budget = MemoryBudget(4 << 30, workers=1, cache_dir=cache)
+    budget.check(folder, ModelConfig(), "")  # 4 MiB fits in 4 GiB
+    budget.remember("fp", 4000 * MIB)
+    with pytest.raises(InsufficientMemory) as refused:
+        budget.check(folder, ModelConfig(), "fp")
+    # 4,096 less 100 in use less 4,096 / 20 kept free
+    assert str(refused.value) == (
+        "needs about 4,000 MiB, from measured at its last load; 3,791 MiB is left under the "
+        "memory limit of 4,096 MiB (100 MiB in use, 205 MiB kept free). Raise the limit "
+        "(MLAPI_MEMORY_LIMIT or the container's) or unload a model"
+    )
+    tight = MemoryBudget(100 * MIB, workers=1, cache_dir=None)
+    with pytest.raises(InsufficientMemory, match=r"; 0 MiB is left under .* 64 MiB kept free"):
+        tight.check(folder, ModelConfig(), "")
+
+
+def test_a_measurement_is_kept_only_when_it_means_something_and_the_newest_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    MemoryBudget(None, 1, None).remember("fp", 5 * MIB)  # no cache folder: nothing, no error
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    budget = MemoryBudget(None, 1, cache)
+    budget.remember("", 5 * MIB)
+    budget.remember("zero", 0)
+    assert not (cache / "memory.json").exists()
+    budget.remember("one", 1)
+    folder = _version(tmp_path, 0)
+    assert budget.need(folder, ModelConfig(), "one") == (1, "measured at its last load")
+    for index in range(501):
+        budget.remember(f"fp{index}", MIB)
+    kept = MemoryBudget(None, 1, cache)
+    assert kept.need(folder, ModelConfig(), "fp0")[1] == "twice its files"  # the oldest went
+    assert kept.need(folder, ModelConfig(), "fp1")[1] == "measured at its last load"
+    import shutil
+
+    shutil.rmtree(cache)
+    with caplog.at_level("DEBUG", logger="mlapi.registry"):
+        budget.remember("late", MIB)
+    assert [r.getMessage() for r in caplog.records] == [
+        "memory measurements not kept: FileNotFoundError"
+    ]

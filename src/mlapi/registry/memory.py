@@ -27,6 +27,7 @@ from mlapi.repository.config import ModelConfig
 log = logging.getLogger("mlapi.registry")
 MIB = 1 << 20
 CGROUP = Path("/sys/fs/cgroup")
+MEMINFO = Path("/proc/meminfo")
 _UNLIMITED = 1 << 60
 _MEASURED_FILE = "memory.json"
 
@@ -72,20 +73,28 @@ def cgroup_used(root: Path = CGROUP) -> int | None:
     return None
 
 
-def host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+def host_memory(meminfo: Path = MEMINFO) -> tuple[int, int]:
     """(total, in use) of the host: MemTotal, and MemTotal less MemAvailable."""
     fields = {}
     for line in meminfo.read_text().splitlines():
-        name, _, rest = line.partition(":")
+        name, _, rest = line.partition(":")  # pragma: no mutate (one ':' a line)
         fields[name] = int(rest.split()[0]) * 1024
     total = fields.get("MemTotal", 0)
     return total, total - fields.get("MemAvailable", total)
 
 
 class MemoryBudget:
-    def __init__(self, limit: int | None, workers: int, cache_dir: Path | None) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        workers: int,
+        cache_dir: Path | None,
+        cgroup: Path = CGROUP,
+        meminfo: Path = MEMINFO,
+    ) -> None:
         self._override = limit
         self._workers = workers
+        self._cgroup, self._meminfo = cgroup, meminfo
         self._measured_path = cache_dir / _MEASURED_FILE if cache_dir else None
         self._lock = threading.Lock()
 
@@ -95,10 +104,10 @@ class MemoryBudget:
         everything in the container."""
         if self._override is not None:
             return self._override, resident_bytes() * self._workers
-        container = cgroup_limit()
+        container = cgroup_limit(self._cgroup)
         if container is not None:
-            return container, cgroup_used() or resident_bytes() * self._workers
-        return host_memory()
+            return container, cgroup_used(self._cgroup) or resident_bytes() * self._workers
+        return host_memory(self._meminfo)
 
     def need(self, folder: Path, config: ModelConfig, fingerprint: str) -> tuple[int, str]:
         """(bytes one copy needs, where that figure comes from)."""
