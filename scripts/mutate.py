@@ -30,7 +30,12 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_repository.py",
     ],
     "src/mlapi/registry/memory.py": ["tests/unit/test_memory.py"],
-    "src/mlapi/serving/codec.py": ["tests/unit/test_codec.py", "tests/unit/test_rpc.py"],
+    "src/mlapi/registry/rollout.py": ["tests/service/test_rollout.py"],
+    "src/mlapi/serving/codec.py": [
+        "tests/unit/test_codec.py",
+        "tests/unit/test_rpc.py",
+        "tests/unit/test_tensor_checks.py",
+    ],
     "src/mlapi/serving/auth.py": ["tests/unit/test_auth.py"],
     "src/mlapi/rpc/status.py": ["tests/unit/test_grpc_status.py"],
     "src/mlapi/importers/checks.py": ["tests/unit/test_import_checks.py"],
