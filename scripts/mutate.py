@@ -31,6 +31,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "src/mlapi/registry/memory.py": ["tests/unit/test_memory.py"],
     "src/mlapi/registry/rollout.py": ["tests/service/test_rollout.py"],
+    "src/mlapi/repository/rollback.py": ["tests/unit/test_rollback_marks.py"],
     "src/mlapi/serving/codec.py": [
         "tests/unit/test_codec.py",
         "tests/unit/test_rpc.py",

@@ -77,3 +77,30 @@ def test_write_env_sets_the_values_and_keeps_the_rest(tmp_path: Path) -> None:
         "# sized by mlapi doctor",
         "ML_API_CPUS=2",
     ]
+
+
+@pytest.mark.parametrize(
+    ("period", "interval", "retries", "severity"),
+    [("12s", "2s", 5, "ok"), ("12s", "1s", 5, "fail"), ("12s", "2s", 4, "fail")],
+)
+def test_the_health_window_is_start_period_plus_interval_times_retries(
+    tmp_path: Path, period: str, interval: str, retries: int, severity: str
+) -> None:
+    """The measured start is 10.7 s: the window must be 21.4 s. 12 s + 2 s x 5 = 22 s
+    is enough; one second less of interval, or one retry less, is not (issue 22's
+    review: a window of start_period alone survived the tests)."""
+    from tests.fixtures.compose import Case, _set
+
+    def edit(data: dict[str, object]) -> None:
+        for key, value in (("start_period", period), ("interval", interval), ("retries", retries)):
+            _set("healthcheck", key, value=value)(data)
+
+    case = Case("healthcheck.start_period", severity, edit)
+    report = audit(write_project(tmp_path, case, broken=True), case, False)
+    (finding,) = [f for f in report.findings if f.id == "healthcheck.start_period"]
+    window = 12 + int(interval[:-1]) * retries
+    assert finding.severity == severity
+    assert finding.message.startswith(
+        f"start_period 12s + interval {interval} x retries {retries} = {window}s; "
+        "measured start 10.7s under 2 CPUs"
+    )
