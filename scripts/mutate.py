@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = ROOT / ".venv" / "bin" / "mutmut"
 # module -> the tests that hold its rules (fast tiers only: a mutant runs them all)
 MODULES: dict[str, list[str]] = {
-    "src/mlapi/repository/config.py": ["tests/unit/test_repository.py"],
+    "src/mlapi/repository/config.py": [
+        "tests/unit/test_repository.py",
+        "tests/unit/test_model_config.py",
+    ],
     "src/mlapi/repository/publish.py": [
         "tests/unit/test_publish.py",
         "tests/unit/test_repository.py",

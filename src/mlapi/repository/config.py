@@ -62,7 +62,7 @@ class VersionPolicy:
         if self.versions is not None:
             return sorted(v for v in self.versions if v in available)
         newest_first = sorted(available, reverse=True)
-        return sorted(newest_first[: self.latest]) if self.latest else newest_first
+        return sorted(newest_first[: self.latest])
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,15 @@ def _number(
     return float(value)
 
 
+def _flag(table: dict[str, Any], key: str, section: str) -> bool:
+    """true or false, true when absent: a string such as "false" or "no" would be
+    true to bool(), and a typo must not silently turn a thing on."""
+    value = table.get(key, True)
+    if not isinstance(value, bool):
+        raise ModelLoadError(f"model.toml: [{section}] {key} must be true or false")
+    return value
+
+
 def _batching(value: Any) -> BatchingConfig:
     table = _table(value, "batching", {"max_batch_size", "max_delay_ms", "max_queue", "enabled"})
     defaults = BatchingConfig()
@@ -231,7 +240,7 @@ def _batching(value: Any) -> BatchingConfig:
             table, "max_delay_ms", "batching", defaults.max_delay_ms, 0, MAX_DELAY_MS
         ),
         max_queue=int(_number(table, "max_queue", "batching", defaults.max_queue, 1, MAX_COUNT)),
-        enabled=bool(table.get("enabled", True)),
+        enabled=_flag(table, "enabled", "batching"),
     )
 
 
@@ -240,7 +249,7 @@ def _warmup(value: Any) -> WarmupConfig:
     inputs = table.get("inputs")
     if inputs is not None and not isinstance(inputs, dict):
         raise ModelLoadError("model.toml: [warmup] inputs must be a table of input name = data")
-    return WarmupConfig(enabled=bool(table.get("enabled", True)), inputs=inputs)
+    return WarmupConfig(enabled=_flag(table, "enabled", "warmup"), inputs=inputs)
 
 
 def _version_policy(value: Any) -> VersionPolicy:
