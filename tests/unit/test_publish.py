@@ -213,6 +213,7 @@ def test_names_are_shown_cut_to_64_characters() -> None:
 def test_each_refusal_says_what_is_wrong(
     tmp_path: Path, arguments: dict[str, Any], message: str
 ) -> None:
+    arguments = dict(arguments)  # parametrize hands every run the same dict
     repository = tmp_path / "repo"
     repository.mkdir()
     (tmp_path / "empty").mkdir()
