@@ -26,10 +26,11 @@ from mlapi.api.responses import json_response, route
 from mlapi.lifecycle import Lifecycle
 from mlapi.observability.metrics import CONTENT_TYPE
 from mlapi.registry import ModelRegistry
-from mlapi.serving.auth import Authenticator
+from mlapi.serving.access import Access, KeySettings
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
 from mlapi.serving.plane import Plane
+from mlapi.serving.rates import Buckets
 from mlapi.serving.tracking import Tracking
 from mlapi.settings import Settings
 
@@ -44,14 +45,16 @@ def asgi_app(
 ) -> FastInfer:
     registry = registry or ModelRegistry(settings)
     lifecycle = lifecycle or Lifecycle()
-    auth = Authenticator(settings.api_key) if settings.api_key is not None else None
-    admin_key = settings.repository_key
-    admin_auth = Authenticator(admin_key) if admin_key is not None else None
+    access = Access(
+        KeySettings(settings.api_keys_file, settings.api_key, settings.admin_key),
+        Buckets.for_workers(),
+    )
     metrics = registry.metrics
+    metrics.precreated_client = None if access.keyed else "anonymous"
     tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
     limits = Limits(settings.max_elements, settings.max_bytes_element, settings.max_tokens)
-    plane = Plane(registry, tracking, auth, limits, admin_auth)
-    ctx = ServingContext(settings, registry, auth, tracking, lifecycle, limits, plane, admin_auth)
+    plane = Plane(registry, tracking, access, limits)
+    ctx = ServingContext(settings, registry, access, tracking, lifecycle, limits, plane)
     header_rules = HeaderRules(settings.max_header_bytes, settings.host_names)
     spec = openapi.document()
 
@@ -85,6 +88,13 @@ def asgi_app(
             refresh_metrics()
             await asyncio.sleep(seconds)
 
+    async def keys_every(seconds: float) -> None:
+        """Each worker reads a changed keys file itself: a revoked key is refused by
+        every worker within one poll."""
+        while True:
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(access.refresh)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry.scan()
@@ -98,6 +108,8 @@ def asgi_app(
                 await registry.watch(settings.repository_poll_s)
 
             tasks.append(asyncio.create_task(watch(), name="mlapi-repository-poll"))
+        if settings.api_keys_file is not None:
+            tasks.append(asyncio.create_task(keys_every(settings.keys_poll_s), name="mlapi-keys"))
         if settings.workers > 1:
             # Workers share one socket: a worker that accepted connections while
             # still loading would answer 503 beside ready siblings. So each worker

@@ -85,6 +85,18 @@ class Overloaded(MlapiError):
     retry_after_s = 1
 
 
+class RateLimited(MlapiError):
+    """A client over the rate its key allows (API_KEYS_FILE); ``Retry-After`` says
+    when a request would go."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class GatewayTimeout(MlapiError):
     """The request did not finish within MLAPI_REQUEST_TIMEOUT_S. ``queued``: it never
     started (it waited behind others), so its model is not to blame for it."""

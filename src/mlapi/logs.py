@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-_FIELDS = ("request_id", "model", "version", "status", "latency_ms")
+_FIELDS = ("request_id", "client", "model", "version", "status", "latency_ms")
 # What a client could put in a logged value to forge a line or drive a terminal: C0
 # and C1 controls (newlines, escape sequences), DEL, Unicode line separators and
 # bidirectional overrides.

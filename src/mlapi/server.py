@@ -27,6 +27,8 @@ from mlapi.app import asgi_app
 from mlapi.connections import ConnectionLimits, guarded_protocol
 from mlapi.errors import ConfigError
 from mlapi.lifecycle import Lifecycle
+from mlapi.serving.access import KeySettings
+from mlapi.serving.rates import FILE_NAME
 from mlapi.settings import Settings, load_settings
 
 log = logging.getLogger("mlapi.server")
@@ -168,8 +170,8 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="mlapi-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
+    for stale in [*folder.glob("*.db"), folder / FILE_NAME]:  # metrics, and rate buckets
+        stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # read by the spawned workers
     try:
         yield
@@ -225,13 +227,15 @@ def run(settings: Settings) -> int:
         _check_grpc_port(settings)
     if settings.seed_models:
         _seed(settings)
+    keyring = KeySettings(settings.api_keys_file, settings.api_key, settings.admin_key).load()
     log.info(
-        "serving models from %s on http://%s:%d (workers=%d, auth=%s)",
+        "serving models from %s on http://%s:%d (workers=%d, auth=%s, keys=%d)",
         settings.model_path,
         settings.api_host,
         settings.api_port,
         settings.workers,
         "on" if settings.auth_enabled else "off",
+        len(keyring.clients) if keyring is not None else 0,
     )
     if settings.reload:
         return _run_reloading(settings)

@@ -21,6 +21,7 @@ from mlapi.errors import ConfigError
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "default_models"
 API_KEY_SECRET_NAME = "api_key"
+API_KEYS_SECRET_NAME = "api_keys"
 ADMIN_KEY_SECRET_NAME = "admin_key"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, alias="WORKERS", ge=1, le=64)
     api_key: SecretStr | None = Field(None, alias="API_KEY")
     api_key_file: Path | None = Field(None, alias="API_KEY_FILE")
+    # One key per client (serving/keys.py); read again every MLAPI_KEYS_POLL_S seconds.
+    api_keys_file: Path | None = Field(None, alias="API_KEYS_FILE")
+    keys_poll_s: float = Field(2.0, alias="MLAPI_KEYS_POLL_S", gt=0, le=3600)
 
     secrets_dir: Path = Field(Path("/run/secrets"), alias="MLAPI_SECRETS_DIR")
     require_auth: bool = Field(False, alias="MLAPI_REQUIRE_AUTH")
@@ -157,10 +161,12 @@ class Settings(BaseSettings):
         self.admin_key = self._key(
             self.admin_key, self.admin_key_file, "MLAPI_ADMIN_KEY", ADMIN_KEY_SECRET_NAME
         )
-        if self.require_auth and self.api_key is None:
+        if self.api_keys_file is None and (self.secrets_dir / API_KEYS_SECRET_NAME).exists():
+            self.api_keys_file = self.secrets_dir / API_KEYS_SECRET_NAME
+        if self.require_auth and not self.auth_enabled:
             raise ValueError(
-                "MLAPI_REQUIRE_AUTH is set but no API key is configured "
-                "(set API_KEY_FILE, API_KEY or the secret file /run/secrets/api_key)"
+                "MLAPI_REQUIRE_AUTH is set but no API key is configured (set API_KEYS_FILE, "
+                "API_KEY_FILE, API_KEY or the secret file /run/secrets/api_key(s))"
             )
         return self
 
@@ -180,19 +186,15 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return self.api_key is not None
-
-    @property
-    def repository_key(self) -> SecretStr | None:
-        """The key of the repository (load/unload) routes: the admin key, else the API key."""
-        return self.admin_key if self.admin_key is not None else self.api_key
+        """Whether inference and model routes need a key."""
+        return self.api_key is not None or self.api_keys_file is not None
 
     @property
     def host_names(self) -> frozenset[str] | None:
         """Host names a key-less server answers (loopback and MLAPI_ALLOWED_HOSTS, lower
         case, without port); None when any is allowed (a key is set, or '*' listed)."""
         extra = {name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip()}
-        if self.api_key is not None or "*" in extra:
+        if self.auth_enabled or "*" in extra:
             return None
         return frozenset(LOOPBACK_HOSTS) | extra
 

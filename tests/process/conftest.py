@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,14 +31,27 @@ def status_of(url: str, timeout_s: float = 2.0) -> int | None:
 
 
 def metric(server: Server, prefix: str) -> float:
-    """The sum of the samples on the server's /metrics whose lines start with
-    ``prefix`` (label names sort alphabetically in the exposition: a prefix that
-    stops before ``protocol`` counts both fronts); no such sample fails the test."""
+    """The sum of the samples on the server's /metrics named as ``prefix`` names them
+    (``name{a="x",b="y"``) and carrying those labels, among any others (the
+    requests' ``client``, a version); no such sample fails the test."""
+    name, _, wanted = prefix.partition("{")
+    want = set(_labels(wanted.rstrip("}")))
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
-    values = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)]
+    values = []
+    for line in lines:
+        if line.startswith(name + " ") and not want:
+            values.append(float(line.split()[1]))
+        elif line.startswith(name + "{"):
+            labels, _, number = line[len(name) + 1 :].rpartition("} ")
+            if want <= set(_labels(labels)):
+                values.append(float(number))
     assert values, f"no sample {prefix}... on /metrics"
     return sum(values)
+
+
+def _labels(text: str) -> list[tuple[str, str]]:
+    return re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', text)
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -184,16 +184,20 @@ def test_the_api_key_guards_model_calls_and_the_admin_key_the_repository(
         assert status_of(lambda: calls.ModelInfer(request, metadata=twice)) == (
             Code.INVALID_ARGUMENT
         )
-        # the repository takes the admin key, not the API key
+        # the repository takes the admin key: the API key is known, but not allowed
         index = service_pb2.RepositoryIndexRequest()
         assert status_of(lambda: calls.RepositoryIndex(index, metadata=bearer)) == (
+            Code.PERMISSION_DENIED
+        )
+        wrong = [("authorization", "Bearer nope")]
+        assert status_of(lambda: calls.RepositoryIndex(index, metadata=wrong)) == (
             Code.UNAUTHENTICATED
         )
         admin = [("authorization", "Bearer admin-9")]
         assert calls.RepositoryIndex(index, metadata=admin).models[0].name == "iris"
         unload = service_pb2.RepositoryModelUnloadRequest(model_name="iris")
         assert status_of(lambda: calls.RepositoryModelUnload(unload, metadata=bearer)) == (
-            Code.UNAUTHENTICATED
+            Code.PERMISSION_DENIED
         )
         assert calls.ModelReady(service_pb2.ModelReadyRequest(name="iris"), metadata=bearer).ready
 

@@ -38,11 +38,13 @@ def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], 
 def value(
     found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
 ) -> float:
-    """The sample's value; a sample that is not exposed at all fails the test (so an
-    assertion of 0 cannot pass on a metric that does not exist)."""
-    key = (name, frozenset(labels.items()))
-    assert key in found, f"no sample {name}{labels} on /metrics"
-    return found[key]
+    """The sum of the samples of ``name`` that carry these labels (and any others: the
+    requests' ``client``, say); none at all fails the test (so an assertion of 0
+    cannot pass on a metric that does not exist)."""
+    wanted = set(labels.items())
+    matched = [v for (n, have), v in found.items() if n == name and wanted <= have]
+    assert matched, f"no sample {name}{labels} on /metrics"
+    return sum(matched)
 
 
 def test_counters_count_each_request_once_by_outcome(serve_app: Start) -> None:

@@ -12,10 +12,11 @@ from mlapi import errors
 from mlapi.errors import MlapiError
 from mlapi.rpc.status import MAX_DETAILS, abort_of, escaped, status_of
 
-# README: "INVALID_ARGUMENT (400 ...), UNAUTHENTICATED (401), PERMISSION_DENIED, NOT_FOUND
-# (404), RESOURCE_EXHAUSTED (413 ...; 507 on load), UNAVAILABLE (503: not ready),
-# RESOURCE_EXHAUSTED (503: overloaded), DEADLINE_EXCEEDED (504; 408), FAILED_PRECONDITION
-# (a load that failed), INTERNAL (an unexpected error ...)"
+# README: "INVALID_ARGUMENT (400 ...), UNAUTHENTICATED (401), PERMISSION_DENIED (403),
+# NOT_FOUND (404), RESOURCE_EXHAUSTED (413 ...; 507 on load), UNAVAILABLE (503: not
+# ready), RESOURCE_EXHAUSTED (503: overloaded; 429: over a key's rate),
+# DEADLINE_EXCEEDED (504; 408), FAILED_PRECONDITION (a load that failed), INTERNAL (an
+# unexpected error ...)"
 EXPECTED: dict[str, tuple[MlapiError, Code]] = {
     "BadRequest": (errors.BadRequest("bad"), Code.INVALID_ARGUMENT),
     "Unauthorized": (errors.Unauthorized("who"), Code.UNAUTHENTICATED),
@@ -28,6 +29,7 @@ EXPECTED: dict[str, tuple[MlapiError, Code]] = {
     "UnsupportedMediaType": (errors.UnsupportedMediaType("xml"), Code.INVALID_ARGUMENT),
     "NotReady": (errors.NotReady("loading"), Code.UNAVAILABLE),
     "Overloaded": (errors.Overloaded("full"), Code.RESOURCE_EXHAUSTED),
+    "RateLimited": (errors.RateLimited("too fast"), Code.RESOURCE_EXHAUSTED),
     "GatewayTimeout": (errors.GatewayTimeout("late"), Code.DEADLINE_EXCEEDED),
     "ClientGone": (errors.ClientGone(), Code.CANCELLED),
     "InternalError": (errors.InternalError("abc"), Code.INTERNAL),

@@ -87,10 +87,10 @@ def test_the_admin_key_comes_from_its_file_or_secret_and_else_is_the_api_key(
 ) -> None:
     monkeypatch.setenv("API_KEY", "api-key-1")
     monkeypatch.setenv("MLAPI_SECRETS_DIR", str(tmp_path))
-    assert load_settings(env_file=None).repository_key.get_secret_value() == "api-key-1"  # type: ignore[union-attr]
+    assert load_settings(env_file=None).admin_key is None  # the API key is the admin key
     (tmp_path / "admin_key").write_text("from-docker-secret\n")
     settings = load_settings(env_file=None)
-    assert settings.repository_key.get_secret_value() == "from-docker-secret"  # type: ignore[union-attr]
+    assert settings.admin_key.get_secret_value() == "from-docker-secret"  # type: ignore[union-attr]
     assert settings.redacted()["MLAPI_ADMIN_KEY"] == "**********"
     (tmp_path / "admin.txt").write_text("from-file")
     monkeypatch.setenv("MLAPI_ADMIN_KEY_FILE", str(tmp_path / "admin.txt"))
@@ -120,4 +120,25 @@ def test_require_auth_without_a_key_stops_the_start(
     monkeypatch.setenv("MLAPI_REQUIRE_AUTH", "true")
     monkeypatch.setenv("MLAPI_SECRETS_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match="MLAPI_REQUIRE_AUTH"):
+        load_settings(env_file=None)
+
+
+def test_the_keys_file_comes_from_its_setting_or_the_secret_and_turns_keys_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLAPI_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("API_KEY", raising=False)
+    settings = load_settings(env_file=None)
+    assert settings.api_keys_file is None and not settings.auth_enabled
+    assert settings.host_names is not None  # an open server answers only its hosts
+    (tmp_path / "api_keys").write_text("")
+    settings = load_settings(env_file=None)
+    assert settings.api_keys_file == tmp_path / "api_keys" and settings.auth_enabled
+    assert settings.host_names is None
+    monkeypatch.setenv("API_KEYS_FILE", str(tmp_path / "mine.toml"))
+    monkeypatch.setenv("MLAPI_REQUIRE_AUTH", "true")
+    assert load_settings(env_file=None).api_keys_file == tmp_path / "mine.toml"
+    (tmp_path / "api_keys").unlink()
+    monkeypatch.delenv("API_KEYS_FILE")
+    with pytest.raises(ConfigError, match="MLAPI_REQUIRE_AUTH is set but no API key"):
         load_settings(env_file=None)

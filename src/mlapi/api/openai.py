@@ -18,7 +18,7 @@ from starlette.routing import Route
 from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
-from mlapi.api.responses import error_headers, json_response, route
+from mlapi.api.responses import client_of, error_headers, json_response, route
 from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
 from mlapi.registry.versions import ModelVersion
 from mlapi.serving.context import ServingContext
@@ -27,7 +27,12 @@ from mlapi.serving.plane import Wire
 
 MAX_INPUTS = 2048  # OpenAI's own limit on one request's inputs
 _KEYS = {"input", "model", "encoding_format", "dimensions", "user"}
-_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
+_CODES = {
+    401: "invalid_api_key",
+    404: "model_not_found",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+}
 
 
 class InvalidParameter(BadRequest):
@@ -38,11 +43,15 @@ class InvalidParameter(BadRequest):
         self.param = param
 
 
+_TYPES = {429: "requests"}  # OpenAI's type for a rate limit
+
+
 def openai_error(error: MlapiError) -> Response:
     body = {
         "error": {
             "message": error.message,
-            "type": "invalid_request_error" if error.status < 500 else "server_error",
+            "type": _TYPES.get(error.status)
+            or ("invalid_request_error" if error.status < 500 else "server_error"),
             "param": getattr(error, "param", None),
             "code": _CODES.get(error.status, error.code),
         }
@@ -71,7 +80,10 @@ def routes(ctx: ServingContext) -> list[Route]:
 
     async def models(request: Request) -> Response:
         listed = []
+        client = client_of(request)
         for record in registry.records():
+            if not client.may_call(record.name):
+                continue
             try:
                 version = registry.get(record.name)
             except (NotFound, NotReady):
@@ -85,7 +97,7 @@ def routes(ctx: ServingContext) -> list[Route]:
     return [
         # embeddings' key is the plane's to check, with everything else it checks
         Route("/v1/embeddings", route(embeddings, None, openai_error), methods=["POST"]),
-        Route("/v1/models", route(models, ctx.auth, openai_error), methods=["GET"]),
+        Route("/v1/models", route(models, ctx.access, openai_error), methods=["GET"]),
     ]
 
 

@@ -1,6 +1,6 @@
 """JSON responses, the protocol's error body, and the wrapper every route goes
-through: auth, typed errors to their status, anything else to a 500 that carries
-a request id and never a traceback."""
+through: the key (its client kept for the handler), typed errors to their status,
+anything else to a 500 that carries a request id and never a traceback."""
 
 from __future__ import annotations
 
@@ -13,8 +13,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mlapi.errors import ClientGone, InternalError, MlapiError, Overloaded, Unauthorized
-from mlapi.serving.auth import Authenticator
+from mlapi.errors import (
+    ClientGone,
+    InternalError,
+    MlapiError,
+    Overloaded,
+    RateLimited,
+    Unauthorized,
+)
+from mlapi.serving.access import Access
+from mlapi.serving.keys import ANONYMOUS, Client, credentials
 
 log = logging.getLogger("mlapi.api")
 
@@ -38,7 +46,7 @@ def error_headers(error: MlapiError) -> dict[str, str]:
     when to retry."""
     if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(error, Overloaded):
+    if isinstance(error, Overloaded | RateLimited):
         return {"Retry-After": str(error.retry_after_s)}
     if isinstance(error, InternalError):
         return {"X-Request-ID": error.request_id}
@@ -66,16 +74,20 @@ def internal_error(request: Request, exc: BaseException) -> InternalError:
 
 def route(
     handler: Handler,
-    auth: Authenticator | None = None,
+    access: Access | None = None,
     render: Callable[[MlapiError], Response] = error_response,
+    admin: bool = False,
 ) -> Handler:
-    """Wrap a handler: check the API key when ``auth`` is given, render errors (in
-    the protocol's shape, or the one ``render`` gives)."""
+    """Wrap a handler: with ``access``, the key (an admin key with ``admin``) and its
+    client, which the handler finds with ``client_of``; errors rendered in the
+    protocol's shape, or the one ``render`` gives."""
 
     async def wrapped(request: Request) -> Response:
         try:
-            if auth is not None:
-                auth.check(request.scope["headers"])
+            if access is not None:
+                authorization, api_key = credentials(request.scope["headers"])
+                client = access.identify(authorization, api_key, admin=admin)
+                request.scope["mlapi.client"] = client
             return await handler(request)
         except ClientGone:
             return Response(status_code=400)  # nobody is listening; nothing to log
@@ -87,3 +99,9 @@ def route(
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
     return wrapped
+
+
+def client_of(request: Request) -> Client:
+    """The client whose key the route checked (anonymous on an open route)."""
+    client: Client = request.scope.get("mlapi.client", ANONYMOUS)
+    return client

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
-from mlapi.api.responses import json_response, route
+from mlapi.api.responses import client_of, json_response, route
 from mlapi.errors import BadRequest, NotReady
 from mlapi.registry import ModelVersion
 from mlapi.serving import codec as serving_codec
@@ -36,6 +36,7 @@ def routes(ctx: ServingContext) -> list[Route]:
 
     async def status(request: Request) -> Response:
         name = request.path_params["model"]
+        ctx.access.check_model(client_of(request), name)
         try:
             registry.get(name)
         except NotReady:
@@ -45,7 +46,7 @@ def routes(ctx: ServingContext) -> list[Route]:
     return [
         # predict's key is the plane's to check, with everything else it checks
         Route("/v1/models/{model}:predict", route(predict), methods=["POST"]),
-        Route("/v1/models/{model}", route(status, ctx.auth), methods=["GET"]),
+        Route("/v1/models/{model}", route(status, ctx.access), methods=["GET"]),
     ]
 
 

@@ -8,31 +8,33 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlapi import __version__
-from mlapi.api.responses import json_response, route
+from mlapi.api.responses import client_of, json_response, route
 from mlapi.errors import NotReady
 from mlapi.serving.context import ServingContext
 from mlapi.serving.metadata import EXTENSIONS, metadata_of
 
 
 def routes(ctx: ServingContext) -> list[Route]:
-    registry = ctx.registry
+    registry, access = ctx.registry, ctx.access
 
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "mlapi", "version": __version__, "extensions": EXTENSIONS})
 
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
+        access.check_model(client_of(request), params["model"])
         return json_response(metadata_of(registry, params["model"], params.get("version")))
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
+        access.check_model(client_of(request), params["model"])
         try:
             registry.get(params["model"], params.get("version"))
         except NotReady as exc:
             return json_response({"ready": False, "error": exc.message}, 503)
         return json_response({"ready": True})
 
-    guarded = ctx.auth
+    guarded = ctx.access
     base = "/v2/models/{model}"
     versioned = base + "/versions/{version}"
     return [

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN_MODEL = ("", "")  # labels of a request whose model could not be resolved
+ANONYMOUS = "anonymous"  # the client of every request on a server with no key
 STATES = ("loading", "warming", "ready", "failed", "unloading", "unavailable")
 
 # Outcome label of mlapi_requests_total for each error code.
@@ -35,6 +36,7 @@ OUTCOMES = {
     "method_not_allowed": "bad_request",
     "unauthorized": "unauthorized",
     "forbidden": "unauthorized",
+    "rate_limited": "rate_limited",
     "not_found": "not_found",
     "not_ready": "not_ready",
     "overloaded": "overloaded",
@@ -61,10 +63,15 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "mlapi_requests",
-            "Inference requests by model, version, outcome and protocol (http, grpc).",
-            ["model", "version", "outcome", "protocol"],
+            "Inference requests by model, version, outcome, protocol (http, grpc) and "
+            "client (the name of the key; anonymous on a server with no key; empty when "
+            "the key was refused).",
+            ["model", "version", "outcome", "protocol", "client"],
             registry=r,
         )
+        # The client whose outcomes exist from the start at 0 (an open server's
+        # anonymous); with keys, each client's series come with its first request.
+        self.precreated_client: str | None = ANONYMOUS
         self.request_duration = Histogram(
             "mlapi_request_duration_seconds",
             "Time from a request's headers to its response, inference routes.",
@@ -209,31 +216,37 @@ class ModelMetrics:
         self.inflight_count = 0  # touched only on the event loop
         # Every outcome exists from the start at 0, so rate() and ratios over them
         # have data before the first error happens.
-        self._outcomes: dict[tuple[str, str], MetricWrapperBase] = {
-            (outcome, protocol): metrics.requests.labels(name, version, outcome, protocol)
+        client = metrics.precreated_client
+        self._outcomes: dict[tuple[str, str, str], MetricWrapperBase] = {
+            (outcome, protocol, client): metrics.requests.labels(
+                name, version, outcome, protocol, client
+            )
             for outcome in ALL_OUTCOMES
             for protocol in PROTOCOLS
+            if client is not None
         }
         # Per-request numbers are gathered here, on the event loop, without the
         # metric objects' locks (which cost ~10% of throughput on one core under
         # load), and handed to them by flush() at each refresh.
         self._bounds = tuple(self.request_duration._upper_bounds)
-        self._pending_outcomes: dict[tuple[str, str], int] = {}
+        self._pending_outcomes: dict[tuple[str, str, str], int] = {}
         self._pending_buckets = [0] * len(self._bounds)
         self._pending_sum = 0.0
 
-    def record(self, outcome: str, seconds: float, protocol: str = "http") -> None:
+    def record(
+        self, outcome: str, seconds: float, protocol: str = "http", client: str = ANONYMOUS
+    ) -> None:
         """One finished request (event loop only)."""
         pending = self._pending_outcomes
-        key = (outcome, protocol)
+        key = (outcome, protocol, client)
         pending[key] = pending.get(key, 0) + 1
         self._pending_buckets[bisect_left(self._bounds, seconds)] += 1
         self._pending_sum += seconds
 
     def flush(self) -> None:
         """Hand what record() gathered to the metric objects (event loop only)."""
-        for (outcome, protocol), count in self._pending_outcomes.items():
-            self.outcome(outcome, protocol).inc(count)
+        for (outcome, protocol, client), count in self._pending_outcomes.items():
+            self.outcome(outcome, protocol, client).inc(count)
         self._pending_outcomes = {}
         buckets = self.request_duration._buckets
         for index, count in enumerate(self._pending_buckets):
@@ -244,11 +257,11 @@ class ModelMetrics:
             self.request_duration._sum.inc(self._pending_sum)
             self._pending_sum = 0.0
 
-    def outcome(self, outcome: str, protocol: str = "http") -> Counter:
-        key = (outcome, protocol)
+    def outcome(self, outcome: str, protocol: str = "http", client: str = ANONYMOUS) -> Counter:
+        key = (outcome, protocol, client)
         child = self._outcomes.get(key)
         if child is None:
-            child = self._metrics.requests.labels(*self.labels, outcome, protocol)
+            child = self._metrics.requests.labels(*self.labels, outcome, protocol, client)
             self._outcomes[key] = child
         return child  # type: ignore[return-value]
 

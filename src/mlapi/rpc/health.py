@@ -50,13 +50,13 @@ class HealthService:
             ready = False
         return SERVING if serving and ready else NOT_SERVING
 
-    async def check(self, request: Any, context: Any) -> Any:
+    async def check(self, request: Any, context: Any, client: Any = None) -> Any:
         status = self.status(request.service)
         if status is None:
             raise NotFound(f"unknown service '{request.service[:200]}'")
         return messages.HealthCheckResponse(status=status)
 
-    async def list(self, request: Any, context: Any) -> Any:
+    async def list(self, request: Any, context: Any, client: Any = None) -> Any:
         names = [*_SERVER_NAMES, *(record.name for record in self.ctx.registry.records())]
         return messages.HealthListResponse(
             statuses={

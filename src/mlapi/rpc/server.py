@@ -45,6 +45,7 @@ from mlapi.rpc.service import (
     KEYED,
     OPEN,
     Context,
+    Handler,
     InferenceService,
     call_of,
 )
@@ -189,19 +190,19 @@ class GrpcFront:
 
     # ----- the handlers --------------------------------------------------------
     def _unary(
-        self, access: str, handler: Callable[[Any, Context], Awaitable[Any]], message_type: Any
+        self, access: str, handler: Handler, message_type: Any
     ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[Any]]:
         async def call(requests: AsyncIterator[bytes], context: Context) -> Any:
             budget = None if access == OPEN else self.keyed
             try:
-                self._service.check(access, _metadata(context))
+                client = self._service.check(access, _metadata(context))
                 if budget is not None:
                     budget.take()
                 try:
                     request = None
                     if message_type is not None:
                         request = await self._message(context, access, message_type)
-                    return await handler(request, context)
+                    return await handler(request, context, client)
                 finally:
                     if budget is not None:
                         budget.give_back()

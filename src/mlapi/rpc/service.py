@@ -24,7 +24,9 @@ from mlapi.errors import BadRequest, NotReady
 from mlapi.registry import ModelVersion
 from mlapi.rpc import codec, messages
 from mlapi.serving import repository
+from mlapi.serving.access import Access
 from mlapi.serving.context import ServingContext
+from mlapi.serving.keys import ANONYMOUS, Client
 from mlapi.serving.limits import Limits
 from mlapi.serving.metadata import EXTENSIONS, metadata_of
 from mlapi.serving.plane import Call, Wire
@@ -32,7 +34,7 @@ from mlapi.serving.plane import Call, Wire
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[Any, Context], Awaitable[Any]]
+Handler = Callable[[Any, Context, Client], Awaitable[Any]]
 Receive = Callable[[], Awaitable[bytes]]
 # Who may call a method: anyone, API key holders, admin key holders.
 OPEN, KEYED, ADMIN = "open", "keyed", "admin"
@@ -76,35 +78,38 @@ class InferenceService:
             ),
         }
 
-    def check(self, access: str, metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        """The call's key, from its metadata alone: before its message is read."""
+    def check(self, access: str, metadata: Sequence[tuple[str, str | bytes]]) -> Client:
+        """The call's client, from its metadata alone: before its message is read."""
         if access == OPEN:
-            return
-        self.ctx.plane.authenticate(call_of(metadata, ""), admin=access == ADMIN)
+            return ANONYMOUS
+        client = self.ctx.plane.authenticate(call_of(metadata, ""), admin=access == ADMIN)
         if access == ADMIN:
             repository.check_enabled(self.ctx.settings)
+        return client
 
     # ----- health and metadata ---------------------------------------------------
-    async def server_live(self, request: Any, context: Context) -> Any:
+    async def server_live(self, request: Any, context: Context, client: Client) -> Any:
         return messages.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any, context: Context) -> Any:
+    async def server_ready(self, request: Any, context: Context, client: Client) -> Any:
         ready = self.registry.readiness()[0] and not self.ctx.lifecycle.draining
         return messages.ServerReadyResponse(ready=ready)
 
-    async def server_metadata(self, request: Any, context: Context) -> Any:
+    async def server_metadata(self, request: Any, context: Context, client: Client) -> Any:
         return messages.ServerMetadataResponse(
             name="mlapi", version=__version__, extensions=EXTENSIONS
         )
 
-    async def model_ready(self, request: Any, context: Context) -> Any:
+    async def model_ready(self, request: Any, context: Context, client: Client) -> Any:
+        Access.check_model(client, request.name)
         try:
             self.registry.get(request.name, request.version or None)
         except NotReady:
             return messages.ModelReadyResponse(ready=False)
         return messages.ModelReadyResponse(ready=True)
 
-    async def model_metadata(self, request: Any, context: Context) -> Any:
+    async def model_metadata(self, request: Any, context: Context, client: Client) -> Any:
+        Access.check_model(client, request.name)
         body = metadata_of(self.registry, request.name, request.version or None)
         body.pop("parameters", None)  # labels: the gRPC message has no place for them
         return messages.ModelMetadataResponse(**body)
@@ -119,10 +124,12 @@ class InferenceService:
             wire.request = None  # a refused call's message goes now, not at a collection
 
     # ----- repository ------------------------------------------------------------
-    async def repository_index(self, request: Any, context: Context) -> Any:
+    async def repository_index(self, request: Any, context: Context, client: Client) -> Any:
         _no_other_repository(request.repository_name)
         response = messages.RepositoryIndexResponse()
         for item in repository.index_items(self.registry, request.ready):
+            if not client.may_call(str(item["name"])):
+                continue
             role = (
                 "candidate" if item.get("candidate") else "previous" if item.get("previous") else ""
             )
@@ -135,15 +142,17 @@ class InferenceService:
             )
         return response
 
-    async def repository_load(self, request: Any, context: Context) -> Any:
+    async def repository_load(self, request: Any, context: Context, client: Client) -> Any:
         _no_other_repository(request.repository_name)
         if request.parameters:
             raise BadRequest("load takes no parameters: publish a version to the repository")
+        Access.check_model(client, request.model_name)
         await repository.load_model(self.registry, request.model_name)
         return messages.RepositoryModelLoadResponse()
 
-    async def repository_unload(self, request: Any, context: Context) -> Any:
+    async def repository_unload(self, request: Any, context: Context, client: Client) -> Any:
         _no_other_repository(request.repository_name)
+        Access.check_model(client, request.model_name)
         await self.registry.unload(request.model_name)
         return messages.RepositoryModelUnloadResponse()
 

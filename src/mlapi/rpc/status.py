@@ -17,6 +17,7 @@ STATUS_OF_CODE = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "not_ready": grpc.StatusCode.UNAVAILABLE,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "cancelled": grpc.StatusCode.CANCELLED,
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,

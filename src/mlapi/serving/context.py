@@ -1,5 +1,5 @@
-"""What every front shares: settings, the registry, the authenticators, the limits
-and the data plane."""
+"""What every front shares: settings, the registry, who may do what (the keys), the
+limits and the data plane."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mlapi.lifecycle import Lifecycle
 from mlapi.registry import ModelRegistry
-from mlapi.serving.auth import Authenticator
+from mlapi.serving.access import Access
 from mlapi.serving.limits import Limits
 from mlapi.serving.plane import Plane
 from mlapi.serving.tracking import Tracking
@@ -18,9 +18,8 @@ from mlapi.settings import Settings
 class ServingContext:
     settings: Settings
     registry: ModelRegistry
-    auth: Authenticator | None
+    access: Access
     tracking: Tracking
     lifecycle: Lifecycle
     limits: Limits
     plane: Plane
-    admin_auth: Authenticator | None = None  # the repository routes' key, when one is set

@@ -1,7 +1,8 @@
 """One infer path under every front. A request's life, written once:
 
-    begin tracking -> the key -> resolve the model -> admit (queue room, in-flight
-    room) -> read the body -> enter (in flight) -> decode -> infer -> encode -> done
+    begin tracking -> the key (its client, its rate) -> the client may call the model
+    -> resolve the model -> admit (queue room, in-flight room) -> read the body ->
+    enter (in flight) -> decode -> infer -> encode -> done
 
 Every front (V2 JSON and binary on the fast path, KServe V1, OpenAI, gRPC) hands
 the plane a ``Call`` (what it knows before the body: who, which model, how it came)
@@ -24,7 +25,8 @@ import numpy as np
 from mlapi.batching import Gone
 from mlapi.errors import BadRequest, InternalError, MlapiError
 from mlapi.registry import ModelRegistry, ModelVersion
-from mlapi.serving.auth import Authenticator, duplicate_credentials
+from mlapi.serving.access import Access
+from mlapi.serving.keys import Client
 from mlapi.serving.lane import OFFLOAD_BYTES, off_loop
 from mlapi.serving.limits import Limits
 from mlapi.serving.tracking import Tracking
@@ -103,24 +105,21 @@ class Plane:
         self,
         registry: ModelRegistry,
         tracking: Tracking,
-        auth: Authenticator | None,
+        access: Access,
         limits: Limits,
-        admin_auth: Authenticator | None = None,
     ) -> None:
         self.registry = registry
         self.tracking = tracking
-        self.auth = auth
-        self.admin_auth = admin_auth
+        self.access = access
         self.limits = limits
 
-    def authenticate(self, call: Call, admin: bool = False) -> None:
-        """The call's credentials (the admin key's with ``admin``): one of each at
-        most, each right, one at least; nothing to check where no key is set."""
-        if call.repeated_credentials:
-            raise duplicate_credentials()
-        auth = self.admin_auth if admin else self.auth
-        if auth is not None:
-            auth.check_values(call.authorization, call.api_key)
+    def authenticate(self, call: Call, admin: bool = False) -> Client:
+        """The client the call's credentials name (an admin client with ``admin``),
+        held to its rate: one credential of each kind at most, each a key, one at
+        least, where keys are configured; the anonymous client where none is."""
+        return self.access.identify(
+            call.authorization, call.api_key, call.repeated_credentials, admin
+        )
 
     async def infer(self, call: Call, wire: Wire) -> Any:
         """The encoded answer, or an MlapiError for the front to render; every
@@ -130,10 +129,11 @@ class Plane:
             call.model or "", call.method, call.path, call.request_id, call.protocol
         )
         try:
-            if call.repeated_credentials or self.auth is not None:
-                self.authenticate(call)
+            client = self.authenticate(call)
+            tracked.client = client.name
             model = None
             if call.model is not None:
+                self.access.check_model(client, call.model)
                 model = self.registry.get(call.model, call.version)
                 tracked.resolved(model)
                 model.admit()
@@ -147,6 +147,7 @@ class Plane:
                     await off_loop(wire.model_of, body) if large else wire.model_of(body)
                 )
                 tracked.name = name
+                self.access.check_model(client, name)
                 model = self.registry.get(name, version)
                 tracked.resolved(model)
                 model.admit()

@@ -45,6 +45,7 @@ class Tracked:
     __slots__ = (
         "_model",
         "_tracking",
+        "client",
         "counted",
         "method",
         "name",
@@ -66,6 +67,7 @@ class Tracked:
         self._tracking = tracking
         self._model: ModelVersion | None = None
         self.counted = False
+        self.client = ""  # the key's client once the key is checked ("": not known)
         self.name = name
         self.method = method
         self.path = path
@@ -124,11 +126,11 @@ class Tracked:
             if metrics is not None:
                 metrics.inflight_count -= 1
         if metrics is not None:
-            metrics.record(outcome, seconds, self.protocol)
+            metrics.record(outcome, seconds, self.protocol, self.client)
             labels = metrics.labels
         else:
             labels = (self.name, "") if tracking.registry.knows(self.name) else UNKNOWN_MODEL
-            tracking.metrics.requests.labels(*labels, outcome, self.protocol).inc()
+            tracking.metrics.requests.labels(*labels, outcome, self.protocol, self.client).inc()
         if tracking.log_all or (tracking.log_errors and status >= 400):
             log.log(
                 logging.WARNING if status >= 500 else logging.INFO,
@@ -139,6 +141,7 @@ class Tracked:
                 seconds * 1000,
                 extra={
                     "request_id": self.id(),
+                    "client": self.client,
                     "model": labels[0] or None,
                     "version": labels[1] or None,
                     "status": status,
