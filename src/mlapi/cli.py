@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--model-path", dest="MODEL_PATH", help="the repository (env MODEL_PATH)")
 
     _doctor_parser(commands)
+    _keys_parser(commands)
 
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(
@@ -105,6 +106,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     config_commands.add_parser("show", help="print the settings, secrets redacted")
     return parser
+
+
+def _positive_rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1e6 or value != value:
+        raise argparse.ArgumentTypeError("a number of requests a second over 0")
+    return value
+
+
+def _keys_parser(commands: Any) -> None:
+    keys = commands.add_parser(
+        "keys", help="the clients' keys (API_KEYS_FILE): add, list, revoke; no restart"
+    )
+    keys.add_argument("--file", help="the keys file (env API_KEYS_FILE)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    add = key_commands.add_parser("add", help="a new random key for NAME, printed once")
+    add.add_argument("name")
+    add.add_argument("--models", help="models it may call: names or globs, comma-separated")
+    add.add_argument("--rate", type=_positive_rate, help="requests a second (default: no limit)")
+    add.add_argument("--burst", type=int, help="requests at once above the rate")
+    add.add_argument("--admin", action="store_true", help="it may use the repository routes")
+    key_commands.add_parser("list", help="names, models, rates (never a key or digest)")
+    revoke = key_commands.add_parser("revoke", help="take NAME's key out")
+    revoke.add_argument("name")
 
 
 def _doctor_parser(commands: Any) -> None:
@@ -176,8 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return healthcheck.main(given[1:])
     args = _parser().parse_args(given)
-    if args.command == "doctor":  # reads compose files, not this process's settings
+    if args.command in ("doctor", "keys"):  # files of their own, not the server's settings
         try:
+            if args.command == "keys":
+                from mlapi import keys_cli
+
+                return keys_cli.main(args)
             return _doctor(args)
         except ConfigError as exc:
             sys.stderr.write(f"mlapi: error: {exc}\n")

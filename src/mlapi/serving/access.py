@@ -98,16 +98,20 @@ class Access:
         return [name for name in names if client.may_call(name)]
 
     def refresh(self) -> bool:
-        """Read the keys file again if it changed; whether the keys in force did."""
+        """Read the keys file again if it changed; whether the keys in force did. A
+        file that moved while it was read (being written) waits for the next look."""
         seen = _signature(self.source.file)
         if seen == self._seen:
             return False
-        self._seen = seen
         try:
             ring = self.source.load()
         except ConfigError as exc:
+            self._seen = seen  # said once, not at every look
             log.error("keys file refused, the keys in force stay: %s", exc)
             return False
+        if _signature(self.source.file) != seen:
+            return False
+        self._seen = seen
         self.ring = ring
         log.info("keys file read: %d keys", len(ring.clients) if ring is not None else 0)
         return True
