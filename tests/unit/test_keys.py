@@ -227,10 +227,11 @@ def test_access_names_clients_and_holds_admin_routes_to_admin_keys(tmp_path: Pat
 
 def test_a_rate_over_its_burst_is_refused_with_when_to_retry(tmp_path: Path) -> None:
     access, _ = _access(tmp_path, _entry("slow", "s", "rate = 0.5\nburst = 2"))
-    access.identify(None, "s")
-    access.identify(None, "s")
+    access.admit(None, "s")
+    access.admit(None, "s")
+    assert access.identify(None, "s").name == "slow"  # who it is, without a token
     with pytest.raises(RateLimited) as refused:
-        access.identify(None, "s")
+        access.admit(None, "s")
     assert refused.value.retry_after_s == 2 and refused.value.status == 429
     assert refused.value.message.startswith(
         "key 'slow' is over its rate of 0.5 requests a second (burst 2); retry in "

@@ -86,7 +86,7 @@ def route(
         try:
             if access is not None:
                 authorization, api_key = credentials(request.scope["headers"])
-                client = access.identify(authorization, api_key, admin=admin)
+                client = access.admit(authorization, api_key, admin=admin)
                 request.scope["mlapi.client"] = client
             return await handler(request)
         except ClientGone:

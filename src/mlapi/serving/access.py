@@ -72,9 +72,9 @@ class Access:
         repeated: bool = False,
         admin: bool = False,
     ) -> Client:
-        """The client a call's credentials name, held to its rate: Unauthorized (no
-        key or a wrong one), Forbidden (an admin route without an admin key),
-        RateLimited. A credential given twice is a BadRequest."""
+        """The client a call's credentials name: Unauthorized (no key or a wrong one),
+        Forbidden (an admin route without an admin key); a credential given twice is
+        a BadRequest."""
         if repeated:
             raise duplicate_credentials()
         ring = self.ring
@@ -83,7 +83,23 @@ class Access:
         client = ring.identify(authorization, api_key)
         if admin and not client.admin:
             raise Forbidden(f"key '{client.name}' may not use the repository routes")
-        self.buckets.check(client)
+        return client
+
+    def limit(self, client: Client) -> None:
+        """RateLimited when the client is over its rate (a token taken if not)."""
+        if client.rate is not None:
+            self.buckets.check(client)
+
+    def admit(
+        self,
+        authorization: str | None,
+        api_key: str | None,
+        repeated: bool = False,
+        admin: bool = False,
+    ) -> Client:
+        """identify, then limit: the client, held to its rate."""
+        client = self.identify(authorization, api_key, repeated, admin)
+        self.limit(client)
         return client
 
     @staticmethod

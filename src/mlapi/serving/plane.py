@@ -117,9 +117,7 @@ class Plane:
         """The client the call's credentials name (an admin client with ``admin``),
         held to its rate: one credential of each kind at most, each a key, one at
         least, where keys are configured; the anonymous client where none is."""
-        return self.access.identify(
-            call.authorization, call.api_key, call.repeated_credentials, admin
-        )
+        return self.access.admit(call.authorization, call.api_key, call.repeated_credentials, admin)
 
     async def infer(self, call: Call, wire: Wire) -> Any:
         """The encoded answer, or an MlapiError for the front to render; every
@@ -129,11 +127,13 @@ class Plane:
             call.model or "", call.method, call.path, call.request_id, call.protocol
         )
         try:
-            client = self.authenticate(call)
+            access = self.access
+            client = access.identify(call.authorization, call.api_key, call.repeated_credentials)
             tracked.client = client.name
+            access.limit(client)
             model = None
             if call.model is not None:
-                self.access.check_model(client, call.model)
+                access.check_model(client, call.model)
                 model = self.registry.get(call.model, call.version)
                 tracked.resolved(model)
                 model.admit()
@@ -147,7 +147,7 @@ class Plane:
                     await off_loop(wire.model_of, body) if large else wire.model_of(body)
                 )
                 tracked.name = name
-                self.access.check_model(client, name)
+                access.check_model(client, name)
                 model = self.registry.get(name, version)
                 tracked.resolved(model)
                 model.admit()
