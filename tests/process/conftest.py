@@ -60,7 +60,15 @@ def base_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith("MLAPI_")
         and k
-        not in {"API_KEY", "API_KEY_FILE", "MODEL_PATH", "API_PORT", "WORKERS", "MODEL_VERSION"}
+        not in {
+            "API_KEY",
+            "API_KEY_FILE",
+            "API_KEYS_FILE",
+            "MODEL_PATH",
+            "API_PORT",
+            "WORKERS",
+            "MODEL_VERSION",
+        }
     }
     env["API_GRPC_PORT"] = "0"  # servers run side by side: gRPC only where a test asks
     env.update(extra)

@@ -264,3 +264,32 @@ def test_a_changed_file_is_read_again_and_a_broken_one_keeps_the_keys_in_force(
     assert access.refresh() is True  # every key revoked: nobody gets in
     with pytest.raises(Unauthorized):
         access.identify(None, "n")
+
+
+def test_a_wrong_key_costs_the_same_whether_or_not_it_shares_a_prefix_with_a_key() -> None:
+    """Statistical and bounded: wrong keys that share all but the last character of
+    a real key, and wrong keys that share nothing, alternate in batches; the median
+    batch times differ by far less than a byte-by-byte comparison would make them
+    (the key is hashed before anything is compared)."""
+    import statistics
+    import time
+
+    real = "mlapi_" + "s" * 43
+    ring = _ring(app=real, **{f"other{i}": f"mlapi_{i:043d}" for i in range(50)})
+    near = [real[:-1] + c for c in "abcdefgh"]  # 48 of 49 characters in common
+    far = ["#" + c * (len(real) - 1) for c in "qrstuvwx"]  # nothing in common
+
+    def batch(presented: list[str]) -> float:
+        started = time.perf_counter_ns()
+        for _ in range(25):
+            for key in presented:
+                with pytest.raises(Unauthorized):
+                    ring.identify(None, key)
+        return float(time.perf_counter_ns() - started)
+
+    near_times, far_times = [], []
+    for _ in range(60):
+        near_times.append(batch(near))
+        far_times.append(batch(far))
+    ratio = statistics.median(near_times) / statistics.median(far_times)
+    assert 0.8 < ratio < 1.25, ratio
