@@ -294,17 +294,17 @@ def call(path, body=b'{}'):
         return u.urlopen(r, timeout=60).status
     except u.HTTPError as e:
         return e.code
-fds = sum(len(os.listdir(f'/proc/{p}/fd')) for p in os.listdir('/proc') if p.isdigit()
-          and os.path.exists(f'/proc/{p}/fd'))
-rss = 0
+me = str(os.getpid())
+fds = rss = 0
 for p in os.listdir('/proc'):
-    if p.isdigit():
+    if p.isdigit() and p != me:  # the server's processes, not this probe
         try:
+            fds += len(os.listdir(f'/proc/{p}/fd'))
             for line in open(f'/proc/{p}/status'):
                 if line.startswith('VmRSS:'):
                     rss += int(line.split()[1]) * 1024
         except OSError:
-            pass
+            pass  # a process that ended meanwhile
 action = sys.argv[1]
 status = call(f'/v2/repository/models/spare/{action}') if action != 'look' else 0
 print(json.dumps({'fds': fds, 'rss': rss, 'status': status}))
@@ -328,37 +328,45 @@ def operations(
         started = time.monotonic()
         version, tick = 2, 0
         while not stop.is_set():
-            for container in containers:
-                try:
-                    seen = replica(container)
-                    samples.setdefault(container[:12], []).append(
-                        {"t": round(time.monotonic() - started), **seen}
-                    )
-                except (AssertionError, json.JSONDecodeError, subprocess.TimeoutExpired) as exc:
-                    tally.add("operations:sample", "failed", False, str(exc)[:200])
-            if tick % 6 == 5:  # every 3 minutes
-                published = _exec(
-                    stack,
-                    iris,
-                    "mlapi",
-                    "models",
-                    "publish",
-                    "-",
-                    "--name",
-                    "iris",
-                    "--version",
-                    str(version),
-                )
-                tally.add("operations:publish", published.returncode, published.returncode != 0)
-                version += 1
-            elif tick % 6 == 2:  # spare away for a minute on every replica, then back
-                for container in containers:
-                    tally.add("operations:unload", replica(container, "unload")["status"], True)
-            elif tick % 6 == 4:
-                for container in containers:
-                    tally.add("operations:load", replica(container, "load")["status"], True)
+            try:
+                version = step(started, version, tick)
+            except (AssertionError, json.JSONDecodeError, subprocess.TimeoutExpired) as exc:
+                tally.add("operations:step", "failed", False, str(exc)[-300:])
             tick += 1
             stop.wait(30)
+
+    def step(started: float, version: int, tick: int) -> int:
+        """One tick's work; the next version to publish."""
+        for container in containers:
+            try:
+                seen = replica(container)
+                samples.setdefault(container[:12], []).append(
+                    {"t": round(time.monotonic() - started), **seen}
+                )
+            except (AssertionError, json.JSONDecodeError, subprocess.TimeoutExpired) as exc:
+                tally.add("operations:sample", "failed", False, str(exc)[:200])
+        if tick % 6 == 5:  # every 3 minutes
+            published = _exec(
+                stack,
+                iris,
+                "mlapi",
+                "models",
+                "publish",
+                "-",
+                "--name",
+                "iris",
+                "--version",
+                str(version),
+            )
+            tally.add("operations:publish", published.returncode, published.returncode != 0)
+            version += 1
+        elif tick % 6 == 2:  # spare away for a minute on every replica, then back
+            for container in containers:
+                tally.add("operations:unload", replica(container, "unload")["status"], True)
+        elif tick % 6 == 4:
+            for container in containers:
+                tally.add("operations:load", replica(container, "load")["status"], True)
+        return version
 
     return threading.Thread(target=run, daemon=True)
 
@@ -439,9 +447,11 @@ def main() -> int:
                 "fds_last": rows[-1]["fds"],
                 "fds_max": max(r["fds"] for r in rows),
                 "samples": len(rows),
+                "series": [(r["t"], round(r["rss"] / 2**20, 1), r["fds"]) for r in rows],
             }
             for name, rows in samples.items()
         },
+        "publish_every_s": 180,
         "containers_before": before,
         "containers_after": after,
         "worker_restarts_logged": worker_restarts,

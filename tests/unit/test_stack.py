@@ -125,6 +125,21 @@ def test_the_stack_runs_the_production_model_server(env: dict[str, str]) -> None
     assert differences(compose, stack) == []
 
 
+def test_with_keys_per_client_the_stack_is_still_the_production_server() -> None:
+    """docker-compose.keys.yml and docker-stack.keys.yml add the same keys file, at the
+    same path, from the same host file (README "Keys for each client")."""
+    compose = merged([*PROD, ROOT / "docker-compose.keys.yml"], {})
+    stack = merged([STACK, ROOT / "docker-stack.keys.yml"], {})
+    assert differences(compose, stack) == []
+    env = compose["services"]["ml-api"]["environment"]
+    assert env["API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert compose["secrets"]["api_keys"]["file"] == stack["secrets"]["api_keys"]["file"]
+    targets = [
+        s if isinstance(s, str) else s["target"] for s in compose["services"]["ml-api"]["secrets"]
+    ]
+    assert targets == ["api_key", "api_keys"]
+
+
 def test_a_drift_is_caught(tmp_path: Path) -> None:
     """The comparison fails on the things it must: a copy of the stack file with a
     limit, a variable and a volume changed."""
