@@ -61,7 +61,10 @@ class Client:
     burst: int = 1
 
     def may_call(self, model: str) -> bool:
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
+        models = self.models
+        if "*" in models:  # every model: the common case, with no pattern matched
+            return True
+        return any(fnmatchcase(model, pattern) for pattern in models)
 
 
 # Every request when no key is configured at all: the server is open (and answers
