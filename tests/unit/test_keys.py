@@ -293,3 +293,46 @@ def test_a_wrong_key_costs_the_same_whether_or_not_it_shares_a_prefix_with_a_key
         far_times.append(batch(far))
     ratio = statistics.median(near_times) / statistics.median(far_times)
     assert 0.8 < ratio < 1.25, ratio
+
+
+def test_the_single_key_and_the_file_together_and_both_headers_through_access(
+    tmp_path: Path,
+) -> None:
+    access, _ = _access(tmp_path, _entry("app", "a"), api_key="api")
+    assert access.identify("Bearer api", None).name == "default"
+    assert access.admit("Bearer a", None).name == "app"
+    with pytest.raises(BadRequest):
+        access.admit(None, "a", repeated=True)
+    with pytest.raises(Forbidden, match="key 'app' may not use the repository routes"):
+        access.admit("Bearer a", None, admin=True)
+    assert access.admit(None, "api", admin=True).name == "default"  # no admin key: admin
+
+
+def test_each_change_is_read_once_and_a_file_moving_while_read_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    access, path = _access(tmp_path, _entry("app", "a"))
+    path.write_text(_entry("app", "a") + _entry("b", "b"))
+    with caplog.at_level("INFO", logger="mlapi.keys"):
+        assert access.refresh() is True
+        assert access.refresh() is False  # read once
+    assert [r.getMessage() for r in caplog.records] == ["keys file read: 2 keys"]
+    caplog.clear()
+    path.write_text("[[key]\n")
+    with caplog.at_level("INFO", logger="mlapi.keys"):
+        assert access.refresh() is False
+        assert access.refresh() is False  # refused once, said once
+    assert len(caplog.records) == 1
+    path.write_text(_entry("app", "a"))
+    real = KeySettings.load
+
+    def written_meanwhile(settings: KeySettings) -> Any:
+        ring = real(settings)
+        path.write_text(_entry("app", "a") + _entry("c", "c"))  # the writer goes on
+        return ring
+
+    monkeypatch.setattr(KeySettings, "load", written_meanwhile)
+    assert access.refresh() is False  # what it read may be half a file: not taken
+    assert access.identify(None, "b").name == "b"
+    monkeypatch.setattr(KeySettings, "load", real)
+    assert access.refresh() is True and access.identify(None, "c").name == "c"

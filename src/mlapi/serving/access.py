@@ -135,11 +135,11 @@ class Access:
 
 def _signature(path: Path | None) -> tuple[int, int, int, int] | None:
     """What changes when the file does: its inode (an atomic rename), size and times
-    (a Swarm secret update, an edit in place)."""
+    (a Swarm secret update, an edit in place). None: no file (or none there now)."""
     if path is None:
         return None
     try:
         info = os.stat(path)
     except OSError:
-        return (0, 0, 0, 0)
+        return None
     return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
