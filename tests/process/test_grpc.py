@@ -50,7 +50,10 @@ def _listening_ports(pid: int) -> set[int]:
     """The TCP ports process ``pid`` listens on."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing (a busy server opens and closes)
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     return {port for port, inode in _listening() if inode in inodes}
