@@ -199,10 +199,15 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
             except BaseException as exc:  # the executor itself failed or we are cancelled
                 self._running = []
+                closing = isinstance(exc, asyncio.CancelledError)
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
+                        # closed under a running batch (an unload): its requests are
+                        # answered 503 as the queued ones are, never handed the
+                        # batcher's own cancellation (the front would see its
+                        # request cancelled, and the client a bare 500)
+                        pending.future.set_exception(self._unloading() if closing else exc)
+                if closing:
                     raise
                 continue
             self._running = []
@@ -304,5 +309,8 @@ class Batcher:
             self._task = None
         for pending in self._queue:
             if not pending.future.done():
-                pending.future.set_exception(Overloaded(f"model '{self.name}' is unloading"))
+                pending.future.set_exception(self._unloading())
         self._queue.clear()
+
+    def _unloading(self) -> Overloaded:
+        return Overloaded(f"model '{self.name}' is unloading")

@@ -509,3 +509,28 @@ def test_the_plane_drops_a_queued_request_whose_client_has_gone(serve_app: Start
     finally:
         batcher._predict = real
     assert runs == []
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_request_running_when_its_model_unloads_gets_503(
+    start: Callable[..., Env], front: str
+) -> None:
+    """The soak found it: an unload under a running batch reached the client as a
+    bare 500 (the batcher's cancellation escaped the plane)."""
+    env = start()
+    send, model = FRONTS[front], MODEL[front]
+    answers: list[Answer] = []
+    with _held(env, model) as (release, runs):
+        request = threading.Thread(target=lambda: answers.append(send(env, model, 1, {})))
+        request.start()
+        wait_for(lambda: runs == [1], what="the request running")
+        unload = threading.Thread(
+            target=lambda: env.client.post(f"/v2/repository/models/{model}/unload")
+        )
+        unload.start()
+        request.join(30)
+        release.set()  # the held run ends; the unload finishes freeing the model
+        unload.join(30)
+    (answer,) = answers
+    assert answer.status == (Code.RESOURCE_EXHAUSTED if front == "grpc" else 503), answer
+    assert answer.message == f"model '{model}:1' is unloading"

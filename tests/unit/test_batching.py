@@ -434,3 +434,25 @@ def test_a_client_that_leaves_its_running_request_stops_the_run() -> None:
 
     run(scenario())
     assert model.interrupts == 1 and observer.interrupts == 1 and model.runs == 1
+
+
+def test_a_request_in_a_running_batch_when_the_model_unloads_is_answered_503() -> None:
+    """The soak found it: an unload under a running batch handed its requests the
+    batcher's own cancellation, which reached the client as a bare 500."""
+    model = Model()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = _batcher(model, pool)
+            model.gate.clear()
+            running = asyncio.ensure_future(batcher.submit(_rows(1.0), ("y",)))
+            await asyncio.to_thread(model.started.wait, 5)
+            queued = asyncio.ensure_future(batcher.submit(_rows(2.0), ("y",)))
+            await asyncio.sleep(0)
+            await batcher.close()
+            model.gate.set()
+            for request in (running, queued):
+                with pytest.raises(Overloaded, match="model 'm' is unloading"):
+                    await request
+
+    run(scenario())
