@@ -5,6 +5,7 @@ the same path; what the old version holds is answered there."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -123,11 +124,18 @@ def test_a_version_that_fails_changes_nothing_for_clients(
     assert expected[broken] in reason, reason
 
 
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the registry told the operator, in order (its own lines only)."""
+    return [r.getMessage() for r in caplog.records if r.name == "mlapi.registry"]
+
+
 def test_the_repository_poll_switches_new_versions_in_and_tries_a_failed_one_once(
-    serve_app: Start, tmp_path: Path
+    serve_app: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = _repo(tmp_path)
     client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    caplog.set_level(logging.INFO, logger="mlapi.registry")
+    caplog.clear()
     with _traffic(client) as answers:
         publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
         wait_for(lambda: answers[-1] == (200, 2.0), timeout_s=10, what="v2 serving")
@@ -144,10 +152,19 @@ def test_the_repository_poll_switches_new_versions_in_and_tries_a_failed_one_onc
     assert 'mlapi_model_rollouts_total{model="m",outcome="failed"} 1.0' in metrics
     assert 'mlapi_model_rollouts_total{model="m",outcome="promoted"} 1.0' in metrics
     assert 'mlapi_model_serving_version{model="m"} 2.0' in metrics
+    said = [line for line in _said(caplog) if "serves" in line or "serving" in line]
+    assert said[0] == "model m v2 now serves", said
+    assert said[1] == (
+        "model m v3 was not switched in; what served keeps serving: importing 'model.py' "
+        "failed: SyntaxError: invalid syntax (model.py, line 1)"
+    ), said
+    # v3 tried once and said once, not at every poll (it was, ten times a second)
+    assert said[2:] == ["model m: the selected version(s) [3] did not load; v2 keep serving"]
     # fixed files: the same version number is tried again and switched in
     shutil.rmtree(repo / "m" / "3")
     publish.publish(repo, "m", 3, source=_source(tmp_path, "v3-fixed"))
     wait_for(lambda: _answer(client) == (200, 3.0), timeout_s=10, what="the fixed v3")
+    assert "model m v3 now serves" in _said(caplog)
 
 
 def test_a_folder_copied_in_by_hand_is_never_served_half_written(
@@ -314,10 +331,11 @@ WATCHED = "[rollout]\nbake_s = 30\nwindow_s = 5\nmax_error_ratio = 0.2\nmin_requ
 
 
 def test_a_version_that_fails_on_real_traffic_is_rolled_back_by_itself(
-    serve_app: Start, tmp_path: Path
+    serve_app: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = _repo(tmp_path)
     client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    caplog.set_level(logging.INFO, logger="mlapi.registry")
     bad = _source(tmp_path, "bad", FAILS_ON_TRAFFIC)
     (bad / "model.toml").write_text(WATCHED + vector_toml().replace("\n    ", "\n"))
     with _traffic(client) as answers:
@@ -336,6 +354,9 @@ def test_a_version_that_fails_on_real_traffic_is_rolled_back_by_itself(
     assert 'mlapi_model_rollouts_total{model="m",outcome="rolled_back"} 1.0' in metrics
     assert 'mlapi_model_serving_version{model="m"} 1.0' in metrics
     assert (repo / "m" / ".rolled-back-2").exists()  # the other workers follow this mark
+    rolled_lines = [line for line in _said(caplog) if "rolled back:" in line]
+    assert len(rolled_lines) == 1 and rolled_lines[0].startswith("model m v2 rolled back: ")
+    assert rolled_lines[0].endswith("requests failed on the server within 5s (max_error_ratio 0.2)")
 
 
 def test_mlapi_models_rollback_sends_every_server_back(serve_app: Start, tmp_path: Path) -> None:
@@ -353,3 +374,46 @@ def test_mlapi_models_rollback_sends_every_server_back(serve_app: Start, tmp_pat
     assert rolled and "by hand" in str(rolled[0]["reason"])
     # nothing older than v1 is left to go back to
     assert main(["models", "rollback", "m", "--model-path", str(repo)]) == 2
+
+
+def test_a_folder_that_cannot_be_read_is_said_once_and_counted_once(
+    serve_app: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While what serves keeps serving: a model.toml that breaks is one warning and
+    one failed rollout, not one at every look; fixed, the next version comes."""
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    caplog.set_level(logging.INFO, logger="mlapi.registry")
+    (repo / "m" / "model.toml").write_text("surprise = 1\n")
+    wait_for(
+        lambda: any("surprise" in str(i.get("reason")) for i in _index(client)),
+        what="the broken folder reported",
+    )
+    time.sleep(0.5)  # five more looks at the same broken file
+    warned = [line for line in _said(caplog) if "what serves keeps serving" in line]
+    assert len(warned) == 1 and warned[0].startswith("model m: what serves keeps serving: ")
+    assert "surprise" in warned[0]
+    metrics = client.get("/metrics").text
+    assert 'mlapi_model_rollouts_total{model="m",outcome="failed"} 1.0' in metrics
+    assert _answer(client) == (200, 1.0)
+    (repo / "m" / "model.toml").write_text(vector_toml().replace("\n    ", "\n"))
+    publish.publish(repo, "m", 2, source=_source(tmp_path, "v2"))
+    wait_for(lambda: _answer(client) == (200, 2.0), what="v2 once the folder reads again")
+    assert not any(
+        "surprise" in str(i.get("reason")) for i in _index(client)
+    )  # the rollout error is gone
+
+
+def test_versions_no_longer_selected_keep_serving_while_the_selected_one_fails(
+    serve_app: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """latest = 1: v1 serves; a v2 that fails to load leaves v1 serving, and says so."""
+    repo = _repo(tmp_path)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    caplog.set_level(logging.INFO, logger="mlapi.registry")
+    publish.publish(repo, "m", 2, source=_source(tmp_path, "v2", "class Broken(:\n"))
+    wait_for(lambda: any("did not load" in line for line in _said(caplog)), what="the warning")
+    (line,) = [line for line in _said(caplog) if "did not load" in line]
+    assert line == "model m: the selected version(s) [2] did not load; v1 keep serving"
+    assert _answer(client) == (200, 1.0)
+    assert 'mlapi_model_serving_version{model="m"} 1.0' in client.get("/metrics").text

@@ -32,7 +32,9 @@ class Rollouts:
         record.rolled_back = dict(entry.rolled_back)
         reused, candidates = self._pick(record, fresh, changed_only)
         stale = set(record.versions) - set(fresh.versions)
-        if not candidates and not reused and not stale:
+        if not candidates and not reused and (not stale or not self._serves(record, fresh)):
+            # nothing to load, and nothing that could take over from what serves: the
+            # same look as the last one (a failed selected version is said once)
             return
         record.candidates = {  # failed candidates of versions no longer selected go
             number: version
@@ -42,11 +44,8 @@ class Rollouts:
         record.candidates.update({v.version: v for v in candidates})
         await self.core.load_versions(candidates)
         replaced, switched = self._switch_in(record, reused, candidates)
-        if any(
-            version.state is State.READY
-            for number, version in record.versions.items()
-            if number in fresh.versions
-        ):  # what the policy selects serves: the versions it no longer selects can go
+        if self._serves(record, fresh):
+            # what the policy selects serves: the versions it no longer selects can go
             replaced += [record.versions.pop(number) for number in stale]
         elif stale:
             log.warning(
@@ -57,6 +56,15 @@ class Rollouts:
             )
         self._keep_or_retire(record, replaced, switched)
         self.core.publish_serving(record)
+
+    @staticmethod
+    def _serves(record: ModelRecord, fresh: ModelRecord) -> bool:
+        """Whether a version the policy selects now serves."""
+        return any(
+            version.state is State.READY
+            for number, version in record.versions.items()
+            if number in fresh.versions
+        )
 
     def _pick(
         self, record: ModelRecord, fresh: ModelRecord, changed_only: bool
