@@ -139,7 +139,8 @@ def http_clients(
                             # spare is unloaded and loaded again on purpose: its 503/404
                             # while it is away is the injected fault
                             fault = kind == "spare" and answer.status_code in (404, 503)
-                            tally.add(kind, answer.status_code, fault, answer.text[:200])
+                            named = "fault:spare-away" if fault else kind
+                            tally.add(named, answer.status_code, fault, answer.text[:200])
                         except httpx.TransportError as exc:
                             tally.add(kind, "transport", False, type(exc).__name__)
 

@@ -87,7 +87,9 @@ def _stop_all(processes: list[BaseProcess], settings: Settings, failed: bool) ->
             process.kill()
             process.join(5)
             failed = True
-        elif process.exitcode != 0:
+        elif process.exitcode not in (0, -signal.SIGTERM):
+            # killed by the SIGTERM sent above: a worker still starting (its handler
+            # not yet installed), which had accepted nothing, stops cleanly so
             failed = True
     return 1 if failed else 0
 
