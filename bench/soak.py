@@ -25,13 +25,10 @@ container's restart count and each replica's worker restarts (the goal: none).
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -48,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import Stack, docker, make_stack, write_api_key  # noqa: E402
+from tests.fixtures.archives import version_tar  # noqa: E402
 from tests.fixtures.grpc import raw_request, stub  # noqa: E402
 
 from mlapi.settings import DEFAULT_MODEL_PATH  # noqa: E402
@@ -265,24 +263,11 @@ def hostile(stack: Stack, key: str, tally: Tally, stop: threading.Event) -> thre
 
 
 def _exec(stack: Stack, data: bytes, *command: str) -> subprocess.CompletedProcess[bytes]:
-    files = [arg for name in stack.files for arg in ("-f", name)]
-    return subprocess.run(
-        ["docker", "compose", "-p", stack.project, *files, "exec", "-T", "ml-api", *command],
-        input=data,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ, **stack.env},
-        cwd=stack.folder,
-    )
+    return stack.compose_input(data, "exec", "-T", "ml-api", *command)
 
 
 def _iris_tar() -> bytes:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for path in sorted((DEFAULT_MODEL_PATH / "iris" / "1").iterdir()):
-            if path.name != "manifest.json":
-                tar.add(path, arcname=path.name)
-    return archive.getvalue()
+    return version_tar(DEFAULT_MODEL_PATH / "iris" / "1")
 
 
 REPLICA_SCRIPT = """

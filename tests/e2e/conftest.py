@@ -94,6 +94,19 @@ class Stack:
             cwd=self.folder,
         )
 
+    def compose_input(self, data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """`docker compose ... ARGS` with ``data`` on its stdin (a tar for `mlapi models
+        publish -`, say); the result whatever its exit code."""
+        file_args = [arg for name in self.files for arg in ("-f", name)]
+        return subprocess.run(
+            ["docker", "compose", "-p", self.project, *file_args, *args],
+            input=data,
+            capture_output=True,
+            timeout=300,
+            env={**os.environ, **self.env},
+            cwd=self.folder,
+        )
+
     def containers(self, service: str) -> list[dict[str, Any]]:
         ids = self.compose("ps", "-a", "-q", service).stdout.split()
         if not ids:

@@ -6,10 +6,8 @@ within a look at the file, and the other sees nothing but answers, no restart.""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ import pytest
 
 from mlapi.settings import DEFAULT_MODEL_PATH
 from tests.e2e.conftest import Stack, make_stack, wait_until, write_api_key
+from tests.fixtures.archives import version_tar
 
 pytestmark = pytest.mark.e2e
 FILES = ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.keys.yml"]
@@ -29,23 +28,10 @@ IRIS = {
 }
 
 
-def _compose_stdin(stack: Stack, data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
-    files = [arg for name in stack.files for arg in ("-f", name)]
-    return subprocess.run(
-        ["docker", "compose", "-p", stack.project, *files, *args],
-        input=data,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ, **stack.env},
-        cwd=stack.folder,
-    )
-
-
 def _keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[bytes]:
     """The README's command: `mlapi keys` in a one-off container of the image, on the
     host's secrets folder."""
-    return _compose_stdin(
-        stack,
+    return stack.compose_input(
         b"",
         "run",
         "--rm",
@@ -59,15 +45,6 @@ def _keys(stack: Stack, *args: str) -> subprocess.CompletedProcess[bytes]:
         "/keys/api_keys.toml",
         *args,
     )
-
-
-def _iris_tar() -> bytes:
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for path in sorted((DEFAULT_MODEL_PATH / "iris" / "1").iterdir()):
-            if path.name != "manifest.json":
-                tar.add(path, arcname=path.name)
-    return archive.getvalue()
 
 
 def _infer(stack: Stack, key: str, model: str) -> httpx.Response:
@@ -125,9 +102,8 @@ def test_two_clients_and_a_revocation_under_traffic(
         added[name] = done.stdout.decode().strip()
     assert keys_file.stat().st_uid == 1000 and added["iris-app"] not in keys_file.read_text()
     stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
-    published = _compose_stdin(
-        stack,
-        _iris_tar(),
+    published = stack.compose_input(
+        version_tar(DEFAULT_MODEL_PATH / "iris" / "1"),
         "exec",
         "-T",
         "ml-api",

@@ -7,7 +7,6 @@ refused on both, and no client sees anything but a 200."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -63,15 +62,7 @@ shape = [-1, 3]
 
 def _exec_stdin(stack: Stack, data: bytes, *command: str) -> subprocess.CompletedProcess[bytes]:
     """`docker compose ... exec -T ml-api COMMAND` with ``data`` on its stdin."""
-    files = [arg for name in stack.files for arg in ("-f", name)]
-    return subprocess.run(
-        ["docker", "compose", "-p", stack.project, *files, "exec", "-T", "ml-api", *command],
-        input=data,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, **stack.env},
-        cwd=stack.folder,
-    )
+    return stack.compose_input(data, "exec", "-T", "ml-api", *command)
 
 
 def _replica_index(container_id: str) -> list[dict[str, Any]]:
