@@ -102,6 +102,8 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_batch_requests = 0
+        # (rows, seconds) of each run, on the worker thread, while a shadow compares
+        self.cost: Callable[[int, float], None] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -297,8 +299,11 @@ class Batcher:
     ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         outputs = self._predict(inputs, names)
+        seconds = time.perf_counter() - started
         if self._observer is not None:
-            self._observer.observe_batch(rows, time.perf_counter() - started)
+            self._observer.observe_batch(rows, seconds)
+        if self.cost is not None:
+            self.cost(rows, seconds)
         return outputs
 
     async def close(self) -> None:

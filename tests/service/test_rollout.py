@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from mlapi.errors import ConfigError
 from mlapi.repository import publish
 from tests.conftest import wait_for
 from tests.fixtures.models import SCALED_MODEL, vector_toml, write_python_model
+from tests.fixtures.traffic import back_to_back
 
 Start = Callable[..., TestClient]
 SCALED = SCALED_MODEL
@@ -51,24 +51,9 @@ def _answer(client: TestClient) -> tuple[int, float | None]:
     return 200, response.json()["outputs"][0]["data"][0]
 
 
-@contextmanager
-def _traffic(client: TestClient) -> Iterator[list[tuple[int, float | None]]]:
+def _traffic(client: TestClient) -> AbstractContextManager[list[tuple[int, float | None]]]:
     """Requests back to back until the block ends (at most 20,000)."""
-    answers: list[tuple[int, float | None]] = []
-    stop = threading.Event()
-
-    def send() -> None:
-        while not stop.is_set() and len(answers) < 20_000:
-            answers.append(_answer(client))
-
-    thread = threading.Thread(target=send)
-    thread.start()
-    try:
-        wait_for(lambda: len(answers) > 20, what="traffic")
-        yield answers
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+    return back_to_back(lambda _: _answer(client))
 
 
 def _index(client: TestClient) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ from mlapi.serving.plane import Call
 
 def call_of(scope: Scope, model: str | None, version: str | None = None) -> Call:
     call = Call(model, version, scope["method"], scope["path"], None, None, None)
+    call.raw_headers = scope["headers"]
     return call.read((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
 
 

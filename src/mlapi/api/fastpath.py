@@ -90,6 +90,7 @@ class FastInfer:
         call = Call(
             name, version, "POST", scope["path"], request_id, authorization, api_key, repeated
         )
+        call.raw_headers = scope["headers"]
         wire = _V2Wire(receive, scope, self._max_body, length, encoding, header_length)
         try:
             self._guard.check_values(header_bytes, host)

@@ -142,6 +142,34 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.shadow_compared = Counter(
+            "mlapi_shadow_compared",
+            "Copies of live requests a shadow trial version answered and that were "
+            "compared with what the serving version answered.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "mlapi_shadow_disagreements",
+            "Compared requests whose output differed from the serving version's "
+            "(output 'error': the trial version failed the request).",
+            ["model", "version", "output"],
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "mlapi_shadow_dropped",
+            "Copies for a shadow trial version dropped because its queue was full "
+            "(it fell behind; the clients were answered as ever).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "mlapi_canary_percent",
+            "The share of requests a canary trial version answers now (percent).",
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.serving_version = Gauge(
             "mlapi_model_serving_version",
             "The newest version of a model that serves (0: none).",

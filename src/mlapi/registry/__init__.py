@@ -38,6 +38,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._core = RegistryCore(settings, metrics)
         self._rollouts = Rollouts(self._core)
+        self._core.reload = lambda name: self.load(name, changed_only=True)
         self.metrics = self._core.metrics
 
     @property
@@ -101,6 +102,7 @@ class ModelRegistry:
             # without the model's lock: an unload meanwhile withdraws what loads
             await self._core.load_versions(list(record.versions.values()))
             self._core.publish_serving(record)
+            await self._start_trial(record)
 
         await asyncio.gather(*(first_load(r) for r in self.records()))
         settle_garbage_collector()
@@ -124,11 +126,18 @@ class ModelRegistry:
                 self._core.records[name] = fresh
                 if old is not None and not old.unloaded:
                     self._core.retire(old.versions.values())
+                    self._rollouts.trials.end(old)
                 self._core.publish_serving(fresh)
+                await self._start_trial(fresh)
                 settle_garbage_collector()
                 return fresh
             await self._rollouts.roll_forward(old, entry, changed_only)
             return old
+
+    async def _start_trial(self, record: ModelRecord) -> None:
+        """Load the trial the scan named beside what now serves, and start its gate."""
+        wanted, record.trial = record.trial, None
+        await self._rollouts.trials.update(record, wanted, record.refused)
 
     async def refresh(self) -> None:
         """One look at the repository: roll forward every served model whose files
@@ -165,6 +174,10 @@ class ModelRegistry:
         async with self._core.lock(name):
             record.unloaded = True
             record.retired = tuple(record.versions)
+            trial = record.trial
+            self._rollouts.trials.end(record)
+            if trial is not None:
+                trial.withdraw()
             for version in [*record.versions.values(), *record.candidates.values()]:
                 version.withdraw()
             for version in list(record.versions.values()):
@@ -178,12 +191,17 @@ class ModelRegistry:
             settle_garbage_collector()
 
     async def close(self) -> None:
+        await self._rollouts.trials.close()
         for task in list(self._core.retiring):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for record in self.records():
+            trial = record.trial
+            self._rollouts.trials.end(record, retire=False)
             loaded = [*record.versions.values(), *record.candidates.values()]
+            if trial is not None:
+                loaded.append(trial)
             for version in [*loaded, *record.previous.values()]:
                 await version.aclose()
 
@@ -195,7 +213,8 @@ class ModelRegistry:
                 for number in record.retired:
                     self.metrics.set_state(record.name, str(number), "unavailable")
                 continue
-            for version in [*record.versions.values(), *record.candidates.values()]:
+            trial = [record.trial] if record.trial is not None else []
+            for version in [*record.versions.values(), *record.candidates.values(), *trial]:
                 self._core.loader.publish_state(version)
                 if version.metrics is not None:
                     queued = version.batcher.queue_depth if version.batcher else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from mlapi.errors import InsufficientMemory, MlapiError, without_host_paths
 from mlapi.observability.metrics import Metrics
@@ -29,6 +30,8 @@ class RegistryCore:
         self._model_locks: dict[str, asyncio.Lock] = {}
         self.retiring: set[asyncio.Task[None]] = set()
         self.scan_error: str | None = None
+        # look at one model's folder again now (ModelRegistry.load with changed_only)
+        self.reload: Callable[[str], Awaitable[object]] | None = None
         threads = settings.intra_op_threads
         if not threads:
             threads = max(1, int(available_cpus() // settings.workers))
@@ -68,20 +71,26 @@ class RegistryCore:
             for note in entry.notes:
                 log.warning("model %s: %s", entry.name, note)
         for item in entry.versions:
-            version = ModelVersion(
-                item.name,
-                item.version,
-                item.path,
-                item.config,
-                timeout_s=self.settings.request_timeout_s,
-                fingerprint=item.fingerprint,
-            )
+            version = self._version_of(item)
             if item.error:
                 version.fail(without_host_paths(item.error, item.path))
             record.versions[item.version] = version
+        if entry.trial is not None:
+            record.trial = self._version_of(entry.trial)
+        record.refused = dict(entry.refused)
         if model_error and not quiet:
             log.error("model %s cannot be served: %s", entry.name, model_error)
         return record
+
+    def _version_of(self, item: repo_scan.VersionEntry) -> ModelVersion:
+        return ModelVersion(
+            item.name,
+            item.version,
+            item.path,
+            item.config,
+            timeout_s=self.settings.request_timeout_s,
+            fingerprint=item.fingerprint,
+        )
 
     async def load_versions(self, versions: list[ModelVersion]) -> None:
         await asyncio.gather(*(self._load_one(v) for v in versions if v.state is State.LOADING))

@@ -10,6 +10,7 @@ import contextlib
 import time
 
 from mlapi.registry.core import RegistryCore, log
+from mlapi.registry.trials import Trials
 from mlapi.registry.versions import Bake, ModelRecord, ModelVersion, State
 from mlapi.repository import rollback
 from mlapi.repository import scan as repo_scan
@@ -20,6 +21,7 @@ class Rollouts:
 
     def __init__(self, core: RegistryCore) -> None:
         self.core = core
+        self.trials = Trials(core)
 
     async def roll_forward(
         self, record: ModelRecord, entry: repo_scan.ModelEntry, changed_only: bool
@@ -31,6 +33,7 @@ class Rollouts:
         record.rollout_error = fresh.error
         record.rolled_back = dict(entry.rolled_back)
         reused, candidates = self._pick(record, fresh, changed_only)
+        await self.trials.update(record, fresh.trial, fresh.refused)
         stale = set(record.versions) - set(fresh.versions)
         if not candidates and not reused and (not stale or not self._serves(record, fresh)):
             # nothing to load, and nothing that could take over from what serves: the
@@ -78,8 +81,8 @@ class Rollouts:
             kept = record.previous.get(number)
             if kept is not None and kept.fingerprint == version.fingerprint:
                 reused.append(record.previous.pop(number))
-            else:
-                candidates.append(version)
+            else:  # a promoted trial is loaded already: it goes in as a new version
+                candidates.append(self.trials.take_promoted(record, version) or version)
         return reused, candidates
 
     def _switch_in(

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from mlapi.observability.metrics import ModelMetrics
 from mlapi.repository.config import ModelConfig, RolloutConfig
 from mlapi.runtimes.base import Runtime
 from mlapi.tensors import Signature
+
+if TYPE_CHECKING:
+    from mlapi.registry.gates import Canary, Shadow
 
 
 class State(StrEnum):
@@ -87,19 +91,27 @@ class ModelVersion:
     holders: int = 0  # inference requests that resolved to this version and are not done
     refused: bool = False  # FAILED because it would not fit in memory
     bake: Bake | None = None  # while it bakes after a switch: what its requests did
+    # while a gated rollout runs beside it: the trial version this one's answers are
+    # copied to (shadow), or the canary that takes a share of its requests
+    shadow: Shadow | None = None
+    canary: Canary | None = None
+    # each request's outcome and latency, while a canary compares it (gates.Canary)
+    watch: Callable[[bool, float], None] | None = None
 
     # ----- what a request does to it: hold it while it runs, release with its outcome
     def hold(self) -> None:
         """A request resolved to this version: a replacement waits for it."""
         self.holders += 1
 
-    def release(self, failed: bool) -> None:
-        """A request that held this version is done; ``failed`` when it failed for a
-        reason that is this version's (a server error, or its own run timing out),
-        which counts against it while it bakes."""
+    def release(self, failed: bool, seconds: float = 0.0) -> None:
+        """A request that held this version is done (after ``seconds``); ``failed``
+        when it failed for a reason that is this version's (a server error, or its own
+        run timing out), which counts against it while it bakes or is a canary."""
         self.holders -= 1
         if self.bake is not None:
             self.bake.record(failed)
+        if self.watch is not None:
+            self.watch(failed, seconds)
 
     def fail(self, reason: str, refused: bool = False) -> None:
         """FAILED, with the reason shown in readiness and the repository index (the
@@ -240,6 +252,10 @@ class ModelRecord:
     # what a switch replaced, kept loaded (never routed to) while the new version bakes
     previous: dict[int, ModelVersion] = field(default_factory=dict)
     rolled_back: dict[int, str] = field(default_factory=dict)  # version -> why (repository marks)
+    refused: dict[int, str] = field(default_factory=dict)  # by a gate: version -> why (marks)
+    # a gated rollout's new version, loaded beside what serves, and its gate
+    trial: ModelVersion | None = None
+    gate: Shadow | Canary | None = None
 
     def ready_version(self, version: int | None) -> ModelVersion:
         if version is not None:
@@ -286,17 +302,17 @@ class ModelRecord:
                 items.append({**candidate.describe(), "candidate": True})
             for kept in sorted(self.previous.values(), key=lambda v: v.version):
                 items.append({**kept.describe(), "previous": True})
+            if self.trial is not None:
+                gate = self.gate
+                shown_gate = gate.summary() if gate is not None else {"strategy": "deciding"}
+                items.append({**self.trial.describe(), "trial": shown_gate})
             shown = {int(str(item["version"])) for item in items if "version" in item}
-            for number, why in sorted(self.rolled_back.items()):
-                if number not in shown:
-                    items.append(
-                        {
-                            "name": self.name,
-                            "version": str(number),
-                            "state": "ROLLED_BACK",
-                            "reason": why,
-                        }
-                    )
+            marked = [(self.rolled_back, "ROLLED_BACK"), (self.refused, "REFUSED")]
+            for marks, state in marked:
+                for number, why in sorted(marks.items()):
+                    if number not in shown:
+                        item = {"name": self.name, "version": str(number), "state": state}
+                        items.append({**item, "reason": why})
             if self.rollout_error:
                 failed = State.FAILED.value
                 items.append(

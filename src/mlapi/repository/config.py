@@ -4,7 +4,9 @@ model file's. Unknown keys are errors: a typo must not silently change nothing."
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +67,26 @@ class VersionPolicy:
         return sorted(newest_first[: self.latest])
 
 
+STRATEGIES = ("switch", "shadow", "canary")
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
-    """After a new version is switched in, the one it replaced stays loaded for
+    """How a new version takes over (README "Rollout strategies").
+
+    ``strategy``: ``switch`` serves it once it is READY; ``shadow`` first gives it a
+    copy of ``shadow_fraction`` of live requests (the clients are answered by what
+    serves) and promotes it once ``min_compared`` copies agree with what serves at
+    ``min_agreement`` or more (numbers within ``tolerance``, relative above 1,
+    absolute below) and its median latency is at most ``max_latency_ratio`` times
+    the serving one's; it is refused at once when agreement fails, and after
+    ``max_shadow_s`` when latency still does. ``canary`` lets it answer
+    ``canary_percent`` of requests, step by step, each step ``step_s`` long and at
+    least ``min_requests`` requests, chosen by a stable hash of the request header
+    ``canary_key`` (the same key always meets the same version), under the error
+    gate below and the latency gate.
+
+    After a new version is switched in, the one it replaced stays loaded for
     ``bake_s``; if the new one's server errors (5xx) pass ``max_error_ratio`` of at
     least ``min_requests`` requests within the last ``window_s``, the server goes back."""
 
@@ -75,6 +94,21 @@ class RolloutConfig:
     window_s: float = 30.0
     max_error_ratio: float = 0.2
     min_requests: int = 20
+    strategy: str = "switch"
+    shadow_fraction: float = 1.0
+    tolerance: float = 1e-4
+    min_compared: int = 200
+    min_agreement: float = 0.99
+    max_latency_ratio: float = 1.5
+    max_shadow_s: float = 600.0
+    canary_percent: tuple[float, ...] = (10.0, 50.0, 100.0)
+    step_s: float = 60.0
+    canary_key: str = "x-request-id"
+
+    @property
+    def gated(self) -> bool:
+        """Whether a new version must pass a gate (shadow or canary) before it serves."""
+        return self.strategy != "switch"
 
 
 @dataclass(frozen=True)
@@ -283,16 +317,68 @@ def _memory_mb(raw: dict[str, Any]) -> float | None:
     return float(value)
 
 
+_ROLLOUT_KEYS = {
+    "bake_s",
+    "window_s",
+    "max_error_ratio",
+    "min_requests",
+    "strategy",
+    "shadow_fraction",
+    "tolerance",
+    "min_compared",
+    "min_agreement",
+    "max_latency_ratio",
+    "max_shadow_s",
+    "canary_percent",
+    "step_s",
+    "canary_key",
+}
+_HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}")  # an HTTP field name (RFC 9110), lower
+
+
 def _rollout(value: Any) -> RolloutConfig:
-    table = _table(value, "rollout", {"bake_s", "window_s", "max_error_ratio", "min_requests"})
-    defaults = RolloutConfig()
+    table = _table(value, "rollout", _ROLLOUT_KEYS)
+    d = RolloutConfig()
+    strategy = table.get("strategy", d.strategy)
+    if strategy not in STRATEGIES:
+        raise ModelLoadError(f"model.toml: [rollout] strategy must be one of {list(STRATEGIES)}")
+    key = table.get("canary_key", d.canary_key)
+    if not isinstance(key, str) or not _HEADER.fullmatch(key.lower()):
+        raise ModelLoadError("model.toml: [rollout] canary_key must be an HTTP header name")
     return RolloutConfig(
-        bake_s=_number(table, "bake_s", "rollout", defaults.bake_s, 0, MAX_SECONDS),
-        window_s=_number(table, "window_s", "rollout", defaults.window_s, 0.1, MAX_SECONDS),
-        max_error_ratio=_number(
-            table, "max_error_ratio", "rollout", defaults.max_error_ratio, 0, 1
+        bake_s=_number(table, "bake_s", "rollout", d.bake_s, 0, MAX_SECONDS),
+        window_s=_number(table, "window_s", "rollout", d.window_s, 0.1, MAX_SECONDS),
+        max_error_ratio=_number(table, "max_error_ratio", "rollout", d.max_error_ratio, 0, 1),
+        min_requests=int(_number(table, "min_requests", "rollout", d.min_requests, 1, MAX_COUNT)),
+        strategy=strategy,
+        shadow_fraction=_number(table, "shadow_fraction", "rollout", d.shadow_fraction, 0.001, 1),
+        tolerance=_number(table, "tolerance", "rollout", d.tolerance, 0, 1e6),
+        min_compared=int(_number(table, "min_compared", "rollout", d.min_compared, 1, MAX_COUNT)),
+        min_agreement=_number(table, "min_agreement", "rollout", d.min_agreement, 0, 1),
+        max_latency_ratio=_number(
+            table, "max_latency_ratio", "rollout", d.max_latency_ratio, 0.01, 1000
         ),
-        min_requests=int(
-            _number(table, "min_requests", "rollout", defaults.min_requests, 1, MAX_COUNT)
-        ),
+        max_shadow_s=_number(table, "max_shadow_s", "rollout", d.max_shadow_s, 1, MAX_SECONDS),
+        canary_percent=_steps(table.get("canary_percent", list(d.canary_percent))),
+        step_s=_number(table, "step_s", "rollout", d.step_s, 0.1, MAX_SECONDS),
+        canary_key=key.lower(),
     )
+
+
+def _steps(value: Any) -> tuple[float, ...]:
+    """The canary's shares: rising percentages over 0, the last one 100."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > 20
+        or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 100 for v in value
+        )
+        or any(b <= a for a, b in itertools.pairwise(value))
+        or value[-1] != 100
+    ):
+        raise ModelLoadError(
+            "model.toml: [rollout] canary_percent must be rising percentages over 0 "
+            "ending at 100, such as [10, 50, 100]"
+        )
+    return tuple(float(v) for v in value)

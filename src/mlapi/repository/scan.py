@@ -37,6 +37,9 @@ class ModelEntry:
     error: str | None = None
     notes: tuple[str, ...] = field(default=())
     rolled_back: dict[int, str] = field(default_factory=dict)  # version -> why
+    refused: dict[int, str] = field(default_factory=dict)  # by a gate: version -> why
+    # the newest version, on trial under its gate (shadow or canary) beside ``versions``
+    trial: VersionEntry | None = None
 
 
 def scan(root: Path, pinned_version: int | None = None) -> list[ModelEntry]:
@@ -88,6 +91,8 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
         return ModelEntry(name, model_dir, tuple(available), error=exc.message)
 
     marks: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    trial = None
     if pinned_version is not None:
         if pinned_version not in available:
             listed = ", ".join(map(str, available))
@@ -98,17 +103,51 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
                 error=f"MODEL_VERSION={pinned_version} not found (available: {listed})",
             )
         selected = [pinned_version]
-    else:  # a rolled-back version is left out of the choice (a pin is never moved)
+    else:  # a rolled-back or refused version is left out of the choice (a pin never moves)
         marks = rollback.rolled_back(model_dir)
-        selected = policy.select([v for v in available if v not in marks])
+        decided = rollback.decisions(model_dir)
+        refused = {v: why for v, (decision, why) in decided.items() if decision == "refused"}
+        choice = [v for v in available if v not in marks and v not in refused]
+        selected = policy.select(choice)
         if not selected:
             return ModelEntry(
                 name, model_dir, tuple(available), error="version_policy selects no version"
             )
+        newest = selected[-1]
+        if decided.get(newest, ("",))[0] != "promoted":
+            trial, selected = _trial(name, model_dir, model_raw, policy, choice, selected)
     versions = tuple(_version_entry(name, model_dir, v, model_raw) for v in selected)
     return ModelEntry(
-        name, model_dir, tuple(available), versions, notes=tuple(notes), rolled_back=marks
+        name,
+        model_dir,
+        tuple(available),
+        versions,
+        notes=tuple(notes),
+        rolled_back=marks,
+        refused=refused,
+        trial=trial,
     )
+
+
+def _trial(
+    name: str,
+    model_dir: Path,
+    model_raw: dict,  # type: ignore[type-arg]
+    policy: model_config.VersionPolicy,
+    choice: list[int],
+    selected: list[int],
+) -> tuple[VersionEntry | None, list[int]]:
+    """(the trial, what serves meanwhile): the newest selected version is on trial
+    when its rollout is gated, not yet promoted, and an older version can serve
+    while it is tried; what serves is then the policy's choice without it. A first
+    version has nothing to be compared with: it serves."""
+    entry = _version_entry(name, model_dir, selected[-1], model_raw)
+    if entry.config is None or not entry.config.rollout.gated:
+        return None, selected
+    rest = policy.select([v for v in choice if v != entry.version])
+    if not rest:
+        return None, selected
+    return entry, rest
 
 
 def _version_entry(name: str, model_dir: Path, version: int, model_raw: dict) -> VersionEntry:  # type: ignore[type-arg]

@@ -44,6 +44,7 @@ def call_of(metadata: Sequence[tuple[str, str | bytes]], path: str) -> Call:
     """The plane's view of a gRPC call, from its metadata: its credentials and
     request id (a ModelInfer names its model in the message, not known yet)."""
     call = Call(None, None, "gRPC", path, None, None, None, protocol="grpc")
+    call.raw_headers = metadata
     return call.read((key, _text(value)) for key, value in metadata)
 
 

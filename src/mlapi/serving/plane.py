@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +47,19 @@ class Call:
     api_key: str | None
     repeated_credentials: bool = False
     protocol: str = "http"  # the metrics label
+    # the request's headers as the front has them (ASGI byte pairs, gRPC metadata):
+    # read only for a canary keyed by a header other than X-Request-Id
+    raw_headers: Sequence[tuple[Any, Any]] = ()
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (lower case), or None."""
+        if name == "x-request-id":
+            return self.request_id
+        for key, value in self.raw_headers:
+            key = key.decode("latin-1") if isinstance(key, bytes) else key
+            if key == name:
+                return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        return None
 
     def read(self, headers: Iterable[tuple[str, str]]) -> Call:
         """Its credentials and request id from a request's (lower-case) headers or
@@ -135,6 +148,8 @@ class Plane:
             if call.model is not None:
                 access.check_model(client, call.model)
                 model = self.registry.get(call.model, call.version)
+                if model.canary is not None and call.version is None:
+                    model = _canary(model, call)
                 tracked.resolved(model)
                 model.admit()
             if tracking.active >= tracking.max_inflight:
@@ -149,6 +164,8 @@ class Plane:
                 tracked.name = name
                 access.check_model(client, name)
                 model = self.registry.get(name, version)
+                if model.canary is not None and version is None:
+                    model = _canary(model, call)
                 tracked.resolved(model)
                 model.admit()
             tracked.enter()
@@ -158,6 +175,9 @@ class Plane:
                 decoded = wire.decode(body, model, self.limits)
             del body  # a large body is not held while the model runs
             results = await model.infer(decoded.inputs, decoded.output_names, wire.gone)
+            shadow = model.shadow
+            if shadow is not None:  # a copy for the version on trial; never waited for
+                shadow.offer(tracked.id(), decoded.inputs, results)
             if sum(array.nbytes for array in results.values()) > OFFLOAD_BYTES:
                 answer = await off_loop(wire.encode, model, decoded, results)
             else:
@@ -185,3 +205,13 @@ class Plane:
             raise error from None
         tracked.done(200, "ok")
         return answer
+
+
+def _canary(served: ModelVersion, call: Call) -> ModelVersion:
+    """The version a request meets while a canary runs: the trial for its share of
+    request keys (while the trial is READY), else the one that serves."""
+    canary = served.canary
+    if canary is None or not canary.picks(call.header(canary.key)):
+        return served
+    trial = canary.trial
+    return trial if trial.batcher is not None and not canary.decided else served

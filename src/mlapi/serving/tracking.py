@@ -120,7 +120,7 @@ class Tracked:
         tracking, model = self._tracking, self._model
         metrics = model.metrics if model is not None else None
         if model is not None:
-            model.release(blamed)
+            model.release(blamed, seconds)
         if self.counted:
             tracking.active -= 1
             if metrics is not None:
