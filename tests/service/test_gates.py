@@ -299,3 +299,21 @@ def test_a_failing_canary_step_rolls_back_at_once(serve_app: Start, tmp_path: Pa
     found = samples(client)
     assert value(found, "mlapi_model_rollouts_total", model="m", outcome="rolled_back") == 1
     assert value(found, "mlapi_canary_percent", model="m", version="2") == 0
+
+
+def test_a_version_that_serves_is_not_demoted_when_its_model_becomes_gated(
+    serve_app: Start, tmp_path: Path
+) -> None:
+    repo = _repository(tmp_path, "")  # switch
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    with _traffic(client) as answers:
+        _publish(tmp_path, repo, _classifier(relabel=True), "switched")
+        wait_for(lambda: answers[-1][1] == "2", what="v2 to serve")
+        (repo / "m" / "model.toml").write_text(SHADOW)  # the operator turns shadow on
+        wait_for(lambda: (repo / "m" / ".gate-2").exists(), what="v2 recorded as promoted")
+        count = len(answers)
+        wait_for(lambda: len(answers) > count + 50, what="traffic after")
+    assert {status for status, *_ in answers} == {200}
+    versions = [version for _, version, *_ in answers]
+    assert set(versions[versions.index("2") :]) == {"2"}
+    assert orjson.loads((repo / "m" / ".gate-2").read_bytes())["decision"] == "promoted"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 
 from mlapi.registry.core import RegistryCore, log
 from mlapi.registry.trials import Trials
@@ -26,6 +27,7 @@ class Rollouts:
     async def roll_forward(
         self, record: ModelRecord, entry: repo_scan.ModelEntry, changed_only: bool
     ) -> None:
+        entry = await self._keep_serving(record, entry)
         fresh = self.core.record_for(entry, quiet=changed_only)
         if fresh.error and fresh.error != record.rollout_error:
             self.core.count(record.name, "failed")
@@ -59,6 +61,36 @@ class Rollouts:
             )
         self._keep_or_retire(record, replaced, switched)
         self.core.publish_serving(record)
+
+    async def _keep_serving(
+        self, record: ModelRecord, entry: repo_scan.ModelEntry
+    ) -> repo_scan.ModelEntry:
+        """A version that serves here is not demoted to a trial (its model's strategy
+        became gated after it was switched in): it is recorded as promoted, and the
+        folder is looked at again."""
+        trial = entry.trial
+        served = record.versions.get(trial.version) if trial is not None else None
+        if (
+            trial is None
+            or served is None
+            or served.state is not State.READY
+            or served.fingerprint != trial.fingerprint
+        ):
+            return entry
+        why = "it served before its model's rollout was gated"
+        try:
+            await asyncio.to_thread(rollback.decide, entry.path, trial.version, "promoted", why)
+        except OSError as exc:  # a read-only repository: it keeps serving, unrecorded
+            log.warning(
+                "model %s v%d keeps serving; its promotion cannot be recorded (%s)",
+                record.name,
+                trial.version,
+                type(exc).__name__,
+            )
+            return replace(entry, versions=(*entry.versions[1:], trial), trial=None)
+        return await asyncio.to_thread(
+            repo_scan.scan_model, entry.path, self.core.settings.pinned_version
+        )
 
     @staticmethod
     def _serves(record: ModelRecord, fresh: ModelRecord) -> bool:

@@ -114,7 +114,10 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
                 name, model_dir, tuple(available), error="version_policy selects no version"
             )
         newest = selected[-1]
-        if decided.get(newest, ("",))[0] != "promoted":
+        # a version older than one already decided on (or rolled back) was what served
+        # then: it is not tried again
+        settled = max([*decided, *marks], default=0)
+        if newest > settled:
             trial, selected = _trial(name, model_dir, model_raw, policy, choice, selected)
     versions = tuple(_version_entry(name, model_dir, v, model_raw) for v in selected)
     return ModelEntry(
@@ -138,9 +141,9 @@ def _trial(
     selected: list[int],
 ) -> tuple[VersionEntry | None, list[int]]:
     """(the trial, what serves meanwhile): the newest selected version is on trial
-    when its rollout is gated, not yet promoted, and an older version can serve
-    while it is tried; what serves is then the policy's choice without it. A first
-    version has nothing to be compared with: it serves."""
+    when its rollout is gated, nothing is decided on it or on a newer one, and an
+    older version can serve while it is tried; what serves is then the policy's
+    choice without it. A first version has nothing to be compared with: it serves."""
     entry = _version_entry(name, model_dir, selected[-1], model_raw)
     if entry.config is None or not entry.config.rollout.gated:
         return None, selected
