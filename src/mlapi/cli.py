@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--version", dest="model_version", type=_version_number, help="default: newest + 1"
     )
+    publish.add_argument(
+        "--strategy",
+        choices=("switch", "shadow", "canary"),
+        help="how this version takes over (written into its model.toml [rollout]); "
+        "default: what the model's model.toml says, else switch",
+    )
     imported = model_commands.add_parser(
         "import",
         help="convert a text model folder (sentence-transformers) or a trusted pickle "
@@ -228,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.models_command == "rollback":
                 return _models_rollback(settings, args.name)
             if args.models_command == "publish":
-                return _models_publish(settings, args.source, args.name, args.model_version)
+                return _models_publish(
+                    settings, args.source, args.name, args.model_version, args.strategy
+                )
             if args.models_command == "import":
                 return _models_import(settings, args)
             return _models_validate(settings, args.path)
@@ -276,7 +284,13 @@ def _models_list(settings: Settings) -> int:
     return 0
 
 
-def _models_publish(settings: Settings, source: str, name: str | None, version: int | None) -> int:
+def _models_publish(
+    settings: Settings,
+    source: str,
+    name: str | None,
+    version: int | None,
+    strategy: str | None = None,
+) -> int:
     from mlapi.repository import publish
 
     budget = publish.Budget(settings.publish_max_bytes, settings.publish_max_files)
@@ -290,6 +304,7 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             archive=sys.stdin.buffer,
             allow_pickle=settings.allow_pickle,
             budget=budget,
+            strategy=strategy,
         )
     else:
         folder = Path(source)
@@ -300,6 +315,7 @@ def _models_publish(settings: Settings, source: str, name: str | None, version: 
             source=folder,
             allow_pickle=settings.allow_pickle,
             budget=budget,
+            strategy=strategy,
         )
     print(f"published {final.parent.name} version {final.name} to {final}")
     return 0

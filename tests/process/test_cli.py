@@ -130,3 +130,19 @@ def test_seeding_fills_an_empty_model_path_before_serving(
     ).read_bytes()
     assert f"seeded {repository} with iris/1" in server.log()
     assert run("models", "list", MODEL_PATH=str(repository)).stdout.count("iris") == 1
+
+
+def test_publish_with_a_strategy_writes_it_or_exits_2_with_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.onnx").write_bytes((DEFAULT_MODEL_PATH / "iris/1/model.onnx").read_bytes())
+    (tmp_path / "repo").mkdir()
+    args = ("models", "publish", str(source), "--name", "m", "--model-path", str(tmp_path / "repo"))
+    assert run(*args, "--strategy", "shadow").returncode == 0
+    assert 'strategy = "shadow"' in (tmp_path / "repo/m/1/model.toml").read_text()
+    (source / "model.toml").write_text("rollout.bake_s = 5\n")
+    for bad in ("bogus", "canary"):
+        result = run(*args, "--strategy", bad)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "strategy" in lines[0], lines
+    assert sorted(p.name for p in (tmp_path / "repo/m").iterdir()) == ["1"]

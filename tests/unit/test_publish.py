@@ -16,6 +16,7 @@ from mlapi.errors import ConfigError
 from mlapi.repository import manifest, publish
 from mlapi.repository.scan import scan
 from tests.fixtures.archives import tar_of
+from tests.fixtures.models import DEFAULT_ONNX
 
 
 def _tar(members: dict[str, bytes], sparse: str | None = None) -> io.BytesIO:
@@ -465,3 +466,57 @@ def test_a_version_a_sibling_seeded_first_is_kept_and_the_later_ones_still_come(
     (tmp_path / "empty" / "c" / "1").mkdir(parents=True)
     with pytest.raises(ConfigError, match="nothing to publish"):  # other refusals still raise
         publish.seed(tmp_path / "fresh", tmp_path / "empty")
+
+
+# ----- publish --strategy: one version's rollout strategy in its own model.toml -----
+STRATEGY_CASES = {
+    "no file": (None, '[rollout]\nstrategy = "shadow"\n'),
+    "no table": (
+        'runtime = "onnx"  # kept\n',
+        'runtime = "onnx"  # kept\n\n[rollout]\nstrategy = "shadow"\n',
+    ),
+    "a table": (
+        "[rollout] # gates\nbake_s = 5\n\n[batching]\nmax_batch_size = 8\n",
+        '[rollout] # gates\nstrategy = "shadow"\nbake_s = 5\n\n[batching]\nmax_batch_size = 8\n',
+    ),
+    "the same": ('[rollout]\nstrategy = "shadow"\n', '[rollout]\nstrategy = "shadow"\n'),
+}
+
+
+@pytest.mark.parametrize("case", list(STRATEGY_CASES))
+def test_publish_writes_the_strategy_into_the_versions_model_toml(
+    tmp_path: Path, case: str
+) -> None:
+    before, after = STRATEGY_CASES[case]
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.onnx").write_bytes(DEFAULT_ONNX.read_bytes())
+    if before is not None:
+        (source / "model.toml").write_text(before)
+    (tmp_path / "repo").mkdir()
+    final = publish.publish(tmp_path / "repo", "m", None, source=source, strategy="shadow")
+    assert (final / "model.toml").read_text() == after
+    manifest.verify(final)  # raises unless the manifest holds the edited file
+    if before is not None:
+        assert (source / "model.toml").read_text() == before  # the source is untouched
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('[rollout]\nstrategy = "canary"\n', "names strategy 'canary' already"),
+        ("rollout = { bake_s = 5 }\n", "could not be edited safely"),
+        ("rollout.bake_s = 5\n", "could not be edited safely"),
+    ],
+)
+def test_publish_refuses_a_strategy_it_cannot_write_safely(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.onnx").write_bytes(DEFAULT_ONNX.read_bytes())
+    (source / "model.toml").write_text(toml)
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(ConfigError, match=said):
+        publish.publish(tmp_path / "repo", "m", None, source=source, strategy="shadow")
+    assert not (tmp_path / "repo" / "m").exists()

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlapi.errors import ConfigError, MlapiError
-from mlapi.repository import manifest, safety
+from mlapi.repository import config as model_config
+from mlapi.repository import manifest, safety, strategies
 from mlapi.repository.scan import MODEL_NAME, VERSION
 
 # Python's own check of archive members, where it has one (3.11.4 and newer): ours
@@ -88,10 +89,12 @@ def publish(
     archive: BinaryIO | None = None,
     allow_pickle: bool = False,
     budget: Budget | None = None,
+    strategy: str | None = None,
 ) -> Path:
     """Copy ``source`` (a folder) or ``archive`` (a tar stream) into
-    ``repository/name/version``; the new version folder. ConfigError on bad input,
-    and then nothing of this publish is left in the repository."""
+    ``repository/name/version`` (with ``strategy``, written into its model.toml's
+    ``[rollout]``); the new version folder. ConfigError on bad input, and then
+    nothing of this publish is left in the repository."""
     if not repository.is_dir():
         raise ConfigError(f"model repository {repository} is not a folder")
     if not MODEL_NAME.fullmatch(name):
@@ -105,7 +108,9 @@ def publish(
     except FileExistsError:
         created = False
     try:
-        return _publish_into(model_dir, version, source, archive, allow_pickle, budget or Budget())
+        return _publish_into(
+            model_dir, version, source, archive, allow_pickle, budget or Budget(), strategy
+        )
     except BaseException:
         if created:  # a new model that did not come: its folder goes (if still empty)
             with contextlib.suppress(OSError):
@@ -120,6 +125,7 @@ def _publish_into(
     archive: BinaryIO | None,
     allow_pickle: bool,
     budget: Budget,
+    strategy: str | None = None,
 ) -> Path:
     name = model_dir.name
     number = version if version is not None else next_version(model_dir)
@@ -139,6 +145,8 @@ def _publish_into(
             safety.check_folder(staging, allow_pickle)
         except MlapiError as exc:
             raise ConfigError(exc.message) from None
+        if strategy is not None:
+            strategies.write(staging / model_config.CONFIG_FILE, strategy)
         manifest.write(staging)
         _flush(staging)
         try:
