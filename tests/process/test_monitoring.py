@@ -118,10 +118,22 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         process.wait(timeout=20)
 
 
+SHADOW_FOREVER = '[rollout]\nstrategy = "shadow"\nmin_compared = 1000000\nmax_shadow_s = 3600\n'
+CANARY_FOREVER = '[rollout]\nstrategy = "canary"\ncanary_percent = [50, 100]\nstep_s = 3600\n'
+
+
 def test_every_dashboard_and_alert_query_has_data_on_a_live_prometheus(
-    start_server: Callable[..., Server], prometheus: Callable[[str], str]
+    start_server: Callable[..., Server], prometheus: Callable[[str], str], tmp_path: Path
 ) -> None:
-    server = start_server(MODEL_PATH=str(DEFAULT_MODEL_PATH), WORKERS="2")
+    # iris serves v1 with v2 on a shadow trial, irisc v1 with v2 as a canary: the
+    # trials' panels have their series too (neither is decided within the test)
+    repo = tmp_path / "repo"
+    for name, rollout in (("iris", SHADOW_FOREVER), ("irisc", CANARY_FOREVER)):
+        for version in ("1", "2"):
+            shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", repo / name / version)
+        (repo / name / "model.toml").write_text(rollout)
+    server = start_server(MODEL_PATH=str(repo), WORKERS="2")
+    wait_for(lambda: "mlapi_canary_percent{" in httpx.get(server.url + "/metrics").text)
     scrape = httpx.get(server.url + "/metrics").text
     lint = promtool("check", "metrics", stdin=scrape)
     assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -132,6 +144,7 @@ def test_every_dashboard_and_alert_query_has_data_on_a_live_prometheus(
         while time.monotonic() < deadline:
             for _ in range(20):
                 assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200
+                assert client.post("/v2/models/irisc/infer", json=IRIS).status_code == 200
             assert client.post("/v2/models/iris/infer", json=bad).status_code == 400
             time.sleep(0.05)
 

@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from mlapi.observability.metrics import Metrics
-from mlapi.registry.compare import Comparison
+from mlapi.registry.compare import ERROR_OUTPUT, Comparison
 from mlapi.registry.loading import stackable
 from mlapi.registry.versions import ModelVersion
 from mlapi.repository.config import RolloutConfig
@@ -87,6 +87,8 @@ class Shadow:
         self._compared = metrics.shadow_compared.labels(*labels)
         self._dropped = metrics.shadow_dropped.labels(*labels)
         self._disagreements = metrics.shadow_disagreements
+        for output in [*(spec.name for spec in trial.signature.outputs), ERROR_OUTPUT]:
+            self._disagreements.labels(*labels, output)  # each output's series from 0
         assert trial.runtime is not None and trial.config is not None
         self._runtime = trial.runtime
         self._batchable = trial.config.batching.enabled and stackable(trial.runtime.signature)
@@ -210,7 +212,7 @@ class Shadow:
                     self._run([copy])
                 return
             self.comparison.failed(group[0].request_id)
-            self._counted(group[0], ["error"], None)
+            self._counted(group[0], [ERROR_OUTPUT], None)
             return
         start = 0
         for copy in group:
