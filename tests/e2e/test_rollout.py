@@ -1,8 +1,10 @@
-"""Issue 9 on the production compose deployment: two replicas behind nginx, steady
-traffic through the one address, and model versions published into the models
-volume with the README's one command (no rebuild, no restart): a good one takes
-over on both replicas, a corrupt one and one that does not match its manifest are
-refused on both, and no client sees anything but a 200."""
+"""Issues 9 and 23 on the production compose deployment: two replicas behind nginx,
+steady traffic through the one address, and model versions published into the models
+volume with the README's one command (no rebuild, no restart): a good one takes over
+on both replicas, a corrupt one and one that does not match its manifest are refused
+on both, a shadow rollout of a wrong model is refused on both and one of a right
+model promoted on both, and no client sees anything but a 200 (nor ever an answer of
+the wrong model)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class Relabelled:
             "probabilities": np.full((rows, 3), 1 / 3, dtype=np.float32),
         }
 """
+# A shadow that decides within seconds at ~30 requests a second per worker.
+SHADOW_GATE = "bake_s = 2\nmin_compared = 50\nmax_shadow_s = 120"
 V2_TOML = """
 [rollout]
 bake_s = 2
@@ -80,14 +84,14 @@ def _replica_index(container_id: str) -> list[dict[str, Any]]:
 @contextmanager
 def _traffic(stack: Stack, key: str) -> Iterator[list[tuple[int, str]]]:
     """Eight clients, each about 15 requests a second (~120/s in all), until the
-    block ends; at most 180 s. Each answer: (status, model_version)."""
+    block ends; at most 300 s. Each answer: (status, model_version)."""
     answers: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def send() -> None:
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=stack.url, headers=headers, timeout=10) as client:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 300
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
                     response = client.post("/v2/models/iris/infer", json=IRIS)
@@ -126,7 +130,13 @@ def test_publishing_versions_into_the_production_deployment(
 
     def served(version: str) -> bool:
         return all(
-            [i["version"] for i in _replica_index(cid) if not i.get("candidate")] == [version]
+            [
+                i["version"]
+                for i in _replica_index(cid)
+                if i["state"] == "READY"
+                and not any(i.get(k) for k in ("candidate", "previous", "trial"))
+            ]
+            == [version]
             for cid in replicas
         )
 
@@ -134,7 +144,9 @@ def test_publishing_versions_into_the_production_deployment(
         for cid in replicas:
             items = [i for i in _replica_index(cid) if i.get("version") == version]
             state = items[0]["state"] if items else None
-            if state not in ("FAILED", "ROLLED_BACK") or words not in str(items[0]["reason"]):
+            if state not in ("FAILED", "ROLLED_BACK", "REFUSED") or words not in str(
+                items[0]["reason"]
+            ):
                 return False
         return True
 
@@ -205,7 +217,35 @@ def test_publishing_versions_into_the_production_deployment(
         )
         count = len(answers)
         wait_until(lambda: len(answers) > count + 100, 30, "traffic after the rollback")
-        after_rollback = answers[count:]
+        shadows_start = len(answers)
+        # version 7, published with --strategy shadow: answers every request wrong (its
+        # label map differs) beside version 2, which answers every client; refused
+        shadowed = V2_TOML.replace("bake_s = 2", SHADOW_GATE)
+        wrong = V2_MODEL.replace('"setosa-v2"', '"virginica-v7"')
+        result = _exec_stdin(
+            stack,
+            tar_of({"model.py": wrong.encode(), "model.toml": shadowed.encode()}),
+            *("mlapi", "models", "publish", "-", "--name", "iris", "--version", "7"),
+            "--strategy",
+            "shadow",
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: refused("7", "agreement 0.00"), 90, "version 7 refused on both")
+        # version 8, the same way: answers as version 2 does; promoted on both replicas
+        same = V2_MODEL.replace("class Relabelled", "class Retrained")
+        result = _exec_stdin(
+            stack,
+            tar_of({"model.py": same.encode(), "model.toml": shadowed.encode()}),
+            *("mlapi", "models", "publish", "-", "--name", "iris", "--version", "8"),
+            "--strategy",
+            "shadow",
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: served("8"), 90, "version 8 promoted and alone on both replicas")
+        promoted_at = len(answers)
+        wait_until(lambda: len(answers) > promoted_at + 100, 30, "traffic after the promotion")
+    after_rollback = answers[count:shadows_start]
+    shadowing = answers[shadows_start:]
     early = [status for status, _ in answers[:refusals_end]]
     assert set(early) == {200}, {s: early.count(s) for s in set(early)}
     failed = [status for status, _ in answers[refusals_end:count] if status != 200]
@@ -214,6 +254,11 @@ def test_publishing_versions_into_the_production_deployment(
     assert set(failed) <= {500}, set(failed)
     assert {status for status, _ in after_rollback} == {200}
     assert {version for _, version in after_rollback[-50:]} == {"2"}
+    # under the shadows: every answer a 200, none from the refused version 7, and
+    # version 8 alone once promoted
+    assert {status for status, _ in shadowing} == {200}
+    assert "7" not in {version for _, version in shadowing}
+    assert {version for _, version in shadowing[-50:]} == {"8"}
     for cid in replicas:
         (state,) = json.loads(docker("inspect", cid).stdout)
         assert state["RestartCount"] == restarts_before[cid]
