@@ -165,8 +165,10 @@ def wrk(
     seconds: float,
     cores: str = "1",
     pid: int | None = None,
+    delay_ms: int = 0,
 ) -> Load:
-    """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections.
+    """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections
+    (each waiting ``delay_ms`` between an answer and its next request: a set rate).
     With the server's ``pid``, also its CPU time per request: what a request costs,
     which neighbours on a shared machine change far less than the rate."""
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
@@ -174,6 +176,8 @@ def wrk(
         f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}"
         for k, v in headers.items()
     ]
+    if delay_ms:
+        lines.append(f"function delay() return {int(delay_ms)} end")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     cpu_before = cpu_s(pid) if pid else 0.0

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from starlette.testclient import TestClient
 
 from mlapi.repository import publish
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.fixtures.models import v2_request, write_chain_onnx
 from tests.fixtures.traffic import back_to_back
 from tests.service.test_metrics import samples, value
@@ -317,3 +317,49 @@ def test_a_version_that_serves_is_not_demoted_when_its_model_becomes_gated(
     versions = [version for _, version, *_ in answers]
     assert set(versions[versions.index("2") :]) == {"2"}
     assert orjson.loads((repo / "m" / ".gate-2").read_bytes())["decision"] == "promoted"
+
+
+def test_the_gates_hold_on_the_grpc_front_too(serve_app: Start, tmp_path: Path) -> None:
+    """Written once in the plane: gRPC requests are copied to a shadow, and a canary
+    keyed by a header of the config's choosing reads it from gRPC metadata."""
+    from tests.fixtures.grpc import infer, triton_client
+
+    port = free_port()
+    repo = _repository(tmp_path, SHADOW.replace("min_compared = 60", "min_compared = 30"))
+    canary = CANARY.replace("step_s = 600", 'step_s = 600\ncanary_key = "x-user"')
+    (repo / "c" / "1").mkdir(parents=True)
+    (repo / "c" / "1" / "model.onnx").write_bytes(_classifier())
+    (repo / "c" / "model.toml").write_text(canary)
+    client = serve_app(repo, API_GRPC_PORT=port, MLAPI_REPOSITORY_POLL_S="0.1")
+    _publish(tmp_path, repo, _classifier(relabel=True), "swapped")
+    (tmp_path / "incoming" / "c2").mkdir(parents=True)
+    (tmp_path / "incoming" / "c2" / "model.onnx").write_bytes(_classifier(nudge=1e-7))
+    publish.publish(repo, "c", 2, source=tmp_path / "incoming" / "c2")
+    wait_for(
+        lambda: sum(bool(i.get("trial")) for i in client.post("/v2/repository/index").json()) == 2,
+        what="the shadow of m and the canary of c",
+    )
+    with triton_client(f"127.0.0.1:{port}") as grpc_client:
+
+        def refused() -> bool:
+            answer = infer(grpc_client, "m", FEATURES[:1], "FP32", input_name="features")
+            assert answer.get_response().model_version == "1"
+            return _state(client, "2") == "FAILED"
+
+        wait_for(refused, timeout_s=60, what="the refusal over gRPC")
+        met = Counter(
+            infer(
+                grpc_client,
+                "c",
+                FEATURES[:1],
+                "FP32",
+                input_name="features",
+                headers={"x-user": f"user-{n % 50}"},
+            )
+            .get_response()
+            .model_version
+            for n in range(500)
+        )
+    assert 0 < met["2"] < 200, met  # 10% of 50 users, each always on one version
+    assert met["2"] % 10 == 0, met
+    assert value(samples(client), "mlapi_shadow_compared_total", model="m") >= 30

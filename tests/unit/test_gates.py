@@ -140,7 +140,7 @@ def test_canary_key_is_a_header_name() -> None:
 
 # ----- the canary's split --------------------------------------------------------------
 def test_a_canary_share_is_stable_by_key_and_close_to_its_percent() -> None:
-    from mlapi.registry.gates import Canary
+    from mlapi.registry.canary import Canary
 
     canary = Canary.__new__(Canary)
     canary.threshold = 1000  # 10%

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -73,37 +73,57 @@ class Comparison:
     # ----- what a copy's run gives ----------------------------------------------
     def add(
         self,
-        request_id: str,
+        request_id: str | None,
         served: Mapping[str, np.ndarray],
         trial: Mapping[str, np.ndarray],
     ) -> list[str]:
         """Compare one request's answers; the outputs that disagree."""
-        with self.lock:
-            return self._add(request_id, served, trial)
+        first = next(iter(served.values()), None)
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        return self.add_batch([request_id], [served], trial, [max(rows, 1)])[0]
 
-    def _add(
+    def add_batch(
         self,
-        request_id: str,
-        served: Mapping[str, np.ndarray],
+        ids: Sequence[str | None],
+        served: Sequence[Mapping[str, np.ndarray]],
         trial: Mapping[str, np.ndarray],
-    ) -> list[str]:
-        differing = []
-        for name, answer in served.items():
+        sizes: Sequence[int],
+    ) -> list[list[str]]:
+        """Compare the answers of a batch of requests (``sizes`` rows each, stacked in
+        ``trial``, each request's own in ``served``): per request, the outputs that
+        disagree. Each output is compared for the whole batch at once."""
+        differing: list[list[str]] = [[] for _ in served]
+        starts = np.cumsum([0, *sizes])
+        for name in served[0]:
             other = trial.get(name)
-            rows = None if other is None else disagreement(answer, other, self.tolerance)
+            parts = [answer[name] for answer in served]
+            stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            rows = None if other is None else disagreement(stacked, other, self.tolerance)
             if rows is None:
-                differing.append(name)
-            elif rows.any():
-                differing.append(name)
-                assert other is not None
-                self._note(name, answer, other, rows)
-        self.compared += 1
-        if differing:
-            self.by_output.update(differing)
-            if self.first_disagreeing is None:
-                self.first_disagreeing = request_id
-        else:
-            self.agreed += 1
+                for names in differing:
+                    names.append(name)
+                continue
+            if not rows.any():
+                continue
+            if len(parts) == 1:
+                per_request = np.asarray([True])
+            else:
+                per_request = np.logical_or.reduceat(rows, starts[:-1])
+            assert other is not None
+            for index in np.flatnonzero(per_request):
+                differing[index].append(name)
+                low, high = starts[index], starts[index + 1]
+                with self.lock:
+                    self._note(name, stacked[low:high], other[low:high], rows[low:high])
+        with self.lock:
+            self.compared += len(served)
+            for request_id, names in zip(ids, differing, strict=True):
+                if not names:
+                    self.agreed += 1
+                    continue
+                self.by_output.update(names)
+                if self.first_disagreeing is None:
+                    self.first_disagreeing = request_id or "(one without X-Request-Id)"
         return differing
 
     def failed(self, request_id: str) -> None:
@@ -134,11 +154,12 @@ class Comparison:
 
     def cost(self, side: str, rows: int, seconds: float) -> None:
         """One run's time (``side``: served or trial), kept by batch size."""
-        with self.lock:
-            window = self._costs[side].get(rows)
-            if window is None:
-                window = self._costs[side].setdefault(rows, deque(maxlen=COST_SAMPLES))
-            window.append(seconds)
+        # no lock: it runs on the serving thread, which must never wait for the shadow's
+        # (a deque's append and a dict's setdefault are each atomic)
+        window = self._costs[side].get(rows)
+        if window is None:
+            window = self._costs[side].setdefault(rows, deque(maxlen=COST_SAMPLES))
+        window.append(seconds)
 
     # ----- what they say ---------------------------------------------------------
     @property
@@ -149,11 +170,11 @@ class Comparison:
         """The trial's run time over the served one's (lower quartiles), for runs of
         the same size, weighted by how many of each size both sides ran; None before
         enough runs."""
-        with self.lock:
-            pairs = [
-                (list(trial), list(self._costs["served"].get(rows, ())))
-                for rows, trial in self._costs["trial"].items()
-            ]
+        served_costs = self._costs["served"]
+        pairs = [
+            (list(trial), list(served_costs.get(rows, ())))
+            for rows, trial in list(self._costs["trial"].items())
+        ]
         weighted = 0.0
         weights = 0
         for trial_runs, served_runs in pairs:

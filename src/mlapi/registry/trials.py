@@ -13,8 +13,9 @@ import asyncio
 from pathlib import Path
 
 from mlapi.errors import MlapiError
+from mlapi.registry.canary import Canary
 from mlapi.registry.core import RegistryCore, log
-from mlapi.registry.gates import Canary, Shadow
+from mlapi.registry.shadow import Shadow
 from mlapi.registry.versions import ModelRecord, ModelVersion, State
 from mlapi.repository import rollback
 

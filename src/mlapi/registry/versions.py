@@ -24,7 +24,8 @@ from mlapi.runtimes.base import Runtime
 from mlapi.tensors import Signature
 
 if TYPE_CHECKING:
-    from mlapi.registry.gates import Canary, Shadow
+    from mlapi.registry.canary import Canary
+    from mlapi.registry.shadow import Shadow
 
 
 class State(StrEnum):
@@ -95,7 +96,7 @@ class ModelVersion:
     # copied to (shadow), or the canary that takes a share of its requests
     shadow: Shadow | None = None
     canary: Canary | None = None
-    # each request's outcome and latency, while a canary compares it (gates.Canary)
+    # each request's outcome and latency, while a canary compares it (canary.Canary)
     watch: Callable[[bool, float], None] | None = None
 
     # ----- what a request does to it: hold it while it runs, release with its outcome

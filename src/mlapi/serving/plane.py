@@ -177,7 +177,7 @@ class Plane:
             results = await model.infer(decoded.inputs, decoded.output_names, wire.gone)
             shadow = model.shadow
             if shadow is not None:  # a copy for the version on trial; never waited for
-                shadow.offer(tracked.id(), decoded.inputs, results)
+                shadow.offer(tracked.request_id, decoded.inputs, results)
             if sum(array.nbytes for array in results.values()) > OFFLOAD_BYTES:
                 answer = await off_loop(wire.encode, model, decoded, results)
             else:
