@@ -27,6 +27,7 @@ MODULES: dict[str, list[str]] = {
     "src/mlapi/repository/config.py": [
         "tests/unit/test_repository.py",
         "tests/unit/test_model_config.py",
+        "tests/unit/test_gates.py",
     ],
     "src/mlapi/repository/publish.py": [
         "tests/unit/test_publish.py",
@@ -34,7 +35,16 @@ MODULES: dict[str, list[str]] = {
     ],
     "src/mlapi/registry/memory.py": ["tests/unit/test_memory.py"],
     "src/mlapi/registry/rollout.py": ["tests/service/test_rollout.py"],
-    "src/mlapi/repository/rollback.py": ["tests/unit/test_rollback_marks.py"],
+    "src/mlapi/repository/rollback.py": [
+        "tests/unit/test_rollback_marks.py",
+        "tests/unit/test_gates.py",
+    ],
+    "src/mlapi/repository/strategies.py": ["tests/unit/test_publish.py"],
+    "src/mlapi/repository/scan.py": [
+        "tests/unit/test_repository.py",
+        "tests/unit/test_gates.py",
+    ],
+    "src/mlapi/registry/compare.py": ["tests/unit/test_gates.py"],
     "src/mlapi/serving/codec.py": [
         "tests/unit/test_codec.py",
         "tests/unit/test_rpc.py",

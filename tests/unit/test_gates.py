@@ -4,7 +4,9 @@ how the scan reads it (README "Rollout strategies")."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,3 +197,181 @@ def test_a_first_version_or_a_switch_or_a_pin_has_no_trial(tmp_path: Path) -> No
     assert scan.scan_model(_model(tmp_path / "b", 2, "")).trial is None
     pinned = scan.scan_model(_model(tmp_path / "c", 2), pinned_version=2)
     assert pinned.trial is None and [v.version for v in pinned.versions] == [2]
+
+
+# ----- the tally, request by request and in batches -----------------------------------
+def test_a_batch_is_compared_per_request_whatever_its_rows() -> None:
+    comparison = Comparison(1e-4)
+    served = [
+        {"label": np.array(["a", "b"], object), "p": np.array([[0.1], [0.2]], F)},
+        {"label": np.array(["c"], object), "p": np.array([[0.3]], F)},
+        {"label": np.array(["d", "e", "f"], object), "p": np.array([[0.4], [0.5], [0.6]], F)},
+    ]
+    trial = {
+        "label": np.array(["a", "x", "c", "d", "e", "f"], object),  # the 2nd row of the 1st
+        "p": np.array([[0.1], [0.2], [0.3], [0.4], [0.5], [0.9]], F),  # the last of the 3rd
+    }
+    differing = comparison.add_batch(["r1", None, "r3"], served, trial, [2, 1, 3])
+    assert differing == [["label"], [], ["p"]]
+    assert (comparison.compared, comparison.agreed) == (3, 1)
+    assert comparison.first_disagreeing == "r1"
+    assert comparison.changes == Counter({("label", "b", "x"): 1})
+    assert comparison.largest == {"p": pytest.approx(0.3)}
+    assert comparison.by_output == Counter({"label": 1, "p": 1})
+    reason = comparison.disagreement_reason(_rollout())
+    assert "label 'b' -> 'x' 1 times" in reason
+    assert "p differs by up to 0.3 (tolerance 0.0001) in 1 requests" in reason
+    summary = comparison.summary()
+    assert summary == {
+        "compared": 3,
+        "agreement": 0.3333,
+        "latency_ratio": None,
+        "dropped": 0,
+        "disagreements": {"label": 1, "p": 1},
+    }
+
+
+def test_an_output_the_trial_lacks_or_shapes_otherwise_disagrees_for_every_request() -> None:
+    comparison = Comparison(1e-4)
+    served: list[dict[str, np.ndarray]] = [
+        {"y": np.array([1.0], F), "z": np.array([1], np.int64)}
+    ] * 2
+    differing = comparison.add_batch(["a", "b"], served, {"y": np.ones((2, 2), F)}, [1, 1])
+    assert differing == [["y", "z"], ["y", "z"]]
+    assert comparison.first_disagreeing == "a" and comparison.agreement == 0.0
+
+
+def test_a_request_without_an_id_is_named_so_in_the_reason() -> None:
+    comparison = Comparison(1e-4)
+    comparison.add(None, {"y": np.array([1], np.int64)}, {"y": np.array([2], np.int64)})
+    assert comparison.first_disagreeing == "(one without X-Request-Id)"
+    assert comparison.changes == Counter({("y", "1", "2"): 1})
+
+
+def test_labels_in_a_column_and_as_bytes_are_counted_as_changes() -> None:
+    comparison = Comparison(1e-4)
+    served, trial = np.array([[b"cat"], [b"dog"]], object), np.array([[b"dog"], [b"dog"]], object)
+    comparison.add("r", {"label": served}, {"label": trial})
+    assert comparison.changes == Counter({("label", "cat", "dog"): 1})
+
+
+def test_label_changes_are_counted_for_at_most_64_pairs_and_those_keep_counting() -> None:
+    comparison = Comparison(1e-4)
+    for n in range(70):
+        comparison.add(str(n), {"l": np.array([n], np.int64)}, {"l": np.array([n + 1], np.int64)})
+    comparison.add("again", {"l": np.array([0], np.int64)}, {"l": np.array([1], np.int64)})
+    assert len(comparison.changes) == 64
+    assert comparison.changes[("l", "0", "1")] == 2
+    assert ("l", "64", "65") not in comparison.changes
+
+
+def test_numbers_at_the_tolerance_agree_and_past_it_do_not() -> None:
+    step = 2.0**-10
+    at = disagreement(np.array([1.0, 4.0]), np.array([1.0 + step, 4.0 + 4 * step]), step)
+    past = disagreement(np.array([1.0, 4.0]), np.array([1.0 + 2 * step, 4.0 + 8 * step]), step)
+    assert at is not None and at.tolist() == [False, False]
+    assert past is not None and past.tolist() == [True, True]
+    scalar = disagreement(np.array(1.0), np.array(2.0), 1e-4)
+    assert scalar is not None and scalar.tolist() == [True]
+    assert disagreement(np.zeros((0, 3), F), np.zeros((0, 3), F), 1e-4).tolist() == []  # type: ignore[union-attr]
+
+
+def test_an_infinite_difference_is_the_largest() -> None:
+    comparison = Comparison(1e-4)
+    comparison.add("r", {"y": np.array([1.0], F)}, {"y": np.array([np.inf], F)})
+    assert comparison.largest == {"y": float("inf")}
+
+
+def test_a_failed_run_is_the_first_disagreement_only_when_first() -> None:
+    comparison = _compare([("a", "b")])
+    comparison.failed("later")
+    assert comparison.first_disagreeing == "r0"
+    fresh = Comparison(1e-4)
+    fresh.failed("first")
+    assert fresh.first_disagreeing == "first" and fresh.compared == 1 and fresh.agreed == 0
+
+
+def test_run_times_slide_and_only_sizes_with_enough_runs_on_both_sides_count() -> None:
+    comparison = Comparison(1e-4)
+    for _ in range(300):
+        comparison.cost("served", 1, 1.0)
+    for _ in range(256):  # the window keeps the last 256: the old 1.0s are gone
+        comparison.cost("served", 1, 2.0)
+    for _ in range(5):
+        comparison.cost("trial", 1, 4.0)
+    assert comparison.latency_ratio() == pytest.approx(2.0)
+    for _ in range(4):  # size 8: too few runs on the trial's side to count
+        comparison.cost("trial", 8, 100.0)
+        comparison.cost("served", 8, 1.0)
+    assert comparison.latency_ratio() == pytest.approx(2.0)
+    comparison.cost("trial", 8, 100.0)
+    comparison.cost("served", 8, 1.0)  # 5 each now: weighted 5 against 5
+    assert comparison.latency_ratio() == pytest.approx((5 * 2.0 + 5 * 100.0) / 10)
+
+
+def test_agreement_without_a_latency_measure_waits_then_says_so() -> None:
+    comparison = _compare([("a", "a")] * 10)
+    rollout = _rollout(min_compared=10, max_shadow_s=5)
+    assert comparison.verdict(rollout, elapsed_s=1.0) is None
+    decision, why = comparison.verdict(rollout, elapsed_s=5.0) or ("", "")
+    assert decision == "refused" and why.startswith("latency ratio not measured > 1.5")
+
+
+def test_the_lower_quartile_is_the_run_undisturbed() -> None:
+    from mlapi.registry.compare import _lower_quartile
+
+    assert _lower_quartile([4.0, 1.0, 3.0, 2.0]) == 2.0
+    assert _lower_quartile([9.0]) == 9.0
+
+
+# ----- the shadow's buffer: bounded in copies and in bytes, never waited for ----------
+def _idle_shadow() -> Any:
+    """A shadow whose thread is not started: what it is offered stays in its buffer."""
+    from mlapi.observability.metrics import Metrics
+    from mlapi.registry.shadow import Shadow
+    from mlapi.registry.versions import ModelVersion
+    from mlapi.tensors import Signature, TensorSpec
+
+    class Doubling:  # the trial's runtime: what the buffer holds is the point here
+        signature = Signature(
+            (TensorSpec("x", "FP32", (-1, -1)),), (TensorSpec("y", "FP32", (-1, -1)),)
+        )
+
+        def predict(self, inputs: dict[str, np.ndarray], names: object) -> dict[str, np.ndarray]:
+            return {"y": inputs["x"] * 2}
+
+    trial = ModelVersion("m", 2, Path("."), config.parse({"rollout": {"strategy": "shadow"}}))
+    trial.runtime = Doubling()  # type: ignore[assignment]
+    assert trial.config is not None
+    return Shadow(trial, trial.config.rollout, Metrics(), lambda d, r: None, None)
+
+
+def test_the_shadow_buffer_drops_past_its_count_and_its_bytes() -> None:
+    from mlapi.registry import shadow as module
+
+    shadow = _idle_shadow()
+    small = {"x": np.ones((1, 4), F)}
+    for _ in range(module.SHADOW_QUEUE + 10):
+        shadow.offer(None, small, {"y": np.ones((1, 4), F)})
+    assert shadow.comparison.dropped == 10
+    shadow = _idle_shadow()
+    big = {"x": np.ones((1, 4 << 20), F)}  # 16 MiB in, 16 MiB out: two fit in 64 MiB
+    for _ in range(5):
+        shadow.offer("r", big, {"y": big["x"]})
+    assert shadow.comparison.dropped == 3
+    groups = shadow._groups()
+    assert sum(len(g) for g in groups) == 2
+    shadow.offer("r", big, {"y": big["x"]})  # room again once the thread took them
+    assert shadow.comparison.dropped == 3
+
+
+def test_the_shadow_compares_a_gathered_batch_in_one_run() -> None:
+    shadow = _idle_shadow()
+    rows = [np.full((1, 2), float(n), F) for n in range(5)]
+    for n, row in enumerate(rows):  # the last one served a wrong answer
+        shadow.offer(f"r{n}", {"x": row}, {"y": row * (3 if n == 4 else 2)})
+    (group,) = shadow._groups()
+    shadow._run(group)
+    comparison = shadow.comparison
+    assert (comparison.compared, comparison.agreed, comparison.first_disagreeing) == (5, 4, "r4")
+    assert list(comparison._costs["trial"]) == [5]  # one run of 5 rows

@@ -520,3 +520,31 @@ def test_publish_refuses_a_strategy_it_cannot_write_safely(
     with pytest.raises(ConfigError, match=said):
         publish.publish(tmp_path / "repo", "m", None, source=source, strategy="shadow")
     assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_the_strategy_writer_says_what_it_refuses(tmp_path: Path) -> None:
+    from mlapi.repository import strategies
+
+    toml = tmp_path / "model.toml"
+    with pytest.raises(
+        ConfigError, match=r"strategy must be one of \['switch', 'shadow', 'canary'\]"
+    ):
+        strategies.write(toml, "bogus")
+    toml.write_text('runtime = "onnx"')  # no newline at the end
+    strategies.write(toml, "canary")
+    assert toml.read_text() == 'runtime = "onnx"\n\n[rollout]\nstrategy = "canary"\n'
+    toml.write_text("runtime = ")
+    with pytest.raises(ConfigError, match=r"^model\.toml is not valid TOML: "):
+        strategies.write(toml, "shadow")
+    toml.write_bytes(b"runtime = '\xff'\n")
+    with pytest.raises(ConfigError, match=r"^model.toml cannot be read \(UnicodeDecodeError\)$"):
+        strategies.write(toml, "shadow")
+    # a [rollout] header inside a string is not the table: the edit is checked, refused
+    tricky = 'notes = """\n[rollout]\n"""\n\n[rollout]\nbake_s = 1\n'
+    toml.write_text(tricky)
+    with pytest.raises(ConfigError, match="could not be edited safely"):
+        strategies.write(toml, "shadow")
+    assert toml.read_text() == tricky
+    toml.write_text('name = "é"\n', encoding="utf-8")
+    strategies.write(toml, "shadow")
+    assert toml.read_text(encoding="utf-8") == 'name = "é"\n\n[rollout]\nstrategy = "shadow"\n'

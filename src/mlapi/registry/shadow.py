@@ -37,6 +37,7 @@ from mlapi.repository.config import RolloutConfig
 log = logging.getLogger("mlapi.registry")
 Decide = Callable[[str, str], None]  # (promoted | refused, why), called on the loop
 SHADOW_QUEUE = 1024  # copies waiting for the trial; more are dropped
+SHADOW_MAX_BYTES = 64 << 20  # ... and no more than this of their tensors held at once
 GATHER_S = 0.02  # copies gather this long (or until a batch is full) before a run
 SHADOW_NICE = 19  # where SCHED_IDLE is refused: the lowest priority a nice value gives
 SAMPLES_KEPT = 32  # disagreeing requests written to the logs volume, per worker
@@ -63,6 +64,9 @@ class Shadow:
         self.rollout = rollout
         self.comparison = Comparison(rollout.tolerance)
         self._copies: deque[Copy] = deque()
+        # the tensors' bytes held by waiting copies: in (the loop's), out (the thread's)
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._wake = threading.Event()
         self._idle = False
         self._on_decision = on_decision
@@ -116,10 +120,13 @@ class Shadow:
         fraction = self.rollout.shadow_fraction
         if fraction < 1.0 and random.random() >= fraction:
             return
-        if len(self._copies) >= SHADOW_QUEUE:
+        size = _nbytes(inputs) + _nbytes(outputs)
+        held = self._bytes_in - self._bytes_out
+        if len(self._copies) >= SHADOW_QUEUE or held + size > SHADOW_MAX_BYTES:
             self.comparison.dropped += 1
             self._dropped.inc()
             return
+        self._bytes_in += size
         self._copies.append((request_id, inputs, outputs))
         if self._idle:
             self._wake.set()
@@ -160,6 +167,7 @@ class Shadow:
         rows = 0
         while self._copies and rows < self._max_rows:
             copy = self._copies.popleft()
+            self._bytes_out += _nbytes(copy[1]) + _nbytes(copy[2])
             taken.append(copy)
             rows += _rows(copy[1])
         if not self._batchable:
@@ -256,6 +264,10 @@ class Shadow:
         except (OSError, TypeError) as exc:
             self._samples_written = SAMPLES_KEPT  # once is enough to say it
             log.warning("shadow samples cannot be written: %s", type(exc).__name__)
+
+
+def _nbytes(tensors: Mapping[str, np.ndarray]) -> int:
+    return sum(array.nbytes for array in tensors.values())
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:
