@@ -363,3 +363,32 @@ def test_the_gates_hold_on_the_grpc_front_too(serve_app: Start, tmp_path: Path) 
     assert 0 < met["2"] < 200, met  # 10% of 50 users, each always on one version
     assert met["2"] % 10 == 0, met
     assert value(samples(client), "mlapi_shadow_compared_total", model="m") >= 30
+
+
+def test_the_shadow_follows_when_the_version_it_watches_is_replaced(
+    serve_app: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """v1's files change in place while v2 is on trial: the reloaded v1 serves, and
+    its answers are the ones copied from then on."""
+    import logging
+
+    forever = SHADOW.replace("min_compared = 60", "min_compared = 1000000")
+    repo = _repository(tmp_path, forever)
+    client = serve_app(repo, MLAPI_REPOSITORY_POLL_S="0.1")
+    caplog.set_level(logging.INFO, logger="mlapi.registry")
+    _publish(tmp_path, repo, _classifier(), "same")
+    wait_for(lambda: "trial" in _index(client).get("2", {}), what="the shadow")
+
+    def compared() -> int:
+        return int(_index(client)["2"]["trial"]["compared"])
+
+    with _traffic(client):
+        wait_for(lambda: compared() > 20, what="copies compared")
+        caplog.clear()
+        (repo / "m" / "1" / "model.onnx").write_bytes(_classifier(nudge=1e-7))
+        wait_for(
+            lambda: any("v1 now serves" in r.getMessage() for r in caplog.records),
+            what="v1 reloaded",
+        )
+        since = compared()
+        wait_for(lambda: compared() > since + 50, what="copies of the reloaded v1's answers")

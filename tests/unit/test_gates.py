@@ -179,6 +179,13 @@ def test_the_scan_names_the_newest_version_a_trial_while_undecided(tmp_path: Pat
     entry = scan.scan_model(model)
     assert [v.version for v in entry.versions] == [2] and entry.trial is not None
     assert entry.trial.version == 3
+    from mlapi.repository import manifest
+
+    trial = entry.trial
+    assert (trial.name, trial.path, trial.error) == ("m", model / "3", None)
+    assert trial.fingerprint == manifest.fingerprint(model / "3") != ""
+    assert trial.config is not None and trial.config.rollout.strategy == "shadow"
+    assert [(v.name, v.path) for v in entry.versions] == [("m", model / "2")]
     rollback.decide(model, 3, "refused", "agreement 0.2")
     entry = scan.scan_model(model)
     assert [v.version for v in entry.versions] == [2] and entry.trial is None
@@ -190,6 +197,10 @@ def test_the_scan_names_the_newest_version_a_trial_while_undecided(tmp_path: Pat
     rollback.decide(model, 3, "promoted", "agreement 1.0")
     entry = scan.scan_model(model)
     assert [v.version for v in entry.versions] == [3] and entry.trial is None
+    rollback.mark(model, 3, "rolled back: 9 of 20 requests failed")
+    entry = scan.scan_model(model)  # rolled back after its promotion: 2 serves, no trial
+    assert [v.version for v in entry.versions] == [2] and entry.trial is None
+    assert entry.rolled_back == {3: "rolled back: 9 of 20 requests failed"}
 
 
 def test_a_first_version_or_a_switch_or_a_pin_has_no_trial(tmp_path: Path) -> None:

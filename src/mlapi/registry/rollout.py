@@ -60,6 +60,7 @@ class Rollouts:
                 ", v".join(map(str, sorted(stale))),
             )
         self._keep_or_retire(record, replaced, switched)
+        self.trials.follow(record)
         self.core.publish_serving(record)
 
     async def _keep_serving(
@@ -217,6 +218,7 @@ class Rollouts:
             )
             version.bake = None
             self.core.retire([version])
+            self.trials.follow(record)
             self.core.count(record.name, "rolled_back")
             self.core.publish_serving(record)
             log.warning("model %s v%d %s", record.name, version.version, reason)

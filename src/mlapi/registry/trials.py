@@ -106,19 +106,15 @@ class Trials:
                 samples = Path(settings.log_dir) / "shadow" / name
             gate = Shadow(trial, rollout, self.core.metrics, on_decision, samples)
             gate.start()
-            if served.batcher is not None:
-                served.batcher.cost = gate.served_cost
-            served.shadow = gate
         else:
             gate = Canary(trial, served, rollout, self.core.metrics, on_decision)
-            served.watch, trial.watch = gate.watch_served, gate.watch_trial
-            served.canary = gate
+            trial.watch = gate.watch_trial
             task = asyncio.create_task(gate.run(), name=f"mlapi-canary-{record.name}")
             self.core.retiring.add(task)
             task.add_done_callback(self.core.retiring.discard)
             gate.task = task
         record.gate = gate
-        gate.served = served
+        _watch(gate, served)
         self.started = [g for g in self.started if not g.done()]
         self.started.append(gate)
         log.info(
@@ -129,17 +125,25 @@ class Trials:
             served.version,
         )
 
+    def follow(self, record: ModelRecord) -> None:
+        """After a switch: the gate watches the newest version that serves now (the
+        one it watched may have been replaced while the trial ran)."""
+        gate = record.gate
+        ready = [v for v in record.versions.values() if v.state is State.READY]
+        if gate is None or not ready:
+            return
+        newest = max(ready, key=lambda v: v.version)
+        if gate.served is not newest:
+            _unwatch(gate)
+            _watch(gate, newest)
+
     def _detach(self, record: ModelRecord) -> Shadow | Canary | None:
         """The gate sees no more traffic: no copies, no share. The gate, if any."""
         gate = record.gate
         if gate is None:
             return None
         record.gate = None
-        served = gate.served
-        if served is not None:
-            served.shadow = served.canary = served.watch = None
-            if served.batcher is not None:
-                served.batcher.cost = None
+        _unwatch(gate)
         gate.trial.watch = None
         gate.stop()
         return gate
@@ -209,6 +213,27 @@ class Trials:
                 await self.core.reload(record.name)
             except MlapiError as exc:  # the model folder went meanwhile
                 log.info("model %s: %s", record.name, exc.message)
+
+
+def _watch(gate: Shadow | Canary, served: ModelVersion) -> None:
+    """Hook the gate to the version that serves: its answers copied (shadow), or a
+    share of its requests and each one's outcome (canary)."""
+    gate.served = served
+    if isinstance(gate, Shadow):
+        served.shadow = gate
+        if served.batcher is not None:
+            served.batcher.cost = gate.served_cost
+    else:
+        served.canary = gate
+        served.watch = gate.watch_served
+
+
+def _unwatch(gate: Shadow | Canary) -> None:
+    served = gate.served
+    if served is not None:
+        served.shadow = served.canary = served.watch = None
+        if served.batcher is not None:
+            served.batcher.cost = None
 
 
 def _same(current: ModelVersion, wanted: ModelVersion | None) -> bool:
