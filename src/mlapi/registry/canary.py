@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 from mlapi.observability.metrics import Metrics
-from mlapi.registry.versions import ModelVersion
+from mlapi.registry.versions import Bake, ModelVersion
 from mlapi.repository.config import RolloutConfig
 
 Decide = Callable[[str, str], None]  # (promoted | refused, why), called on the loop
@@ -42,9 +42,11 @@ class Canary:
         self.key = rollout.canary_key
         self.step = 0
         self.threshold = 0  # of 10,000: a request whose key hashes below goes to the trial
-        self.alert = asyncio.Event()
-        self._trial_seen: deque[tuple[float, bool, float]] = deque(maxlen=100_000)
-        self._served_seen: deque[tuple[float, bool, float]] = deque(maxlen=100_000)
+        # the error gate is the bake's (a failure wakes the steps at once); the
+        # latencies, (time, seconds) of each request, are the canary's own
+        self._errors = Bake()
+        self._trial_seen: deque[tuple[float, float]] = deque(maxlen=100_000)
+        self._served_seen: deque[tuple[float, float]] = deque(maxlen=100_000)
         self.decided = False
         self.task: asyncio.Task[None] | None = None
         self._share(0)
@@ -80,12 +82,11 @@ class Canary:
         return zlib.crc32(key.encode("utf-8", "surrogateescape")) % 10_000 < self.threshold
 
     def watch_trial(self, failed: bool, seconds: float) -> None:
-        self._trial_seen.append((time.monotonic(), failed, seconds))
-        if failed:
-            self.alert.set()
+        self._errors.record(failed)
+        self._trial_seen.append((time.monotonic(), seconds))
 
     def watch_served(self, failed: bool, seconds: float) -> None:
-        self._served_seen.append((time.monotonic(), failed, seconds))
+        self._served_seen.append((time.monotonic(), seconds))
 
     def summary(self) -> dict[str, object]:
         return {
@@ -119,23 +120,21 @@ class Canary:
         rollout = self.rollout
         percent = f"canary at {rollout.canary_percent[self.step]:g}%"
         while True:
+            alert = self._errors.alert
             with contextlib.suppress(TimeoutError):  # a server error wakes it at once
-                await asyncio.wait_for(self.alert.wait(), min(0.25, rollout.window_s / 4))
-            self.alert.clear()
-            horizon = time.monotonic() - rollout.window_s
-            recent = [failed for t, failed, _ in list(self._trial_seen) if t >= horizon]
-            errors = sum(recent)
-            if len(recent) >= rollout.min_requests and errors > rollout.max_error_ratio * len(
-                recent
-            ):
+                await asyncio.wait_for(alert.wait(), min(0.25, rollout.window_s / 4))
+            alert.clear()
+            breach = self._errors.breached(rollout)
+            if breach is not None:
+                errors, seen = breach
                 return (
-                    f"{percent}: {errors} of {len(recent)} requests failed on the server "
+                    f"{percent}: {errors} of {seen} requests failed on the server "
                     f"within {rollout.window_s:g}s (max_error_ratio {rollout.max_error_ratio:g})"
                 )
             if time.monotonic() - started < rollout.step_s:
                 continue
-            trial = [s for t, _, s in list(self._trial_seen) if t >= started]
-            served = [s for t, _, s in list(self._served_seen) if t >= started]
+            trial = [s for t, s in list(self._trial_seen) if t >= started]
+            served = [s for t, s in list(self._served_seen) if t >= started]
             if len(trial) < rollout.min_requests:
                 continue  # not enough evidence yet: the step goes on
             if len(served) >= rollout.min_requests:
