@@ -207,15 +207,7 @@ class Rollouts:
             del record.versions[version.version]
             record.versions.update(record.previous)
             record.previous = {}
-            record.candidates[version.version] = ModelVersion(
-                version.name,
-                version.version,
-                version.path,
-                version.config,
-                state=State.FAILED,
-                reason=reason,
-                fingerprint=version.fingerprint,
-            )
+            record.candidates[version.version] = version.failed_copy(reason)
             version.bake = None
             self.core.retire([version])
             self.trials.follow(record)

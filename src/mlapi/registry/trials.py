@@ -65,7 +65,7 @@ class Trials:
                 rollout = current.config.rollout if current.config else None
                 canary = rollout is not None and rollout.strategy == "canary"
                 self.core.count(record.name, "rolled_back" if canary else "refused")
-                record.candidates[current.version] = _failed(current, f"refused: {why}")
+                record.candidates[current.version] = current.failed_copy(f"refused: {why}")
                 log.warning("model %s v%d refused: %s", record.name, current.version, why)
         if wanted is None or record.trial is not None:
             return
@@ -197,8 +197,8 @@ class Trials:
             async with self.core.lock(record.name):
                 if record.trial is trial:
                     self._end(record, retire=True)
-                    record.candidates[trial.version] = _failed(
-                        trial, f"{decision} ({why}) but not recorded: {type(exc).__name__}"
+                    record.candidates[trial.version] = trial.failed_copy(
+                        f"{decision} ({why}) but not recorded: {type(exc).__name__}"
                     )
             return
         if (held, held_why) != (decision, why):
@@ -242,17 +242,3 @@ def _same(current: ModelVersion, wanted: ModelVersion | None) -> bool:
         and wanted.version == current.version
         and wanted.fingerprint == current.fingerprint
     )
-
-
-def _failed(version: ModelVersion, reason: str) -> ModelVersion:
-    """A FAILED record of ``version`` for the index (what it held is retired)."""
-    copy = ModelVersion(
-        version.name,
-        version.version,
-        version.path,
-        version.config,
-        timeout_s=version.timeout_s,
-        fingerprint=version.fingerprint,
-    )
-    copy.fail(reason)
-    return copy

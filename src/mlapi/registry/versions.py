@@ -122,6 +122,21 @@ class ModelVersion:
         reason = reason.encode(errors="backslashreplace").decode()
         self.state, self.reason, self.refused = State.FAILED, reason, refused
 
+    def failed_copy(self, reason: str) -> ModelVersion:
+        """A FAILED record of this version for the index, holding nothing (a version
+        rolled back or refused: what it held is retired), not tried again until its
+        files change."""
+        copy = ModelVersion(
+            self.name,
+            self.version,
+            self.path,
+            self.config,
+            timeout_s=self.timeout_s,
+            fingerprint=self.fingerprint,
+        )
+        copy.fail(reason)
+        return copy
+
     # ----- its life: loaded, warmed and serving; withdrawn; gone -------------------
     def loaded(self, runtime: Runtime, runtime_name: str, seconds: float) -> None:
         """Its runtime is loaded: WARMING."""
