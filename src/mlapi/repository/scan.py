@@ -93,6 +93,13 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
     marks: dict[int, str] = {}
     refused: dict[int, str] = {}
     trial = None
+    entries: dict[int, VersionEntry] = {}  # each version read and fingerprinted once
+
+    def entry_of(version: int) -> VersionEntry:
+        if version not in entries:
+            entries[version] = _version_entry(name, model_dir, version, model_raw)
+        return entries[version]
+
     if pinned_version is not None:
         if pinned_version not in available:
             listed = ", ".join(map(str, available))
@@ -118,8 +125,8 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
         # then: it is not tried again
         settled = max([*decided, *marks], default=0)
         if newest > settled:
-            trial, selected = _trial(name, model_dir, model_raw, policy, choice, selected)
-    versions = tuple(_version_entry(name, model_dir, v, model_raw) for v in selected)
+            trial, selected = _trial(entry_of(newest), policy, choice, selected)
+    versions = tuple(entry_of(v) for v in selected)
     return ModelEntry(
         name,
         model_dir,
@@ -133,18 +140,15 @@ def scan_model(model_dir: Path, pinned_version: int | None = None) -> ModelEntry
 
 
 def _trial(
-    name: str,
-    model_dir: Path,
-    model_raw: dict,  # type: ignore[type-arg]
+    entry: VersionEntry,
     policy: model_config.VersionPolicy,
     choice: list[int],
     selected: list[int],
 ) -> tuple[VersionEntry | None, list[int]]:
-    """(the trial, what serves meanwhile): the newest selected version is on trial
+    """(the trial, what serves meanwhile): the newest selected version (``entry``) is on trial
     when its rollout is gated, nothing is decided on it or on a newer one, and an
     older version can serve while it is tried; what serves is then the policy's
     choice without it. A first version has nothing to be compared with: it serves."""
-    entry = _version_entry(name, model_dir, selected[-1], model_raw)
     if entry.config is None or not entry.config.rollout.gated:
         return None, selected
     rest = policy.select([v for v in choice if v != entry.version])
