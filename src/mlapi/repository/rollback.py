@@ -22,25 +22,38 @@ _PREFIX = ".rolled-back-"
 
 def mark(model_dir: Path, version: int, reason: str) -> None:
     """Record that ``version`` was rolled back (written whole, then renamed in)."""
-    folder = model_dir / str(version)
-    document = {"reason": reason, "fingerprint": manifest.fingerprint(folder)}
-    path = model_dir / f"{_PREFIX}{version}"
-    tmp = model_dir / f"{_PREFIX}{version}.{os.getpid()}.tmp"
-    tmp.write_bytes(orjson.dumps(document))
+    document = {"reason": reason, "fingerprint": manifest.fingerprint(model_dir / str(version))}
+    path, tmp = _staged(model_dir, _PREFIX, version, document)
     tmp.replace(path)
+
+
+def _staged(
+    model_dir: Path, prefix: str, version: int, document: dict[str, str]
+) -> tuple[Path, Path]:
+    """(the mark's path, a file beside it holding ``document`` whole, to be put in)."""
+    tmp = model_dir / f"{prefix}{version}.{os.getpid()}.tmp"
+    tmp.write_bytes(orjson.dumps(document))
+    return model_dir / f"{prefix}{version}", tmp
+
+
+def _marks(model_dir: Path, prefix: str) -> list[tuple[str, Path]]:
+    """(version as its name says it, path) of the marks of a kind in a model folder."""
+    try:
+        paths = [p for p in model_dir.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    found = []
+    for path in paths:
+        number = path.name.removeprefix(prefix)
+        if number.isascii() and number.isdigit():
+            found.append((number, path))
+    return found
 
 
 def rolled_back(model_dir: Path) -> dict[int, str]:
     """{version: reason} of the versions rolled back and unchanged since."""
     found: dict[int, str] = {}
-    try:
-        marks = [p for p in model_dir.iterdir() if p.name.startswith(_PREFIX)]
-    except OSError:
-        return found
-    for path in marks:
-        number = path.name.removeprefix(_PREFIX)
-        if not (number.isascii() and number.isdigit()):
-            continue
+    for number, path in _marks(model_dir, _PREFIX):
         try:
             document = orjson.loads(files.read_capped(path, files.MARK_MAX_BYTES))
             reason, fingerprint = str(document["reason"]), str(document["fingerprint"])
@@ -63,9 +76,7 @@ def decide(model_dir: Path, version: int, decision: str, reason: str) -> tuple[s
     assert decision in DECISIONS
     folder = model_dir / str(version)
     document = {"decision": decision, "reason": reason, "fingerprint": manifest.fingerprint(folder)}
-    path = model_dir / f"{_GATE}{version}"
-    tmp = model_dir / f"{_GATE}{version}.{os.getpid()}.tmp"
-    tmp.write_bytes(orjson.dumps(document))
+    path, tmp = _staged(model_dir, _GATE, version, document)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -82,16 +93,10 @@ def decide(model_dir: Path, version: int, decision: str, reason: str) -> tuple[s
 def decisions(model_dir: Path) -> dict[int, tuple[str, str]]:
     """{version: (decision, reason)} of the gate marks whose version is unchanged since."""
     found: dict[int, tuple[str, str]] = {}
-    try:
-        marks = [p for p in model_dir.iterdir() if p.name.startswith(_GATE)]
-    except OSError:
-        return found
-    for path in marks:
-        number = path.name.removeprefix(_GATE)
-        if number.isascii() and number.isdigit():
-            held = _read_gate(path, model_dir / number)
-            if held is not None:
-                found[int(number)] = held
+    for number, path in _marks(model_dir, _GATE):
+        held = _read_gate(path, model_dir / number)
+        if held is not None:
+            found[int(number)] = held
     return found
 
 
