@@ -69,6 +69,13 @@ def _exec_stdin(stack: Stack, data: bytes, *command: str) -> subprocess.Complete
     return stack.compose_input(data, "exec", "-T", "ml-api", *command)
 
 
+def _publish(stack: Stack, files: bytes, version: str, *options: str) -> None:
+    """The README's command: a tar of the version folder to `mlapi models publish -`."""
+    publish = ("mlapi", "models", "publish", "-", "--name", "iris", "--version", version)
+    result = _exec_stdin(stack, files, *publish, *options)
+    assert result.returncode == 0, result.stderr
+
+
 def _replica_index(container_id: str) -> list[dict[str, Any]]:
     """The repository index of one replica, read from inside it (the API key is in
     the container's secret file)."""
@@ -155,10 +162,7 @@ def test_publishing_versions_into_the_production_deployment(
         # version 2: the README's command, a tar of the folder on stdin
         started = time.monotonic()
         v2 = tar_of({"model.py": V2_MODEL.encode(), "model.toml": V2_TOML.encode()})
-        published = _exec_stdin(
-            stack, v2, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "2"
-        )
-        assert published.returncode == 0, published.stderr
+        _publish(stack, v2, "2")
         wait_until(lambda: served("2"), 30, "version 2 alone on both replicas")
         swap_s = time.monotonic() - started
         count = len(answers)
@@ -167,10 +171,7 @@ def test_publishing_versions_into_the_production_deployment(
         # version 3: a corrupt model file, published the same way
         onnx = (DEFAULT_MODEL_PATH / "iris" / "1" / "model.onnx").read_bytes()
         corrupt = tar_of({"model.onnx": onnx[:300]})
-        result = _exec_stdin(
-            stack, corrupt, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "3"
-        )
-        assert result.returncode == 0, result.stderr
+        _publish(stack, corrupt, "3")
         wait_until(lambda: refused("3", "model.onnx"), 30, "version 3 refused on both")
         # version 4: copied by other means, with a manifest its file does not match
         manifest = json.dumps({"format": 1, "files": {"model.onnx": "0" * 64}}).encode()
@@ -187,10 +188,7 @@ def test_publishing_versions_into_the_production_deployment(
         big = tar_of(
             {"model.py": V2_MODEL.encode(), "model.toml": b"memory_mb = 4000\n" + V2_TOML.encode()}
         )
-        result = _exec_stdin(
-            stack, big, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "5"
-        )
-        assert result.returncode == 0, result.stderr
+        _publish(stack, big, "5")
         wait_until(lambda: refused("5", "needs about"), 30, "version 5 refused on both")
         assert "limit of 1,024 MiB" in str(_replica_index(replicas[0]))
         assert httpx.get(stack.url + "/health", timeout=10).status_code == 200
@@ -202,10 +200,7 @@ def test_publishing_versions_into_the_production_deployment(
         failing = V2_MODEL.replace("        rows = ", raising + "        rows = ")
         watched = V2_TOML.replace("bake_s = 2", "bake_s = 60\nwindow_s = 10\nmin_requests = 10")
         bad = tar_of({"model.py": failing.encode(), "model.toml": watched.encode()})
-        result = _exec_stdin(
-            stack, bad, "mlapi", "models", "publish", "-", "--name", "iris", "--version", "6"
-        )
-        assert result.returncode == 0, result.stderr
+        _publish(stack, bad, "6")
         wait_until(lambda: refused("6", "rolled back"), 60, "version 6 rolled back on both")
         # The index answers from one worker of each replica; the other worker rolls back
         # on its own errors or follows the mark at its next look (POLL_S=1). Counted
@@ -222,25 +217,13 @@ def test_publishing_versions_into_the_production_deployment(
         # label map differs) beside version 2, which answers every client; refused
         shadowed = V2_TOML.replace("bake_s = 2", SHADOW_GATE)
         wrong = V2_MODEL.replace('"setosa-v2"', '"virginica-v7"')
-        result = _exec_stdin(
-            stack,
-            tar_of({"model.py": wrong.encode(), "model.toml": shadowed.encode()}),
-            *("mlapi", "models", "publish", "-", "--name", "iris", "--version", "7"),
-            "--strategy",
-            "shadow",
-        )
-        assert result.returncode == 0, result.stderr
+        files = tar_of({"model.py": wrong.encode(), "model.toml": shadowed.encode()})
+        _publish(stack, files, "7", "--strategy", "shadow")
         wait_until(lambda: refused("7", "agreement 0.00"), 90, "version 7 refused on both")
         # version 8, the same way: answers as version 2 does; promoted on both replicas
         same = V2_MODEL.replace("class Relabelled", "class Retrained")
-        result = _exec_stdin(
-            stack,
-            tar_of({"model.py": same.encode(), "model.toml": shadowed.encode()}),
-            *("mlapi", "models", "publish", "-", "--name", "iris", "--version", "8"),
-            "--strategy",
-            "shadow",
-        )
-        assert result.returncode == 0, result.stderr
+        files = tar_of({"model.py": same.encode(), "model.toml": shadowed.encode()})
+        _publish(stack, files, "8", "--strategy", "shadow")
         wait_until(lambda: served("8"), 90, "version 8 promoted and alone on both replicas")
         promoted_at = len(answers)
         wait_until(lambda: len(answers) > promoted_at + 100, 30, "traffic after the promotion")
