@@ -117,6 +117,15 @@ def test_two_clients_and_a_revocation_under_traffic(
     assert published.returncode == 0, published.stderr
     iris_key, spare_key = added["iris-app"], added["spare-app"]
     wait_until(lambda: _infer(stack, spare_key, "spare").status_code == 200, 60, "spare served")
+    # every worker of both replicas picks spare up at its own next look (within
+    # MLAPI_REPOSITORY_POLL_S of each other): until then one may still answer 404
+    workers = 2 * len(stack.containers("ml-api"))  # WORKERS=2 in the compose file
+
+    def spare_everywhere() -> bool:
+        logs = stack.compose("logs", "--no-color", "ml-api").stdout
+        return logs.count("model spare v1 READY") >= workers
+
+    wait_until(spare_everywhere, 60, "spare loaded by every worker of both replicas")
 
     # each client its own models; the rate of spare-app answered 429 with Retry-After
     assert _infer(stack, iris_key, "iris").status_code == 200
