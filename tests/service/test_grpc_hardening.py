@@ -97,12 +97,21 @@ def test_health_watch_streams_have_a_budget_of_their_own(serve_app: Start) -> No
         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
         response_deserializer=health_pb2.HealthCheckResponse.FromString,
     )
-    streams = [
-        watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(WATCHES + 6)
-    ]
+
+    def opened() -> Any:
+        return watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+
+    # the budget's streams first, each watching (its request read) before the next
+    # opens: opened all at once, the extras could be refused by the budget of messages
+    # being read instead, with that budget's words
+    streams: list[Any] = []
     try:
+        for _ in range(WATCHES):
+            streams.append(opened())
+            next(streams[-1])
+        streams += [opened() for _ in range(6)]
         refused = 0
-        for stream in streams:
+        for stream in streams[WATCHES:]:
             try:
                 next(stream)
             except grpc.RpcError as exc:
