@@ -68,6 +68,8 @@ def _serve(repo: Path) -> tuple[subprocess.Popen[bytes], str]:
     deadline = time.monotonic() + 120
     while get_status(url + "/health") != 200:
         if time.monotonic() > deadline or process.poll() is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # (its own session: nothing else)
+            process.wait(timeout=30)
             raise RuntimeError(f"{repo} did not become ready")
         time.sleep(0.1)
     return process, url
@@ -115,8 +117,10 @@ def main() -> None:
         row = np.asarray(models.features[0]).tolist()
         tensor = {"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": row}
         body = orjson.dumps({"inputs": [tensor]})
-        servers = {name: _serve(repo) for name, repo in (("plain", plain), ("shadow", shadowed))}
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
+            for name, repo in (("plain", plain), ("shadow", shadowed)):
+                servers[name] = _serve(repo)
             deadline = time.monotonic() + 60  # ready once v1 is: the trial may still load
             while _trial(servers["shadow"][1]).get("strategy") != "shadow":
                 assert time.monotonic() < deadline, "the shadow trial did not start"
