@@ -29,6 +29,7 @@ from mlapi.registry import ModelRegistry
 from mlapi.serving.access import Access, KeySettings
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
+from mlapi.serving.payloads import PayloadLog
 from mlapi.serving.plane import Plane
 from mlapi.serving.rates import Buckets
 from mlapi.serving.tracking import Tracking
@@ -53,7 +54,8 @@ def asgi_app(
     metrics.precreated_client = None if access.keyed else "anonymous"
     tracking = Tracking(metrics, registry, settings.access_log, settings.max_inflight)
     limits = Limits(settings.max_elements, settings.max_bytes_element, settings.max_tokens)
-    plane = Plane(registry, tracking, access, limits)
+    payloads = PayloadLog(settings, metrics)
+    plane = Plane(registry, tracking, access, limits, payloads)
     ctx = ServingContext(settings, registry, access, tracking, lifecycle, limits, plane)
     header_rules = HeaderRules(settings.max_header_bytes, settings.host_names)
     spec = openapi.document()
@@ -126,6 +128,7 @@ def asgi_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await registry.close()
+            await asyncio.to_thread(payloads.close)
 
     app = Starlette(
         routes=[

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # What one `mlapi models publish` may bring: bytes (or 512m / 4g) and files.
     publish_max_bytes: int = Field(4 << 30, alias="MLAPI_PUBLISH_MAX_BYTES", gt=0)
     publish_max_files: int = Field(10_000, alias="MLAPI_PUBLISH_MAX_FILES", ge=1)
+    # The payload log (serving/payloads.py): the share of requests written with their
+    # inputs and outputs under MLAPI_LOG_DIR/payloads (a model's [logging] sample
+    # overrides it); each model's files rotate at MLAPI_PAYLOAD_FILE_BYTES and keep
+    # at most MLAPI_PAYLOAD_MAX_BYTES (bytes, or 10m / 1g), the oldest going first.
+    payload_sample: float = Field(0.0, alias="MLAPI_PAYLOAD_SAMPLE", ge=0, le=1)
+    payload_file_bytes: int = Field(8 << 20, alias="MLAPI_PAYLOAD_FILE_BYTES", ge=4096)
+    payload_max_bytes: int = Field(256 << 20, alias="MLAPI_PAYLOAD_MAX_BYTES", ge=4096)
     # Fill an empty MODEL_PATH with the bundled models at start (the Swarm stack).
     seed_models: bool = Field(False, alias="MLAPI_SEED_MODELS")
     reload: bool = Field(False, alias="RELOAD")
@@ -115,7 +122,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive version number such as 1 or v1")
         return value
 
-    @field_validator("memory_limit", "publish_max_bytes", mode="before")
+    @field_validator(
+        "memory_limit",
+        "publish_max_bytes",
+        "payload_file_bytes",
+        "payload_max_bytes",
+        mode="before",
+    )
     @classmethod
     def _memory_size(cls, value: Any) -> Any:
         if not isinstance(value, str):

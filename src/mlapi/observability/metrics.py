@@ -170,6 +170,19 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.payload_records = Counter(
+            "mlapi_payload_records",
+            "Requests written to the payload log (MLAPI_LOG_DIR/payloads).",
+            ["model"],
+            registry=r,
+        )
+        self.payload_dropped = Counter(
+            "mlapi_payload_dropped",
+            "Sampled requests not written to the payload log: the buffer was full "
+            "(reason buffer) or the file could not be written (reason disk).",
+            ["model", "reason"],
+            registry=r,
+        )
         self.serving_version = Gauge(
             "mlapi_model_serving_version",
             "The newest version of a model that serves (0: none).",

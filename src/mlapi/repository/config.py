@@ -38,6 +38,7 @@ _TOP_KEYS = {
     "memory_mb",
     "rollout",
     "text",
+    "logging",
 }
 
 
@@ -112,6 +113,18 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """The payload log (README "Payload log"): ``sample`` of the requests (None: the
+    server's MLAPI_PAYLOAD_SAMPLE) written with their inputs and outputs, each tensor
+    cut to ``max_elements`` values (its shape kept), the inputs named in ``redact``
+    replaced by a hash of their values."""
+
+    sample: float | None = None
+    redact: tuple[str, ...] = ()
+    max_elements: int = 64
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     runtime: str | None = None
     file: str | None = None
@@ -127,6 +140,7 @@ class ModelConfig:
     memory_mb: float | None = None  # what the model needs in memory, when files do not say
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     text: dict[str, Any] | None = None  # the text runtime's table (runtimes/text_config.py)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def read_raw(path: Path) -> dict[str, Any]:
@@ -174,6 +188,7 @@ def parse(raw: dict[str, Any]) -> ModelConfig:
         memory_mb=_memory_mb(raw),
         rollout=_rollout(raw.get("rollout", {})),
         text=_opt_table(raw, "text"),
+        logging=_logging(raw.get("logging", {})),
     )
 
 
@@ -315,6 +330,21 @@ def _memory_mb(raw: dict[str, Any]) -> float | None:
             f"model.toml: 'memory_mb' must be a finite number over 0, at most {MAX_MEMORY_MB:g}"
         )
     return float(value)
+
+
+def _logging(value: Any) -> LoggingConfig:
+    table = _table(value, "logging", {"sample", "redact", "max_elements"})
+    sample = None
+    if "sample" in table:
+        sample = _number(table, "sample", "logging", 0.0, 0, 1)
+    redact = table.get("redact", [])
+    if not isinstance(redact, list) or not all(isinstance(n, str) for n in redact):
+        raise ModelLoadError("model.toml: [logging] redact must be a list of input names")
+    return LoggingConfig(
+        sample=sample,
+        redact=tuple(redact),
+        max_elements=int(_number(table, "max_elements", "logging", 64, 0, MAX_COUNT)),
+    )
 
 
 _ROLLOUT_KEYS = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +30,8 @@ from mlapi.serving.access import Access
 from mlapi.serving.keys import Client
 from mlapi.serving.lane import OFFLOAD_BYTES, off_loop
 from mlapi.serving.limits import Limits
-from mlapi.serving.tracking import Tracking
+from mlapi.serving.payloads import PayloadLog
+from mlapi.serving.tracking import Tracked, Tracking
 
 log = logging.getLogger("mlapi.api")
 
@@ -120,11 +122,13 @@ class Plane:
         tracking: Tracking,
         access: Access,
         limits: Limits,
+        payloads: PayloadLog | None = None,
     ) -> None:
         self.registry = registry
         self.tracking = tracking
         self.access = access
         self.limits = limits
+        self.payloads = payloads
 
     def authenticate(self, call: Call, admin: bool = False) -> Client:
         """The client the call's credentials name (an admin client with ``admin``),
@@ -139,12 +143,12 @@ class Plane:
         tracked = tracking.begin(
             call.model or "", call.method, call.path, call.request_id, call.protocol
         )
+        model = decoded = None
         try:
             access = self.access
             client = access.identify(call.authorization, call.api_key, call.repeated_credentials)
             tracked.client = client.name
             access.limit(client)
-            model = None
             if call.model is not None:
                 access.check_model(client, call.model)
                 model = self.registry.get(call.model, call.version)
@@ -183,6 +187,9 @@ class Plane:
             else:
                 answer = wire.encode(model, decoded, results)
         except MlapiError as exc:
+            if model is not None and self.payloads is not None and self.payloads.sample(model):
+                inputs = decoded.inputs if decoded is not None else None
+                self._log_payload(model, tracked, exc.status, inputs, None, exc.message)
             # a traceback keeps its frames' locals: a refused request's data goes now
             body = decoded = None  # noqa: F841
             tracked.failed(exc)
@@ -203,8 +210,26 @@ class Plane:
             error = InternalError(request_id)
             tracked.failed(error)
             raise error from None
+        payloads = self.payloads
+        if payloads is not None and payloads.sample(model):
+            self._log_payload(model, tracked, 200, decoded.inputs, results)
         tracked.done(200, "ok")
         return answer
+
+    def _log_payload(
+        self,
+        model: ModelVersion,
+        tracked: Tracked,
+        status: int,
+        inputs: dict[str, np.ndarray] | None,
+        outputs: dict[str, np.ndarray] | None,
+        error: str | None = None,
+    ) -> None:
+        assert self.payloads is not None
+        seconds = time.perf_counter() - tracked.started
+        self.payloads.offer(
+            model, tracked.request_id, tracked.client, status, seconds, inputs, outputs, error
+        )
 
 
 def _canary(served: ModelVersion, call: Call) -> ModelVersion:

@@ -1,0 +1,298 @@
+"""The payload log: a sampled share of the requests, with their inputs and outputs,
+as JSON lines under ``MLAPI_LOG_DIR/payloads/<model>/`` (``pandas.read_json(path,
+lines=True)`` reads a file). What a model is asked stays on the host.
+
+Off the request path: a request that is sampled costs the event loop one append to
+a bounded buffer; a thread of its own turns records into JSON and writes them. When
+it falls behind (a slow or full disk), records are dropped and counted, never a
+request delayed or failed. Every worker writes files of its own (a line is never
+interleaved with another worker's) and holds a shared lock on the file it writes;
+each model's folder is kept under ``MLAPI_PAYLOAD_MAX_BYTES``: before a worker
+starts a new file, the oldest files nobody holds go until the rest, with room for
+every worker's open file, fit."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlapi.observability.metrics import Metrics
+from mlapi.registry import ModelVersion
+from mlapi.settings import Settings
+
+log = logging.getLogger("mlapi.payloads")
+BUFFER_RECORDS = 4096  # records waiting for the writer; more are dropped
+BUFFER_BYTES = 64 << 20  # ... and no more than this of their tensors
+RETRY_AFTER_S = 1.0  # after a failed write, the next file is tried this much later
+
+
+@dataclass(slots=True)
+class Record:
+    time: float
+    request_id: str | None
+    model: str
+    version: int
+    client: str
+    status: int
+    latency_ms: float
+    inputs: Mapping[str, np.ndarray] | None
+    outputs: Mapping[str, np.ndarray] | None
+    error: str | None
+    redact: tuple[str, ...]
+    max_elements: int
+    size: int
+
+
+class PayloadLog:
+    """This worker's payload log: sampling on the loop, writing on its thread."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.default_sample = settings.payload_sample
+        self.folder = settings.log_dir / "payloads" if settings.log_dir is not None else None
+        workers = settings.workers
+        # every worker's open file must fit beside the closed ones
+        cap = settings.payload_max_bytes
+        self.file_bytes = min(settings.payload_file_bytes, cap // (workers + 1))
+        self.max_bytes = settings.payload_max_bytes
+        self.reserved = workers * self.file_bytes
+        self._written = metrics.payload_records
+        self._dropped = metrics.payload_dropped
+        self._records: deque[Record] = deque()
+        self._bytes_in = 0  # the loop's
+        self._bytes_out = 0  # the thread's
+        self._wake = threading.Event()
+        self._stopping = False
+        self._files: dict[str, _File] = {}
+        self._thread: threading.Thread | None = None
+
+    def sample(self, model: ModelVersion) -> float:
+        config = model.config
+        own = config.logging.sample if config is not None else None
+        return self.default_sample if own is None else own
+
+    # ----- on the event loop ------------------------------------------------------
+    def offer(
+        self,
+        model: ModelVersion,
+        request_id: str | None,
+        client: str,
+        status: int,
+        seconds: float,
+        inputs: Mapping[str, np.ndarray] | None,
+        outputs: Mapping[str, np.ndarray] | None,
+        error: str | None = None,
+    ) -> None:
+        """Keep a record of this request if it is sampled (the caller checked that the
+        model's share is over 0): dropped and counted when the buffer is full."""
+        if self.folder is None or random.random() >= self.sample(model):
+            return
+        size = _nbytes(inputs) + _nbytes(outputs)
+        if (
+            len(self._records) >= BUFFER_RECORDS
+            or self._bytes_in - self._bytes_out + size > BUFFER_BYTES
+        ):
+            self._dropped.labels(model.name, "buffer").inc()
+            return
+        config = model.config
+        logging_config = config.logging if config is not None else None
+        self._bytes_in += size
+        self._records.append(
+            Record(
+                time.time(),
+                request_id,
+                model.name,
+                model.version,
+                client,
+                status,
+                round(seconds * 1000, 3),
+                inputs,
+                outputs,
+                error,
+                logging_config.redact if logging_config else (),
+                logging_config.max_elements if logging_config else 64,
+                size,
+            )
+        )
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="payload-log", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def close(self, within_s: float = 5.0) -> None:
+        """Write what waits (at most ``within_s``), then close the files."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(within_s)
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+
+    # ----- on the writer's thread ---------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._records:
+                record = self._records.popleft()
+                self._bytes_out += record.size
+                self._write(record)
+            if self._stopping:
+                return
+
+    def _write(self, record: Record) -> None:
+        assert self.folder is not None
+        line = orjson.dumps(_document(record), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        file = self._files.get(record.model)
+        now = time.monotonic()
+        if file is not None and (file.failed_at or file.size + len(line) > self.file_bytes):
+            if file.failed_at and now - file.failed_at < RETRY_AFTER_S:
+                self._dropped.labels(record.model, "disk").inc()
+                return
+            file.close()
+            file = None
+        try:
+            if file is None:
+                file = self._files[record.model] = self._open(record.model)
+            file.write(line)
+        except OSError as exc:
+            if file is not None:
+                file.failed_at = now
+            self._dropped.labels(record.model, "disk").inc()
+            log.warning("payload record of %s not written: %s", record.model, type(exc).__name__)
+            return
+        self._written.labels(record.model).inc()
+
+    def _open(self, model: str) -> _File:
+        assert self.folder is not None
+        folder = self.folder / model
+        folder.mkdir(parents=True, exist_ok=True)
+        _trim(folder, self.max_bytes - self.reserved)
+        now = time.time_ns()  # names sort by age: the clean-up removes the first ones
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+        return _File(folder / f"{stamp}.{now // 1000 % 10**6:06d}Z-{os.getpid()}.jsonl")
+
+
+class _File:
+    """A payload file this worker writes, held with a shared lock (so another
+    worker's clean-up leaves it alone)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self.size = 0
+        self.failed_at = 0.0
+
+    def write(self, data: bytes) -> None:
+        written = os.write(self.fd, data)
+        self.size += written
+        if written != len(data):
+            raise OSError("short write")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _trim(folder: Path, keep_bytes: int) -> None:
+    """Remove the oldest payload files nobody holds until the rest fit ``keep_bytes``."""
+    files = []
+    for path in folder.glob("*.jsonl"):
+        with contextlib.suppress(OSError):
+            files.append((path.name, path, path.stat().st_size))
+    files.sort()
+    total = sum(size for _, _, size in files)
+    for _, path, size in files:
+        if total <= keep_bytes:
+            return
+        if _free(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+
+
+def _free(path: Path) -> bool:
+    """Whether no worker holds ``path`` (it was closed, or its worker is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _document(record: Record) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.time))
+        + f".{int(record.time % 1 * 1000):03d}Z",
+        "request_id": record.request_id,
+        "model": record.model,
+        "version": record.version,
+        "client": record.client,
+        "status": record.status,
+        "latency_ms": record.latency_ms,
+    }
+    if record.inputs is not None:
+        document["inputs"] = {
+            name: _tensor(array, record.max_elements, name in record.redact)
+            for name, array in record.inputs.items()
+        }
+    if record.outputs is not None:
+        document["outputs"] = {
+            name: _tensor(array, record.max_elements, False)
+            for name, array in record.outputs.items()
+        }
+    if record.error is not None:
+        document["error"] = record.error
+    return document
+
+
+def _tensor(array: np.ndarray, max_elements: int, redacted: bool) -> dict[str, Any]:
+    shown: dict[str, Any] = {"shape": list(array.shape)}
+    if redacted:
+        shown["sha256"] = _digest(array)
+        return shown
+    flat = array.reshape(-1)
+    if flat.size > max_elements:
+        shown["truncated"] = True
+    values = flat[:max_elements].tolist()
+    shown["data"] = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in values]
+    return shown
+
+
+def _digest(array: np.ndarray) -> str:
+    """A hash of a tensor's values (its text for BYTES): equal inputs, equal hashes."""
+    digest = hashlib.sha256()
+    if array.dtype.kind == "O":
+        for value in array.reshape(-1).tolist():
+            item = value if isinstance(value, bytes) else str(value).encode()
+            digest.update(len(item).to_bytes(8, "little") + item)
+    else:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _nbytes(tensors: Mapping[str, np.ndarray] | None) -> int:
+    return sum(array.nbytes for array in tensors.values()) if tensors else 0
