@@ -151,3 +151,49 @@ def test_a_full_disk_drops_records_and_every_request_is_answered(tmp_path: Path)
         assert value(found, "mlapi_payload_dropped_total", model="iris", reason="disk") > 0
     finally:
         subprocess.run(["umount", str(logs)], check=True)
+
+
+def _psi(client: TestClient) -> dict[str, float]:
+    found = samples(client)
+    return {
+        dict(labels)["feature"]: v
+        for (name, labels), v in found.items()
+        if name == "mlapi_drift_psi" and dict(labels).get("model") == "iris"
+    }
+
+
+def test_drift_stays_low_on_the_reference_and_shows_a_shifted_feature(tmp_path: Path) -> None:
+    """The first 500 requests become the reference (saved); 1,000 more from the same
+    distribution keep every feature's PSI under 0.1; 1,000 with petal length moved
+    by two standard deviations raise its PSI over 0.2, and the predicted labels' too,
+    and leave the other features under 0.1."""
+    logs = tmp_path / "logs"
+    table = "[logging]\nsample = 1.0\nreference_requests = 500\ndrift_window = 1000\n"
+    rng = np.random.default_rng(7)
+    mean = np.array([5.8, 3.0, 3.8, 1.2], np.float32)
+    spread = np.array([0.8, 0.4, 1.7, 0.7], np.float32)
+
+    def send(client: TestClient, n: int, shift: float = 0.0) -> None:
+        for _ in range(n):
+            row = (mean + spread * rng.standard_normal(4)).astype(np.float32)
+            row[2] += shift * spread[2]
+            body = {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}
+                ]
+            }
+            assert client.post("/v2/models/iris/infer", json=body).status_code == 200
+
+    with _server(_repository(tmp_path, table), logs) as client:
+        send(client, 1500)
+        wait_for(lambda: len(_psi(client)) >= 5, what="drift gauges")
+        wait_for(lambda: sum(_psi(client).values()) > 0, what="the window counted")
+        steady = _psi(client)
+        assert set(steady) >= {"input[0]", "input[1]", "input[2]", "input[3]", "output:label"}
+        assert max(steady.values()) < 0.1, steady
+        send(client, 1000, shift=2.0)
+        wait_for(lambda: _psi(client)["input[2]"] > 0.2, what="the shift seen")
+        shifted = _psi(client)
+    assert shifted["output:label"] > 0.2, shifted
+    assert max(shifted[f"input[{i}]"] for i in (0, 1, 3)) < 0.1, shifted
+    assert (logs / "drift" / "iris-v1.reference.npz").is_file()

@@ -183,6 +183,14 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.drift_psi = Gauge(
+            "mlapi_drift_psi",
+            "Population stability index of a feature (an input column, a BYTES input, "
+            "an output) over the recent sampled requests against the version's reference.",
+            ["model", "version", "feature"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.serving_version = Gauge(
             "mlapi_model_serving_version",
             "The newest version of a model that serves (0: none).",

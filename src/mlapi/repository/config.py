@@ -122,6 +122,11 @@ class LoggingConfig:
     sample: float | None = None
     redact: tuple[str, ...] = ()
     max_elements: int = 64
+    # drift of the sampled requests against a reference (serving/drift.py)
+    drift: bool = True
+    reference_requests: int = 1000
+    max_features: int = 32
+    drift_window: int = 2000
 
 
 @dataclass(frozen=True)
@@ -333,7 +338,8 @@ def _memory_mb(raw: dict[str, Any]) -> float | None:
 
 
 def _logging(value: Any) -> LoggingConfig:
-    table = _table(value, "logging", {"sample", "redact", "max_elements"})
+    keys = {"sample", "redact", "max_elements", "drift", "reference_requests"}
+    table = _table(value, "logging", keys | {"max_features", "drift_window"})
     sample = None
     if "sample" in table:
         sample = _number(table, "sample", "logging", 0.0, 0, 1)
@@ -344,6 +350,12 @@ def _logging(value: Any) -> LoggingConfig:
         sample=sample,
         redact=tuple(redact),
         max_elements=int(_number(table, "max_elements", "logging", 64, 0, MAX_COUNT)),
+        drift=_flag(table, "drift", "logging"),
+        reference_requests=int(
+            _number(table, "reference_requests", "logging", 1000, 10, MAX_COUNT)
+        ),
+        max_features=int(_number(table, "max_features", "logging", 32, 1, 1024)),
+        drift_window=int(_number(table, "drift_window", "logging", 2000, 10, MAX_COUNT)),
     )
 
 

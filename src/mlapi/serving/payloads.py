@@ -32,12 +32,17 @@ import orjson
 
 from mlapi.observability.metrics import Metrics
 from mlapi.registry import ModelVersion
+from mlapi.repository.config import LoggingConfig
+from mlapi.serving.drift import Monitor
 from mlapi.settings import Settings
 
 log = logging.getLogger("mlapi.payloads")
 BUFFER_RECORDS = 4096  # records waiting for the writer; more are dropped
 BUFFER_BYTES = 64 << 20  # ... and no more than this of their tensors
 RETRY_AFTER_S = 1.0  # after a failed write, the next file is tried this much later
+PUBLISH_EVERY_S = 1.0  # drift gauges are set this often
+DEFAULT_LOGGING = LoggingConfig()
+REFERENCE_FILE = "reference.npz"
 
 
 @dataclass(slots=True)
@@ -52,8 +57,8 @@ class Record:
     inputs: Mapping[str, np.ndarray] | None
     outputs: Mapping[str, np.ndarray] | None
     error: str | None
-    redact: tuple[str, ...]
-    max_elements: int
+    logging: LoggingConfig
+    folder: Path  # the version's, where a reference.npz may be
     size: int
 
 
@@ -78,6 +83,9 @@ class PayloadLog:
         self._stopping = False
         self._files: dict[str, _File] = {}
         self._thread: threading.Thread | None = None
+        self._drift: dict[tuple[str, int], _Drift] = {}
+        self._psi = metrics.drift_psi
+        self._published = 0.0
 
     def sample(self, model: ModelVersion) -> float:
         config = model.config
@@ -108,7 +116,6 @@ class PayloadLog:
             self._dropped.labels(model.name, "buffer").inc()
             return
         config = model.config
-        logging_config = config.logging if config is not None else None
         self._bytes_in += size
         self._records.append(
             Record(
@@ -122,8 +129,8 @@ class PayloadLog:
                 inputs,
                 outputs,
                 error,
-                logging_config.redact if logging_config else (),
-                logging_config.max_elements if logging_config else 64,
+                config.logging if config is not None else DEFAULT_LOGGING,
+                model.path,
                 size,
             )
         )
@@ -151,8 +158,89 @@ class PayloadLog:
                 record = self._records.popleft()
                 self._bytes_out += record.size
                 self._write(record)
+                if record.logging.drift and record.status == 200:
+                    self._observe(record)
+            if time.monotonic() - self._published >= PUBLISH_EVERY_S:
+                self._publish()
             if self._stopping:
                 return
+
+    # ----- drift (serving/drift.py), on the writer's thread ---------------------------
+    def _observe(self, record: Record) -> None:
+        """Count a request into its version's drift window; or, while the version
+        has no reference yet, keep it toward one (the first reference_requests)."""
+        if record.inputs is None:
+            return
+        key = (record.model, record.version)
+        drift = self._drift.get(key)
+        if drift is None:
+            drift = self._drift[key] = self._drift_of(record)
+        if drift.monitor is not None:
+            drift.monitor.add(record.inputs, record.outputs)
+            return
+        drift.inputs.append(dict(record.inputs))
+        drift.outputs.append(dict(record.outputs or {}))
+        if len(drift.inputs) >= record.logging.reference_requests:
+            inputs, outputs = _stacked(drift.inputs), _stacked(drift.outputs)
+            drift.inputs, drift.outputs = [], []
+            self._save_reference(record, inputs, outputs)
+            drift.monitor = Monitor(
+                inputs, outputs, record.logging.max_features, record.logging.drift_window
+            )
+
+    def _drift_of(self, record: Record) -> _Drift:
+        """A version's reference: its own reference.npz, else one this server saved
+        from its first live requests, else none yet."""
+        for path in (record.folder / REFERENCE_FILE, self._reference_path(record)):
+            if path is None or not path.is_file():
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    arrays = {name: saved[name] for name in saved.files}
+            except (OSError, ValueError) as exc:
+                log.warning("drift reference %s not read: %s", path.name, type(exc).__name__)
+                continue
+            outputs = {
+                name.removeprefix("output:"): a
+                for name, a in arrays.items()
+                if name.startswith("output:") or name in (record.outputs or {})
+            }
+            inputs = {n: a for n, a in arrays.items() if n.removeprefix("output:") not in outputs}
+            if inputs:
+                config = record.logging
+                monitor = Monitor(inputs, outputs or None, config.max_features, config.drift_window)
+                return _Drift(monitor)
+        return _Drift(None)
+
+    def _reference_path(self, record: Record) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder.parent / "drift" / f"{record.model}-v{record.version}.reference.npz"
+
+    def _save_reference(
+        self, record: Record, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        """Kept, so that a restart compares with the same reference."""
+        path = self._reference_path(record)
+        if path is None:
+            return
+        arrays = {**inputs, **{f"output:{name}": a for name, a in outputs.items()}}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # (numpy stubs: allow_pickle)
+            tmp.replace(path)
+        except (OSError, ValueError) as exc:
+            log.warning("drift reference of %s not saved: %s", record.model, type(exc).__name__)
+
+    def _publish(self) -> None:
+        self._published = time.monotonic()
+        for (model, version), drift in list(self._drift.items()):
+            if drift.monitor is None:
+                continue
+            for feature, value in drift.monitor.psi().items():
+                self._psi.labels(model, str(version), feature).set(value)
 
     def _write(self, record: Record) -> None:
         assert self.folder is not None
@@ -185,6 +273,24 @@ class PayloadLog:
         now = time.time_ns()  # names sort by age: the clean-up removes the first ones
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
         return _File(folder / f"{stamp}.{now // 1000 % 10**6:06d}Z-{os.getpid()}.jsonl")
+
+
+class _Drift:
+    def __init__(self, monitor: Monitor | None) -> None:
+        self.monitor = monitor
+        self.inputs: list[dict[str, np.ndarray]] = []  # toward a reference, until it has one
+        self.outputs: list[dict[str, np.ndarray]] = []
+
+
+def _stacked(requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each tensor's rows of all the requests (a tensor whose shapes differ: left out)."""
+    stacked: dict[str, np.ndarray] = {}
+    for name in requests[0] if requests else ():
+        try:
+            stacked[name] = np.concatenate([r[name] for r in requests if name in r])
+        except ValueError:
+            continue
+    return stacked
 
 
 class _File:
@@ -256,12 +362,12 @@ def _document(record: Record) -> dict[str, Any]:
     }
     if record.inputs is not None:
         document["inputs"] = {
-            name: _tensor(array, record.max_elements, name in record.redact)
+            name: _tensor(array, record.logging.max_elements, name in record.logging.redact)
             for name, array in record.inputs.items()
         }
     if record.outputs is not None:
         document["outputs"] = {
-            name: _tensor(array, record.max_elements, False)
+            name: _tensor(array, record.logging.max_elements, False)
             for name, array in record.outputs.items()
         }
     if record.error is not None:
