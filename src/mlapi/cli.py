@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _doctor_parser(commands)
     _keys_parser(commands)
+    _drift_parser(commands)
 
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(
@@ -136,6 +137,20 @@ def _keys_parser(commands: Any) -> None:
     key_commands.add_parser("list", help="names, models, rates (never a key or digest)")
     revoke = key_commands.add_parser("revoke", help="take NAME's key out")
     revoke.add_argument("name")
+
+
+def _drift_parser(commands: Any) -> None:
+    drift = commands.add_parser(
+        "drift", help="how far a model's inputs and outputs moved from its reference"
+    )
+    drift.add_argument("model")
+    drift.add_argument("--logs", default="/app/logs", help="the logs folder (MLAPI_LOG_DIR)")
+    drift.add_argument("--model-path", help="the repository, for a version's reference.npz")
+    drift.add_argument("--version", type=_version_number, help="default: the newest logged")
+    drift.add_argument("--since", help="records from this time on: 2026-12-06T08:00:00 or 2h")
+    drift.add_argument("--threshold", type=float, default=0.2, help="PSI that fails (exit 1)")
+    drift.add_argument("--max-features", type=int, default=32)
+    drift.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _doctor_parser(commands: Any) -> None:
@@ -207,8 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return healthcheck.main(given[1:])
     args = _parser().parse_args(given)
-    if args.command in ("doctor", "keys"):  # files of their own, not the server's settings
+    if args.command in ("doctor", "keys", "drift"):  # files of their own, not the settings
         try:
+            if args.command == "drift":
+                from mlapi import drift_cli
+
+                return drift_cli.main(args)
             if args.command == "keys":
                 from mlapi import keys_cli
 
