@@ -5,6 +5,7 @@ falls back to skops and says so; without --trust, nothing is loaded."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -166,3 +167,33 @@ def test_a_sample_that_is_not_rows_is_refused(tmp_path: Path) -> None:
         str(sample),
     )
     assert done.returncode == 2 and "2-D array" in done.stderr
+
+
+def test_the_sample_becomes_the_versions_drift_reference(tmp_path: Path) -> None:
+    model, unseen = _forest()
+    source = tmp_path / "model.pkl"
+    source.write_bytes(pickle.dumps(model))
+    sample = tmp_path / "sample.npy"
+    np.save(sample, unseen)
+    repository = tmp_path / "models"
+    repository.mkdir()
+    done = run_import(
+        str(source),
+        "--name",
+        "m",
+        "--model-path",
+        str(repository),
+        "--trust",
+        "--sample",
+        str(sample),
+    )
+    assert done.returncode == 0, done.stderr
+    with np.load(repository / "m" / "1" / "reference.npz", allow_pickle=False) as reference:
+        names = set(reference.files)
+        (feature,) = names - {n for n in names if n.startswith("output:")}
+        np.testing.assert_allclose(reference[feature], unseen, rtol=1e-6)
+        assert [str(x) for x in reference["output:label"]] == [
+            str(x) for x in model.predict(unseen)
+        ]
+    manifest = json.loads((repository / "m" / "1" / "manifest.json").read_text())
+    assert "reference.npz" in manifest["files"]

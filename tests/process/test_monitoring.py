@@ -118,7 +118,11 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         process.wait(timeout=20)
 
 
-SHADOW_FOREVER = '[rollout]\nstrategy = "shadow"\nmin_compared = 1000000\nmax_shadow_s = 3600\n'
+SHADOW_FOREVER = (
+    '[rollout]\nstrategy = "shadow"\nmin_compared = 1000000\nmax_shadow_s = 3600\n'
+    # and the payload log with drift, its reference the first 20 requests
+    "[logging]\nsample = 1.0\nreference_requests = 20\n"
+)
 CANARY_FOREVER = '[rollout]\nstrategy = "canary"\ncanary_percent = [50, 100]\nstep_s = 3600\n'
 
 
@@ -132,7 +136,7 @@ def test_every_dashboard_and_alert_query_has_data_on_a_live_prometheus(
         for version in ("1", "2"):
             shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", repo / name / version)
         (repo / name / "model.toml").write_text(rollout)
-    server = start_server(MODEL_PATH=str(repo), WORKERS="2")
+    server = start_server(MODEL_PATH=str(repo), WORKERS="2", MLAPI_LOG_DIR=str(tmp_path / "logs"))
     wait_for(lambda: "mlapi_canary_percent{" in httpx.get(server.url + "/metrics").text)
     scrape = httpx.get(server.url + "/metrics").text
     lint = promtool("check", "metrics", stdin=scrape)

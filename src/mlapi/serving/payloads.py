@@ -267,6 +267,8 @@ class PayloadLog:
 
     def _open(self, model: str) -> _File:
         assert self.folder is not None
+        for reason in ("buffer", "disk"):  # each model's drop series from 0
+            self._dropped.labels(model, reason)
         folder = self.folder / model
         folder.mkdir(parents=True, exist_ok=True)
         _trim(folder, self.max_bytes - self.reserved)
