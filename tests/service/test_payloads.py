@@ -197,3 +197,34 @@ def test_drift_stays_low_on_the_reference_and_shows_a_shifted_feature(tmp_path: 
     assert shifted["output:label"] > 0.2, shifted
     assert max(shifted[f"input[{i}]"] for i in (0, 1, 3)) < 0.1, shifted
     assert (logs / "drift" / "iris-v1.reference.npz").is_file()
+
+
+def test_pandas_reads_the_files_as_the_readme_shows(tmp_path: Path) -> None:
+    import pandas as pd
+
+    logs = tmp_path / "logs"
+    with _server(_repository(tmp_path), logs, MLAPI_PAYLOAD_SAMPLE="1") as client:
+        for n in range(20):
+            client.post("/v2/models/iris/infer", json=IRIS, headers={"x-request-id": f"r-{n}"})
+    (path,) = (logs / "payloads" / "iris").glob("*.jsonl")
+    frame = pd.read_json(path, lines=True)
+    assert len(frame) == 20 and list(frame["request_id"]) == [f"r-{n}" for n in range(20)]
+    rows = pd.DataFrame([item["input"]["data"] for item in frame["inputs"]])
+    assert rows.shape == (20, 4) and rows.iloc[0].tolist() == pytest.approx(ROW)
+
+
+def test_a_versions_reference_npz_is_its_reference(tmp_path: Path) -> None:
+    """With the version's own reference.npz, drift is measured from the first
+    request: no live requests are kept toward a reference, none is saved."""
+    logs = tmp_path / "logs"
+    repo = _repository(tmp_path, "[logging]\nsample = 1.0\n")
+    rng = np.random.default_rng(1)
+    reference = (np.array(ROW, np.float32) + rng.normal(0, 0.3, (500, 4))).astype(np.float32)
+    np.savez(repo / "iris" / "1" / "reference.npz", input=reference)
+    with _server(repo, logs) as client:
+        for _ in range(60):
+            client.post("/v2/models/iris/infer", json=IRIS)
+        wait_for(lambda: "input[0]" in _psi(client), what="drift from the first requests")
+        # every request is the same row: each feature sits in one bin of ten
+        assert min(_psi(client)[f"input[{i}]"] for i in range(4)) > 1
+    assert not (logs / "drift").exists()
