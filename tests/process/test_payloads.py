@@ -46,7 +46,7 @@ def test_two_workers_write_files_of_their_own_with_whole_lines(
     assert answered == 800
     assert server.stop() == 0
     files = sorted((logs / "payloads" / "iris").glob("*.jsonl"))
-    pids = {path.stem.rsplit("-", 1)[1] for path in files}
+    pids = {path.stem.rsplit("-", 1)[1] for path in files}  # <time>-<host>-<pid>
     assert len(pids) == 2, files
     ids = [
         orjson.loads(line)["request_id"]

@@ -9,7 +9,7 @@ request delayed or failed. Every worker writes files of its own (a line is never
 interleaved with another worker's) and holds a shared lock on the file it writes;
 each model's folder is kept under ``MLAPI_PAYLOAD_MAX_BYTES``: before a worker
 starts a new file, the oldest files nobody holds go until the rest, with room for
-every worker's open file, fit."""
+every file another worker holds grown to its full size, fit."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import hashlib
 import logging
 import os
 import random
+import re
+import socket
 import threading
 import time
 from collections import deque
@@ -43,6 +45,8 @@ RETRY_AFTER_S = 1.0  # after a failed write, the next file is tried this much la
 PUBLISH_EVERY_S = 1.0  # drift gauges are set this often
 DEFAULT_LOGGING = LoggingConfig()
 REFERENCE_FILE = "reference.npz"
+# in a file's name beside the pid: replicas sharing a logs volume each have a pid 7
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
 
 
 @dataclass(slots=True)
@@ -73,7 +77,6 @@ class PayloadLog:
         cap = settings.payload_max_bytes
         self.file_bytes = min(settings.payload_file_bytes, cap // (workers + 1))
         self.max_bytes = settings.payload_max_bytes
-        self.reserved = workers * self.file_bytes
         self._written = metrics.payload_records
         self._dropped = metrics.payload_dropped
         self._records: deque[Record] = deque()
@@ -271,10 +274,11 @@ class PayloadLog:
             self._dropped.labels(model, reason)
         folder = self.folder / model
         folder.mkdir(parents=True, exist_ok=True)
-        _trim(folder, self.max_bytes - self.reserved)
+        _trim(folder, self.max_bytes, self.file_bytes)
         now = time.time_ns()  # names sort by age: the clean-up removes the first ones
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
-        return _File(folder / f"{stamp}.{now // 1000 % 10**6:06d}Z-{os.getpid()}.jsonl")
+        name = f"{stamp}.{now // 1000 % 10**6:06d}Z-{_HOST}-{os.getpid()}.jsonl"
+        return _File(folder / name)
 
 
 class _Drift:
@@ -319,21 +323,24 @@ class _File:
             self.fd = -1
 
 
-def _trim(folder: Path, keep_bytes: int) -> None:
-    """Remove the oldest payload files nobody holds until the rest fit ``keep_bytes``."""
+def _trim(folder: Path, cap: int, file_bytes: int) -> None:
+    """Remove the oldest payload files nobody holds until the folder fits ``cap`` with
+    a new file of ``file_bytes`` and every held file grown to ``file_bytes`` (held:
+    another worker, of this replica or of another on the same volume, writes it)."""
     files = []
     for path in folder.glob("*.jsonl"):
         with contextlib.suppress(OSError):
             files.append((path.name, path, path.stat().st_size))
     files.sort()
-    total = sum(size for _, _, size in files)
-    for _, path, size in files:
-        if total <= keep_bytes:
+    free = [(path, size) for _, path, size in files if _free(path)]
+    held = len(files) - len(free)
+    total = sum(size for _, size in free) + (held + 1) * file_bytes
+    for path, size in free:
+        if total <= cap:
             return
-        if _free(path):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                total -= size
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
 
 
 def _free(path: Path) -> bool:
