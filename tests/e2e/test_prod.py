@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
@@ -176,7 +177,8 @@ def test_monitoring_profile_scrapes_every_replica(
 ) -> None:
     stack = make_stack(tmp_path, PROD)
     stack_factory.append(stack)
-    write_api_key(stack)
+    key = write_api_key(stack)
+    stack.env["MLAPI_PAYLOAD_SAMPLE"] = "1"  # the payload log and drift (issue 26)
     stack.env["PROMETHEUS_IMAGE"] = os.environ.get(
         "MLAPI_TEST_PROMETHEUS_IMAGE", "mlapi-prometheus:bookworm"
     )
@@ -218,6 +220,38 @@ def test_monitoring_profile_scrapes_every_replica(
     (prom,) = stack.containers("prometheus")
     bindings = prom["HostConfig"]["PortBindings"]["9090/tcp"]
     assert bindings == [{"HostIp": "127.0.0.1", "HostPort": stack.env["PROMETHEUS_PORT"]}]
+    _payloads_and_drift(stack, key, prometheus)
+
+
+def _payloads_and_drift(stack: Stack, key: str, prometheus: str) -> None:
+    """Every request written on the logs volume by the four workers; each worker's
+    first 1,000 become its reference; Prometheus scrapes the drift gauge; and
+    `mlapi drift` reads the volume inside the container."""
+
+    def send(_: int) -> int:
+        with httpx.Client(base_url=stack.url, headers={"X-API-Key": key}, timeout=10) as c:
+            return sum(
+                c.post("/v2/models/iris/infer", json=IRIS).status_code == 200 for _ in range(700)
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(send, range(8))) == 5600
+
+    def drift_scraped() -> bool:
+        query = {"query": 'mlapi_drift_psi{model="iris", feature="input[0]"}'}
+        answer = httpx.get(prometheus + "/api/v1/query", params=query, timeout=5).json()
+        return bool(answer["data"]["result"])
+
+    wait_until(drift_scraped, 90, "Prometheus to scrape the drift gauge")
+    listing = stack.compose(
+        "exec", "-T", "ml-api", "ls", "/app/logs/payloads/iris", "/app/logs/drift"
+    )
+    assert ".jsonl" in listing.stdout and ".reference.npz" in listing.stdout
+    report = stack.compose(
+        "exec", "-T", "ml-api", "mlapi", "drift", "iris", "--format", "json", check=False
+    )
+    assert report.returncode == 0, report.stderr  # every request the same row as before
+    assert json.loads(report.stdout)["requests"] > 0
 
 
 SLOW_BODY = (
