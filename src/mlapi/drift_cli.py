@@ -206,9 +206,11 @@ def _text(report: dict[str, Any]) -> str:
         f"{'feature':<28} {'PSI':>8} {'KS':>7} {'KS p':>9} {'mean shift':>12} {'in sd':>7}",
     ]
     for row in report["features"]:
-        lines.append(
-            f"{row['feature'][:28]:<28} {row['psi']:>8.4f} {row.get('ks', float('nan')):>7.4f} "
-            f"{row.get('ks_p', float('nan')):>9.3g} {row.get('mean_shift', float('nan')):>12.4g} "
-            f"{row.get('mean_shift_sd', float('nan')):>7.2f}"
-        )
+        numbers = ""
+        if "ks" in row:  # a numeric feature (a category's PSI says it all)
+            numbers = (
+                f" {row['ks']:>7.4f} {row['ks_p']:>9.3g} {row['mean_shift']:>12.4g}"
+                f" {row['mean_shift_sd']:>7.2f}"
+            )
+        lines.append(f"{row['feature'][:28]:<28} {row['psi']:>8.4f}{numbers}")
     return "\n".join(lines) + "\n"

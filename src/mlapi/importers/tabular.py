@@ -24,6 +24,7 @@ from mlapi.repository import config as model_config
 from mlapi.repository.safety import PICKLE_SUFFIXES
 from mlapi.runtimes import catalog
 from mlapi.runtimes.base import LoadContext
+from mlapi.serving.drift import save_reference
 
 GENERATED_ROWS = 240
 
@@ -190,20 +191,6 @@ def _library_file(
     return _checked(model, library, staging, rows, generated, notes)
 
 
-def write_reference(
-    folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
-) -> None:
-    """``reference.npz``: the inputs by name, the outputs as ``output:<name>``; text
-    as fixed-width strings, so that it loads without pickle (allow_pickle=False)."""
-    arrays = {**inputs, **{f"output:{name}": value for name, value in outputs.items()}}
-    plain = {
-        name: value.astype(str) if value.dtype.kind in "OS" else value
-        for name, value in arrays.items()
-    }
-    with (folder / "reference.npz").open("wb") as handle:
-        np.savez(handle, **plain)  # type: ignore[arg-type]  # (numpy stubs: allow_pickle)
-
-
 def _checked(
     model: Any,
     fmt: str,
@@ -226,7 +213,7 @@ def _checked(
     except MlapiError as exc:
         raise ConfigError(f"the {fmt} file does not serve: {exc.message}") from None
     if not generated:  # the user's sample rows: the reference drift is measured against
-        write_reference(staging, {spec.name: feed}, served)
+        save_reference(staging / "reference.npz", {spec.name: feed}, served)
     largest, ties = checks.compare_tabular(model, rows, served)
     if ties:
         notes.append(

@@ -12,8 +12,10 @@ Under 0.1 is usually read as stable, over 0.2 as a shift worth a look."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter, deque
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -140,6 +142,23 @@ class Monitor:
             if live.sum():
                 found[feature.name] = psi(feature.reference, live)
         return found
+
+
+def save_reference(
+    path: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+) -> None:
+    """A reference file: the inputs by name, the outputs as ``output:<name>``; text as
+    fixed-width strings, so that it loads without pickle (allow_pickle=False). Written
+    whole, then renamed into place."""
+    arrays = {**inputs, **{f"output:{name}": value for name, value in outputs.items()}}
+    plain = {
+        name: value.astype(str) if value.dtype.kind in "OS" else value
+        for name, value in arrays.items()
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as handle:
+        np.savez(handle, **plain)  # type: ignore[arg-type]  # (numpy stubs: allow_pickle)
+    tmp.replace(path)
 
 
 def _column(array: np.ndarray, column: int | None) -> np.ndarray:

@@ -35,7 +35,7 @@ import orjson
 from mlapi.observability.metrics import Metrics
 from mlapi.registry import ModelVersion
 from mlapi.repository.config import LoggingConfig
-from mlapi.serving.drift import Monitor
+from mlapi.serving.drift import Monitor, save_reference
 from mlapi.settings import Settings
 
 log = logging.getLogger("mlapi.payloads")
@@ -227,13 +227,9 @@ class PayloadLog:
         path = self._reference_path(record)
         if path is None:
             return
-        arrays = {**inputs, **{f"output:{name}": a for name, a in outputs.items()}}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as handle:
-                np.savez(handle, **arrays)  # type: ignore[arg-type]  # (numpy stubs: allow_pickle)
-            tmp.replace(path)
+            save_reference(path, inputs, outputs)
         except (OSError, ValueError) as exc:
             log.warning("drift reference of %s not saved: %s", record.model, type(exc).__name__)
 
