@@ -196,7 +196,9 @@ def test_drift_stays_low_on_the_reference_and_shows_a_shifted_feature(tmp_path: 
         shifted = _psi(client)
     assert shifted["output:label"] > 0.2, shifted
     assert max(shifted[f"input[{i}]"] for i in (0, 1, 3)) < 0.1, shifted
-    assert (logs / "drift" / "iris-v1.reference.npz").is_file()
+    with np.load(logs / "drift" / "iris-v1.reference.npz", allow_pickle=False) as saved:
+        assert saved["input"].shape == (500, 4)  # the first 500 requests
+        assert set(saved["output:label"].tolist()) <= {"setosa", "versicolor", "virginica"}
 
 
 def test_pandas_reads_the_files_as_the_readme_shows(tmp_path: Path) -> None:
