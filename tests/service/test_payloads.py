@@ -230,3 +230,19 @@ def test_a_versions_reference_npz_is_its_reference(tmp_path: Path) -> None:
         # every request is the same row: each feature sits in one bin of ten
         assert min(_psi(client)[f"input[{i}]"] for i in range(4)) > 1
     assert not (logs / "drift").exists()
+
+
+def test_a_restart_keeps_the_reference_it_saved(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    repo = _repository(tmp_path, "[logging]\nsample = 1.0\nreference_requests = 50\n")
+    with _server(repo, logs) as client:
+        for _ in range(50):
+            client.post("/v2/models/iris/infer", json=IRIS)
+    saved = logs / "drift" / "iris-v1.reference.npz"
+    before = saved.stat().st_mtime_ns
+    moved = {"inputs": [{**IRIS["inputs"][0], "data": [4.3, 2.0, 1.0, 0.1]}]}  # below every edge
+    with _server(repo, logs) as client:  # the next server compares at once
+        for _ in range(20):
+            client.post("/v2/models/iris/infer", json=moved)
+        wait_for(lambda: _psi(client).get("input[0]", 0) > 1, what="drift against the saved one")
+    assert saved.stat().st_mtime_ns == before
