@@ -58,6 +58,8 @@ def _serve(repo: Path, logs: Path, sample: str) -> tuple[subprocess.Popen[bytes]
     deadline = time.monotonic() + 120
     while get_status(url + "/health") != 200:
         if time.monotonic() > deadline or process.poll() is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # (its own session: nothing else)
+            process.wait(timeout=30)
             raise RuntimeError(f"the server ({sample}) did not become ready")
         time.sleep(0.1)
     return process, url
@@ -86,11 +88,10 @@ def main() -> None:
         row = np.asarray(models.features[0]).tolist()
         tensor = {"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": row}
         body = orjson.dumps({"inputs": [tensor]})
-        servers = {
-            name: _serve(repo, work / f"logs-{n}", sample)
-            for n, (name, sample) in enumerate(CASES.items())
-        }
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
+            for n, (name, sample) in enumerate(CASES.items()):
+                servers[name] = _serve(repo, work / f"logs-{n}", sample)
             for _ in range(args.rounds):
                 for name, (process, url) in servers.items():
                     load = wrk(
