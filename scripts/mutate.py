@@ -45,6 +45,12 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_gates.py",
     ],
     "src/mlapi/registry/compare.py": ["tests/unit/test_gates.py"],
+    "src/mlapi/serving/drift.py": ["tests/unit/test_drift.py", "tests/service/test_payloads.py"],
+    "src/mlapi/drift_cli.py": ["tests/unit/test_drift.py"],
+    "src/mlapi/serving/payloads.py": [
+        "tests/unit/test_payloads.py",
+        "tests/service/test_payloads.py",
+    ],
     "src/mlapi/serving/codec.py": [
         "tests/unit/test_codec.py",
         "tests/unit/test_rpc.py",

@@ -58,6 +58,30 @@ def test_the_window_forgets_its_oldest_slice() -> None:
     assert monitor.psi()["x[0]"] < 0.3
 
 
+def test_a_batch_of_requests_counts_as_each_of_them_would() -> None:
+    """The writer counts what gathered at once: the same counts, the same window
+    (a batch that crosses a slice's end is cut there), a request of another shape
+    left out of that feature only."""
+    rng = np.random.default_rng(1)
+    reference = {"x": rng.normal(size=(500, 2)), "t": np.array(["a", "b"] * 250, object)}
+    requests = [
+        {"x": rng.normal(size=(int(rng.integers(1, 4)), 2)) + 1, "t": np.array(["a"], object)}
+        for _ in range(57)
+    ]
+    requests[9] = {"x": rng.normal(size=(2, 3)), "t": np.array(["c", "c"], object)}
+    outputs = [{"y": r["x"][:, :1] * 2} for r in requests]
+    one, batched = (
+        Monitor(reference, {"y": reference["x"][:, :1]}, 32, window=40) for _ in range(2)
+    )
+    for request, output in zip(requests, outputs, strict=True):
+        one.add(request, output)
+    batched.add_requests(requests[:30], outputs[:30])  # crosses a slice (4 requests)
+    batched.add_requests(requests[30:], outputs[30:])
+    assert one.psi() == batched.psi() and set(one.psi()) == {"x[0]", "x[1]", "t", "output:y[0]"}
+    assert [c.tolist() for c in one._current] == [c.tolist() for c in batched._current]
+    assert one._requests == batched._requests == 57 % 4
+
+
 def _logs(tmp_path: Path, shift: float) -> Path:
     rng = np.random.default_rng(3)
     logs = tmp_path / "logs"

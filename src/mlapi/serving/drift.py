@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,25 +111,50 @@ class Monitor:
         self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None
     ) -> None:
         """Count one request (its rows) into the window."""
-        columns = [(i, inputs, t, c) for i, (_, t, c) in enumerate(self._columns)]
-        offset = len(self._columns)
-        if outputs is not None:
-            columns += [
-                (offset + i, outputs, t, c) for i, (_, t, c) in enumerate(self._out_columns)
-            ]
-        for index, tensors, tensor, column in columns:
-            array = tensors.get(tensor)
-            if array is None:
-                continue
-            with np.errstate(all="ignore"):
-                try:
-                    self._current[index] += self.features[index].count(_column(array, column))
-                except (ValueError, IndexError, TypeError):
-                    continue  # a request of another shape: not this feature's
-        self._requests += 1
-        if self._requests >= self._slice_requests:
-            self._slices.append(self._current)
-            self._current, self._requests = self._empty(), 0
+        self.add_requests([inputs], [outputs])
+
+    def add_requests(
+        self,
+        inputs: Sequence[Mapping[str, np.ndarray]],
+        outputs: Sequence[Mapping[str, np.ndarray] | None],
+    ) -> None:
+        """Count requests into the window: each tensor's rows of all of them at once
+        (one pass per feature, whatever their number), a slice at a time. A request
+        whose tensor does not fit a feature's shape is not counted for that feature."""
+        done = 0
+        while done < len(inputs):
+            take = min(len(inputs) - done, self._slice_requests - self._requests)
+            self._count(inputs[done : done + take], self._columns, 0)
+            if self._out_columns:
+                answered = [o for o in outputs[done : done + take] if o is not None]
+                self._count(answered, self._out_columns, len(self._columns))
+            done += take
+            self._requests += take
+            if self._requests >= self._slice_requests:
+                self._slices.append(self._current)
+                self._current, self._requests = self._empty(), 0
+
+    def _count(
+        self,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        columns: list[tuple[str, str, int | None]],
+        offset: int,
+    ) -> None:
+        stacked: dict[str, list[np.ndarray]] = {}
+        for tensor in {t for _, t, _ in columns}:
+            arrays = [r[tensor] for r in requests if tensor in r]
+            try:
+                stacked[tensor] = [np.concatenate(arrays)] if len(arrays) > 1 else arrays
+            except ValueError:  # shapes differ: one request at a time
+                stacked[tensor] = arrays
+        for index, (_, tensor, column) in enumerate(columns, offset):
+            feature = self.features[index]
+            for array in stacked.get(tensor, ()):
+                with np.errstate(all="ignore"):
+                    try:
+                        self._current[index] += feature.count(_column(array, column))
+                    except (ValueError, IndexError, TypeError):
+                        continue  # a request of another shape: not this feature's
 
     def psi(self) -> dict[str, float]:
         """Each feature's PSI over the window (the full slices and the current one);

@@ -3,7 +3,9 @@ as JSON lines under ``MLAPI_LOG_DIR/payloads/<model>/`` (``pandas.read_json(path
 lines=True)`` reads a file). What a model is asked stays on the host.
 
 Off the request path: a request that is sampled costs the event loop one append to
-a bounded buffer; a thread of its own turns records into JSON and writes them. When
+a bounded buffer; a thread of its own wakes every GATHER_S (or when the buffer
+fills up), turns the records into JSON, writes them and counts them into drift a
+batch at a time. When
 it falls behind (a slow or full disk), records are dropped and counted, never a
 request delayed or failed. Every worker writes files of its own (a line is never
 interleaved with another worker's) and holds a shared lock on the file it writes;
@@ -41,6 +43,8 @@ from mlapi.settings import Settings
 log = logging.getLogger("mlapi.payloads")
 BUFFER_RECORDS = 4096  # records waiting for the writer; more are dropped
 BUFFER_BYTES = 64 << 20  # ... and no more than this of their tensors
+GATHER_S = 0.05  # the writer takes what gathered this often: one wake-up per batch
+WAKE_AT = 256  # ... or at once when this many records wait
 RETRY_AFTER_S = 1.0  # after a failed write, the next file is tried this much later
 PUBLISH_EVERY_S = 1.0  # drift gauges are set this often
 DEFAULT_LOGGING = LoggingConfig()
@@ -140,7 +144,8 @@ class PayloadLog:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="payload-log", daemon=True)
             self._thread.start()
-        self._wake.set()
+        if len(self._records) >= WAKE_AT:
+            self._wake.set()
 
     def close(self, within_s: float = 5.0) -> None:
         """Write what waits (at most ``within_s``), then close the files."""
@@ -155,40 +160,48 @@ class PayloadLog:
     # ----- on the writer's thread ---------------------------------------------------
     def _work(self) -> None:
         while True:
-            self._wake.wait(0.5)
+            self._wake.wait(GATHER_S)
             self._wake.clear()
             while self._records:
-                record = self._records.popleft()
-                self._bytes_out += record.size
-                self._write(record)
-                if record.logging.drift and record.status == 200:
-                    self._observe(record)
+                batch: dict[tuple[str, int], list[Record]] = {}
+                for _ in range(len(self._records)):
+                    record = self._records.popleft()
+                    self._bytes_out += record.size
+                    self._write(record)
+                    if record.logging.drift and record.status == 200 and record.inputs:
+                        batch.setdefault((record.model, record.version), []).append(record)
+                for key, records in batch.items():
+                    self._observe(key, records)
             if time.monotonic() - self._published >= PUBLISH_EVERY_S:
                 self._publish()
             if self._stopping:
                 return
 
     # ----- drift (serving/drift.py), on the writer's thread ---------------------------
-    def _observe(self, record: Record) -> None:
-        """Count a request into its version's drift window; or, while the version
-        has no reference yet, keep it toward one (the first reference_requests)."""
-        if record.inputs is None:
-            return
-        key = (record.model, record.version)
+    def _observe(self, key: tuple[str, int], records: list[Record]) -> None:
+        """Count a version's requests into its drift window, a batch at a time; or,
+        while it has no reference yet, keep them toward one (the first
+        reference_requests)."""
+        first = records[0]
         drift = self._drift.get(key)
         if drift is None:
-            drift = self._drift[key] = self._drift_of(record)
-        if drift.monitor is not None:
-            drift.monitor.add(record.inputs, record.outputs)
-            return
-        drift.inputs.append(dict(record.inputs))
-        drift.outputs.append(dict(record.outputs or {}))
-        if len(drift.inputs) >= record.logging.reference_requests:
+            drift = self._drift[key] = self._drift_of(first)
+        if drift.monitor is None:
+            config = first.logging
+            wanted = max(0, config.reference_requests - len(drift.inputs))
+            for record in records[:wanted]:
+                drift.inputs.append(dict(record.inputs or {}))
+                drift.outputs.append(dict(record.outputs or {}))
+            records = records[wanted:]
+            if len(drift.inputs) < config.reference_requests:
+                return
             inputs, outputs = _stacked(drift.inputs), _stacked(drift.outputs)
             drift.inputs, drift.outputs = [], []
-            self._save_reference(record, inputs, outputs)
-            drift.monitor = Monitor(
-                inputs, outputs, record.logging.max_features, record.logging.drift_window
+            self._save_reference(first, inputs, outputs)
+            drift.monitor = Monitor(inputs, outputs, config.max_features, config.drift_window)
+        if records:
+            drift.monitor.add_requests(
+                [r.inputs or {} for r in records], [r.outputs for r in records]
             )
 
     def _drift_of(self, record: Record) -> _Drift:
