@@ -18,16 +18,24 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,dev]'
 	touch $@ $(VENV)/.installed
 
+# checkov and kubernetes-validate (the Kubernetes manifests' tests) pin dependencies
+# of their own: a venv of their own.
+K8S_TOOLS ?= .venv-k8s
+$(K8S_TOOLS)/.installed:
+	$(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/python -m pip install -q "checkov==3.3.30" "kubernetes-validate==1.37.0"
+	touch $@
+
 serve: $(VENV)/.installed
 	$(BIN)/mlapi serve
 
 # Every tier, the e2e tier on a real Docker engine included (scripts/test-engine.sh
 # starts one, and builds the local images it needs, when there is none).
-test: $(VENV)/.installed-test engine
+test: $(VENV)/.installed-test $(K8S_TOOLS)/.installed engine
 	$(BIN)/python -m pytest
 
 # unit, service and process tiers only: no Docker needed.
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test $(K8S_TOOLS)/.installed
 	$(BIN)/python -m pytest -m "not e2e"
 
 engine: $(VENV)/.installed-test
