@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,27 @@ def test_bins_are_the_references_deciles_and_categories_its_commonest_values() -
     assert feature.size == 10 and feature.reference.tolist() == [100] * 10
     labels = Feature("label", np.array(["a"] * 5 + ["b"] * 3 + ["c"], object))
     assert labels.count(np.array(["b", "zz", "a"], object)).tolist()[-1] == 1  # other
+
+
+def test_features_are_bounded_and_text_is_one_feature() -> None:
+    """max_features columns at most (inputs first); a 2-D BYTES tensor is one feature
+    whole; a text feature keeps its ten commonest values and an "other" bin."""
+    rng = np.random.default_rng(2)
+    texts = np.array([[f"w{i % 15}"] for i in range(300)], object)
+    monitor = Monitor(
+        {"x": rng.normal(size=(300, 4)), "t": texts}, {"y": rng.normal(size=(300, 3))}, 3, 100
+    )
+    assert [f.name for f in monitor.features] == [
+        "x[0]",
+        "x[1]",
+        "x[2]",
+        "output:y[0]",
+        "output:y[1]",
+        "output:y[2]",
+    ]
+    monitor = Monitor({"t": texts}, None, 32, 100)
+    (text,) = monitor.features
+    assert text.name == "t" and text.size == 11
 
 
 def test_the_window_forgets_its_oldest_slice() -> None:
@@ -150,3 +172,91 @@ def test_the_report_exits_0_when_nothing_moved_and_2_without_a_reference(
         _run(logs, capsys, model="other")
     with pytest.raises(ConfigError, match="--since"):
         _run(logs, capsys, since="yesterday")
+
+
+def _stamp(seconds_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - seconds_ago))
+
+
+def test_the_report_reads_only_what_it_should(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The newest version unless --version; --since as a duration or a UTC time;
+    refused requests, cut and redacted tensors left out; the repository's reference
+    before the saved one; a label compared by PSI only; the text's numbers."""
+    rng = np.random.default_rng(5)
+    logs, repo = tmp_path / "logs", tmp_path / "models"
+    (logs / "payloads" / "m").mkdir(parents=True)
+    (logs / "drift").mkdir()
+    (repo / "m" / "2").mkdir(parents=True)
+    labels = np.array(["a", "b"] * 200)
+    np.savez(
+        repo / "m" / "2" / "reference.npz", x=rng.normal(size=(400, 1)), **{"output:y": labels}
+    )
+    np.savez(logs / "drift" / "m-v2.reference.npz", x=rng.normal(size=(400, 1)) + 50)
+    np.savez(logs / "drift" / "m-v1.reference.npz", x=rng.normal(size=(400, 1)))
+
+    def record(version: int, ago: float, value: float, **extra: object) -> bytes:
+        base = {
+            "time": _stamp(ago),
+            "model": "m",
+            "version": version,
+            "status": 200,
+            "inputs": {"x": {"shape": [1, 1], "data": [value]}},
+            "outputs": {"y": {"shape": [1], "data": ["a"]}},
+        }
+        return orjson.dumps({**base, **extra})
+
+    lines = [record(2, 600, float(v) + 3) for v in rng.normal(size=300)]  # recent, moved
+    lines += [record(2, 3 * 3600, float(v)) for v in rng.normal(size=200)]  # 3 h ago
+    lines += [record(1, 600, float(v)) for v in rng.normal(size=100)]  # the old version
+    lines += [record(2, 600, 99.0, status=503)]  # refused: not counted
+    cut = {"x": {"shape": [1, 1], "data": [99.0], "truncated": True}}
+    lines += [record(2, 600, 0, inputs=cut)]
+    lines += [record(2, 600, 0, inputs={"x": {"shape": [1, 1], "sha256": "ab"}})]
+    lines += [record(2, 600, 0, time="not a time")]  # no time: before any --since
+    (logs / "payloads" / "m" / "a.jsonl").write_bytes(b"\n".join(lines))
+
+    code, out = _run(logs, capsys, model_path=str(repo))
+    report = json.loads(out)
+    assert report["version"] == 2 and report["requests"] == 503
+    y, x = report["features"]  # the one that moved most first
+    assert (x["feature"], y["feature"]) == ("x[0]", "output:y") and "ks" not in y
+    assert y["psi"] > x["psi"] > 0.2  # only "a" answered against a half-and-half reference
+    code, out = _run(logs, capsys, model_path=str(repo), since="1h")
+    recent = json.loads(out)
+    x = next(f for f in recent["features"] if f["feature"] == "x[0]")
+    assert [f["psi"] for f in recent["features"]] == sorted(
+        (f["psi"] for f in recent["features"]), reverse=True
+    )
+    assert recent["requests"] == 302 and code == 1  # (the cut and redacted too)
+    assert x["mean_shift"] == pytest.approx(3.0, abs=0.3)
+    assert all(s == pytest.approx(3.0, abs=0.4) for s in x["quartile_shifts"])
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 7200))
+    code, out = _run(logs, capsys, model_path=str(repo), since=since)
+    assert json.loads(out)["requests"] == 302
+    code, out = _run(logs, capsys, version=1)  # v1: the saved reference, unmoved
+    assert code == 0 and json.loads(out)["requests"] == 100
+    code, out = _run(logs, capsys, since="3d")  # no --model-path: the saved v2 (+50)
+    assert json.loads(out)["features"][0]["mean_shift"] < -45  # (no output in it)
+    code, out = _run(logs, capsys, model_path=str(repo), since="1h", format="text")
+    head, columns, *rows = out.splitlines()
+    assert head == f"m v2: 302 requests; PSI over 0.2: {', '.join(recent['drifted'])}"
+    assert set(recent["drifted"]) == {"x[0]", "output:y"}
+    first, second = sorted(rows)  # output:y, x[0]
+    assert columns.split() == ["feature", "PSI", "KS", "KS", "p", "mean", "shift", "in", "sd"]
+    numbers = second.split()
+    assert numbers[0] == "x[0]" and float(numbers[1]) == x["psi"] and len(numbers) == 6
+    assert float(numbers[2]) == x["ks"] and float(numbers[4]) == pytest.approx(
+        x["mean_shift"], rel=1e-3
+    )
+    assert first.split()[0] == "output:y" and len(first.split()) == 2
+
+
+def test_ks_of_samples_apart_and_alike() -> None:
+    statistic, p_value = drift_cli.ks_2samp(np.arange(100.0), np.arange(100.0) + 1000)
+    assert statistic == 1.0 and p_value < 1e-20
+    statistic, p_value = drift_cli.ks_2samp(np.arange(100.0), np.arange(100.0))
+    assert statistic == 0.0 and p_value == 1.0
+    statistic, _ = drift_cli.ks_2samp(np.arange(4.0), np.arange(2.0, 6.0))
+    assert statistic == 0.5
