@@ -1,0 +1,253 @@
+"""docker-stack.yml on a two-node Swarm on this machine, under steady bounded traffic
+through the manager's loopback edge: the second node is a second Docker engine in a
+network namespace of its own (scripts/second-node.sh), with its own address and VXLAN
+endpoint, as another host would be. Replicas spread over both nodes; every answer is
+200 while the worker node is drained, while the service comes back to it with a
+rolling update to a new image, and while that update runs across both nodes; when
+the worker node is lost (every process of its engine killed), what fails is what was
+in flight on it, and the lost replica runs again on the manager; the node's return
+rebalances on the next update. The figures are printed (README, "Several nodes, proven on two"). The
+engine is left as it was found: stack removed, node stopped and its namespace, link
+and data removed, swarm left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.conftest import ROOT, copy_project, docker, wait_until
+from tests.e2e.test_swarm import IRIS, SERVICE, STACK, Swarm, Traffic, _build, _status
+
+pytestmark = pytest.mark.e2e
+NODE = ROOT / "scripts" / "second-node.sh"
+MANAGER_ADDR = "198.51.100.1"  # the host's end of the second node's link
+
+
+def second_node(*args: str, timeout_s: float = 300, check: bool = True) -> str:
+    done = subprocess.run(
+        ["bash", str(NODE), *args], capture_output=True, text=True, timeout=timeout_s
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"second-node.sh {' '.join(args)}: {done.stderr[-2000:]}")
+    return done.stdout.strip()
+
+
+@dataclass
+class TwoNodes(Swarm):
+    manager: str = ""
+    worker: str = ""
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The service's tasks that should run, with the node they are on."""
+        ids = docker(
+            "service", "ps", "-q", "--filter", "desired-state=running", SERVICE
+        ).stdout.split()
+        return json.loads(docker("inspect", *ids).stdout) if ids else []
+
+    def running_on(self) -> list[str]:
+        """The node of each running task ("manager" or "worker")."""
+        names = {self.manager: "manager", self.worker: "worker"}
+        return sorted(
+            names.get(t["NodeID"], "?") for t in self.tasks() if t["Status"]["State"] == "running"
+        )
+
+    def healthy_containers(self) -> int:
+        """Healthy ml-api containers on both engines."""
+        count = 0
+        for engine in (_host, _worker):
+            ids = engine(
+                "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={SERVICE}"
+            ).split()
+            states = (
+                engine("inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
+            )
+            count += states.count("healthy")
+        return count
+
+    def node_status(self, node: str) -> str:
+        return docker("node", "inspect", "-f", "{{.Status.State}}", node).stdout.strip()
+
+    def settled(self, where: list[str]) -> bool:
+        return self.running_on() == where and self.healthy_containers() == len(where)
+
+
+def _host(*args: str) -> str:
+    return docker(*args, check=False).stdout
+
+
+def _worker(*args: str) -> str:
+    return second_node("docker", *args, check=False)
+
+
+@pytest.fixture
+def two_nodes(engine: None, tmp_path: Path) -> Iterator[TwoNodes]:
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    assert state == "inactive", f"the engine is already in a swarm ({state}): not touching it"
+    folder = copy_project(tmp_path / "project")
+    _build(folder, "ml-api:swarm-v1")
+    models = (
+        "$(python -c 'import mlapi, os; print(os.path.dirname(mlapi.__file__))')/default_models"
+    )
+    _build(
+        folder,
+        "ml-api:swarm-v2",
+        f"FROM ml-api:swarm-v1\nUSER root\nRUN cp -r {models}/iris/1 {models}/iris/2\n"
+        "USER 1000:1000\n",
+    )
+    key = "nodes-" + os.urandom(16).hex()
+    (folder / "secrets" / "api_key.txt").write_text(key + "\n")
+    proxy = os.environ.get("MLAPI_TEST_NGINX_IMAGE", "mlapi-nginx:bookworm")
+    env = {
+        "MLAPI_IMAGE": "ml-api",
+        "MLAPI_TAG": "swarm-v1",
+        "PROXY_IMAGE": proxy,
+        "API_PORT": str(free_port()),
+        "API_GRPC_PORT": str(free_port()),
+        "API_KEY_SECRET_NAME": f"mlapi_e2e_nodes_{uuid.uuid4().hex[:6]}",
+        "WORKERS": "1",
+        "ML_API_CPUS": "1",
+        "ML_API_START_PERIOD": "10s",
+        "ML_API_UPDATE_MONITOR": "25s",
+    }
+    had_cache = "model_cache_1" in docker("volume", "ls", "-q").stdout.split()
+    had_gwbridge = "docker_gwbridge" in docker("network", "ls", "--format", "{{.Name}}").stdout
+    second_node("start", timeout_s=120)
+    try:
+        docker("swarm", "init", "--advertise-addr", MANAGER_ADDR)
+        token = docker("swarm", "join-token", "-q", "worker").stdout.strip()
+        worker = second_node("join", token)
+        manager = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        # no registry: each node has the images it runs copied in
+        second_node("load", "ml-api:swarm-v1", "ml-api:swarm-v2", proxy)
+        yield TwoNodes(folder, env, key, manager=manager, worker=worker)
+    finally:
+        docker("stack", "rm", STACK, check=False)
+        wait_until(
+            lambda: (
+                not (
+                    _host(
+                        "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}"
+                    ).strip()
+                )
+            ),
+            120,
+            "the stack's containers to go",
+        )
+        second_node("stop", timeout_s=120, check=False)
+        docker("swarm", "leave", "--force", check=False)
+        if not had_gwbridge:
+            docker("network", "rm", "docker_gwbridge", check=False)
+        volumes = docker(
+            "volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}"
+        ).stdout.split()
+        if volumes:
+            docker("volume", "rm", "-f", *volumes, check=False)
+        if not had_cache:
+            docker("volume", "rm", "-f", "model_cache_1", check=False)
+        docker("image", "rm", "-f", "ml-api:swarm-v2", check=False)
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "mlapi-node2" not in leftovers, leftovers
+
+
+def _both_serve(nodes: TwoNodes) -> bool:
+    """Each node's replica answered some of the traffic (its own ok counter)."""
+    script = (
+        "import urllib.request as u; "
+        "t = u.urlopen('http://127.0.0.1:8000/metrics').read().decode(); "
+        "print(sum(float(l.rsplit(' ', 1)[1]) for l in t.splitlines() "
+        "if l.startswith('mlapi_requests_total{') and 'outcome=\"ok\"' in l))"
+    )
+    served = []
+    for engine in (_host, _worker):
+        ids = engine("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={SERVICE}")
+        served += [float(engine("exec", i, "python", "-c", script) or 0) for i in ids.split()]
+    return len(served) == 2 and min(served) > 0
+
+
+def test_the_stack_on_two_nodes(two_nodes: TwoNodes) -> None:
+    nodes = two_nodes
+    nodes.deploy()
+    wait_until(lambda: nodes.settled(["manager", "worker"]), 240, "a healthy replica on each node")
+    wait_until(lambda: _status(nodes.url + "/health") == 200, 60, "the edge to answer")
+    # the manager's edge reaches the worker's replica over the overlay
+    with Traffic(nodes.url, nodes.key) as traffic:
+        wait_until(lambda: _both_serve(nodes), 30, "both nodes' replicas to answer")
+    traffic.report("two nodes")
+    assert traffic.failures == [], traffic.failures[:5]
+
+    # the worker drained: its replica moves to the manager, nothing fails
+    with Traffic(nodes.url, nodes.key) as traffic:
+        time.sleep(2)
+        docker("node", "update", "--availability", "drain", nodes.worker)
+        wait_until(
+            lambda: nodes.settled(["manager", "manager"]), 180, "both replicas on the manager"
+        )
+        time.sleep(2)
+    traffic.report("worker drained")
+    assert traffic.failures == [], traffic.failures[:5]
+
+    # the worker back, and a rolling update to a new image across both nodes: the
+    # update spreads the replicas again; nothing fails
+    docker("node", "update", "--availability", "active", nodes.worker)
+    with Traffic(nodes.url, nodes.key) as traffic:
+        docker(
+            "service",
+            "update",
+            "--detach=false",
+            "--image",
+            "ml-api:swarm-v2",
+            SERVICE,
+            timeout_s=300,
+        )
+        wait_until(lambda: nodes.settled(["manager", "worker"]), 120, "a v2 replica on each node")
+        time.sleep(2)
+    traffic.report("rolling update over both nodes")
+    assert traffic.failures == [], traffic.failures[:5]
+    assert nodes.image() == "ml-api:swarm-v2"
+
+    # the worker lost: every process of its engine killed at once. What fails is what
+    # was in flight on it and what reached its address before the proxies' DNS let it
+    # go; the manager marks the node down and runs its replica itself.
+    with Traffic(nodes.url, nodes.key) as traffic:
+        time.sleep(3)
+        killed = time.monotonic()
+        second_node("kill")
+        wait_until(lambda: nodes.node_status(nodes.worker) == "down", 120, "the node marked down")
+        detected = time.monotonic() - killed
+        wait_until(lambda: nodes.settled(["manager", "manager"]), 180, "the lost replica replaced")
+        rescheduled = time.monotonic() - killed
+        time.sleep(3)
+    traffic.report("worker lost")
+    print(
+        f"worker lost: marked down after {detected:.1f} s, its replica healthy on the "
+        f"manager after {rescheduled:.1f} s; {len(traffic.failures)} of {traffic.total} "
+        f"requests not 200: {traffic.failures[:4]}"
+    )
+    # one request out per client at a time: at most one each was in flight on it
+    assert len(traffic.failures) <= traffic.workers, traffic.failures
+
+    # the node returns (its engine restarted, its swarm state kept); the next update
+    # puts a replica on it again, nothing failing
+    second_node("restart", timeout_s=120)
+    wait_until(lambda: nodes.node_status(nodes.worker) == "ready", 120, "the node back")
+    with Traffic(nodes.url, nodes.key) as traffic:
+        docker("service", "update", "--detach=false", "--force", SERVICE, timeout_s=300)
+        wait_until(lambda: nodes.settled(["manager", "worker"]), 120, "a replica on each again")
+        time.sleep(2)
+    traffic.report("node back, update")
+    assert traffic.failures == [], traffic.failures[:5]
+    answer = httpx.post(
+        nodes.url + "/v2/models/iris/infer", json=IRIS, headers={"X-API-Key": nodes.key}, timeout=10
+    )
+    assert answer.status_code == 200 and answer.json()["model_version"] == "2"
