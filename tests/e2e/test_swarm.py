@@ -7,6 +7,7 @@ engine is left as it was found: stack removed, swarm left, namespace deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,15 +191,10 @@ def _build(folder: Path, tag: str, dockerfile: str | None = None) -> None:
     )
 
 
-@pytest.fixture
-def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
-    assert state == "inactive", f"the engine is already in a swarm ({state}): not touching it"
-    folder = copy_project(tmp_path / "project")
-    run = uuid.uuid4().hex[:6]
+def build_images(folder: Path) -> None:
+    """ml-api:swarm-v1, the production image; ml-api:swarm-v2, the same server whose
+    bundled default model has a version 2."""
     _build(folder, "ml-api:swarm-v1")
-    # v2: the same server reporting another version; bad: never gets ready
-    # v2: the same server whose bundled default model has a version 2
     models = (
         "$(python -c 'import mlapi, os; print(os.path.dirname(mlapi.__file__))')/default_models"
     )
@@ -208,28 +204,36 @@ def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
         f"FROM ml-api:swarm-v1\nUSER root\nRUN cp -r {models}/iris/1 {models}/iris/2\n"
         "USER 1000:1000\n",
     )
-    _build(folder, "ml-api:swarm-bad", 'FROM ml-api:swarm-v1\nENTRYPOINT ["sleep"]\nCMD ["3600"]\n')
-    key = "swarm-" + os.urandom(16).hex()
-    secret = folder / "secrets" / "api_key.txt"
-    secret.write_text(key + "\n")
-    env = {
+
+
+def stack_env(secret_name: str) -> dict[str, str]:
+    """The variables `docker stack deploy` gets: the test images, free loopback ports,
+    one worker on one CPU, short health and update timings."""
+    return {
         "MLAPI_IMAGE": "ml-api",
         "MLAPI_TAG": "swarm-v1",
         "PROXY_IMAGE": os.environ.get("MLAPI_TEST_NGINX_IMAGE", "mlapi-nginx:bookworm"),
         "API_PORT": str(free_port()),
         "API_GRPC_PORT": str(free_port()),
-        "API_KEY_SECRET_NAME": f"mlapi_e2e_key_{run}_1",
+        "API_KEY_SECRET_NAME": secret_name,
         "WORKERS": "1",
         "ML_API_CPUS": "1",
         "ML_API_START_PERIOD": "10s",
         "ML_API_UPDATE_MONITOR": "25s",
     }
+
+
+@contextlib.contextmanager
+def swarm_left_as_found(secrets: list[str], before_leaving: Callable[[], object]) -> Iterator[None]:
+    """Whatever the body does or fails: the stack removed, ``before_leaving`` (a second
+    node stopped), the swarm left, and what it made (its bridge network, the stack's
+    volumes and secrets, the model cache volume, the v2 and bad images) removed."""
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    assert state == "inactive", f"the engine is already in a swarm ({state}): not touching it"
     had_cache = "model_cache_1" in docker("volume", "ls", "-q").stdout.split()
     had_gwbridge = "docker_gwbridge" in docker("network", "ls", "--format", "{{.Name}}").stdout
-    docker("swarm", "init", "--advertise-addr", _own_address())
-    cluster = Swarm(folder, env, key)
     try:
-        yield cluster
+        yield
     finally:
         docker("stack", "rm", STACK, check=False)
         wait_until(
@@ -241,8 +245,9 @@ def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
             120,
             "the stack's containers to go",
         )
-        for name in cluster.secrets:
+        for name in secrets:
             docker("secret", "rm", name, check=False)
+        before_leaving()
         docker("swarm", "leave", "--force", check=False)
         if not had_gwbridge:  # swarm init made it; leaving does not remove it
             docker("network", "rm", "docker_gwbridge", check=False)
@@ -255,6 +260,22 @@ def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
             docker("volume", "rm", "-f", "model_cache_1", check=False)
         for tag in ("v2", "bad"):
             docker("image", "rm", "-f", f"ml-api:swarm-{tag}", check=False)
+
+
+@pytest.fixture
+def swarm(engine: None, tmp_path: Path) -> Iterator[Swarm]:
+    folder = copy_project(tmp_path / "project")
+    build_images(folder)
+    # bad: never gets ready
+    _build(folder, "ml-api:swarm-bad", 'FROM ml-api:swarm-v1\nENTRYPOINT ["sleep"]\nCMD ["3600"]\n')
+    key = "swarm-" + os.urandom(16).hex()
+    secret = folder / "secrets" / "api_key.txt"
+    secret.write_text(key + "\n")
+    env = stack_env(f"mlapi_e2e_key_{uuid.uuid4().hex[:6]}_1")
+    cluster = Swarm(folder, env, key)
+    with swarm_left_as_found(cluster.secrets, lambda: None):
+        docker("swarm", "init", "--advertise-addr", _own_address())
+        yield cluster
 
 
 def _model_versions(url: str, key: str, count: int) -> Counter[str]:

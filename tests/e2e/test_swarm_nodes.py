@@ -25,9 +25,17 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.e2e.conftest import ROOT, copy_project, docker, wait_until
-from tests.e2e.test_swarm import IRIS, SERVICE, STACK, Swarm, Traffic, _build, _status
+from tests.e2e.test_swarm import (
+    IRIS,
+    SERVICE,
+    Swarm,
+    Traffic,
+    _status,
+    build_images,
+    stack_env,
+    swarm_left_as_found,
+)
 
 pytestmark = pytest.mark.e2e
 NODE = ROOT / "scripts" / "second-node.sh"
@@ -92,70 +100,20 @@ def _worker(*args: str) -> str:
 
 @pytest.fixture
 def two_nodes(engine: None, tmp_path: Path) -> Iterator[TwoNodes]:
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
-    assert state == "inactive", f"the engine is already in a swarm ({state}): not touching it"
     folder = copy_project(tmp_path / "project")
-    _build(folder, "ml-api:swarm-v1")
-    models = (
-        "$(python -c 'import mlapi, os; print(os.path.dirname(mlapi.__file__))')/default_models"
-    )
-    _build(
-        folder,
-        "ml-api:swarm-v2",
-        f"FROM ml-api:swarm-v1\nUSER root\nRUN cp -r {models}/iris/1 {models}/iris/2\n"
-        "USER 1000:1000\n",
-    )
+    build_images(folder)
     key = "nodes-" + os.urandom(16).hex()
     (folder / "secrets" / "api_key.txt").write_text(key + "\n")
-    proxy = os.environ.get("MLAPI_TEST_NGINX_IMAGE", "mlapi-nginx:bookworm")
-    env = {
-        "MLAPI_IMAGE": "ml-api",
-        "MLAPI_TAG": "swarm-v1",
-        "PROXY_IMAGE": proxy,
-        "API_PORT": str(free_port()),
-        "API_GRPC_PORT": str(free_port()),
-        "API_KEY_SECRET_NAME": f"mlapi_e2e_nodes_{uuid.uuid4().hex[:6]}",
-        "WORKERS": "1",
-        "ML_API_CPUS": "1",
-        "ML_API_START_PERIOD": "10s",
-        "ML_API_UPDATE_MONITOR": "25s",
-    }
-    had_cache = "model_cache_1" in docker("volume", "ls", "-q").stdout.split()
-    had_gwbridge = "docker_gwbridge" in docker("network", "ls", "--format", "{{.Name}}").stdout
-    second_node("start", timeout_s=120)
-    try:
+    env = stack_env(f"mlapi_e2e_nodes_{uuid.uuid4().hex[:6]}")
+    with swarm_left_as_found([], lambda: second_node("stop", timeout_s=120, check=False)):
+        second_node("start", timeout_s=120)
         docker("swarm", "init", "--advertise-addr", MANAGER_ADDR)
         token = docker("swarm", "join-token", "-q", "worker").stdout.strip()
         worker = second_node("join", token)
         manager = docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         # no registry: each node has the images it runs copied in
-        second_node("load", "ml-api:swarm-v1", "ml-api:swarm-v2", proxy)
+        second_node("load", "ml-api:swarm-v1", "ml-api:swarm-v2", env["PROXY_IMAGE"])
         yield TwoNodes(folder, env, key, manager=manager, worker=worker)
-    finally:
-        docker("stack", "rm", STACK, check=False)
-        wait_until(
-            lambda: (
-                not (
-                    _host(
-                        "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}"
-                    ).strip()
-                )
-            ),
-            120,
-            "the stack's containers to go",
-        )
-        second_node("stop", timeout_s=120, check=False)
-        docker("swarm", "leave", "--force", check=False)
-        if not had_gwbridge:
-            docker("network", "rm", "docker_gwbridge", check=False)
-        volumes = docker(
-            "volume", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}"
-        ).stdout.split()
-        if volumes:
-            docker("volume", "rm", "-f", *volumes, check=False)
-        if not had_cache:
-            docker("volume", "rm", "-f", "model_cache_1", check=False)
-        docker("image", "rm", "-f", "ml-api:swarm-v2", check=False)
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "mlapi-node2" not in leftovers, leftovers
 

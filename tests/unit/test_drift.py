@@ -190,9 +190,8 @@ def test_the_report_reads_only_what_it_should(
     (logs / "drift").mkdir()
     (repo / "m" / "2").mkdir(parents=True)
     labels = np.array(["a", "b"] * 200)
-    np.savez(
-        repo / "m" / "2" / "reference.npz", x=rng.normal(size=(400, 1)), **{"output:y": labels}
-    )
+    arrays = {"x": rng.normal(size=(400, 1)), "output:y": labels}
+    np.savez(repo / "m" / "2" / "reference.npz", **arrays)  # type: ignore[arg-type]
     np.savez(logs / "drift" / "m-v2.reference.npz", x=rng.normal(size=(400, 1)) + 50)
     np.savez(logs / "drift" / "m-v1.reference.npz", x=rng.normal(size=(400, 1)))
 
