@@ -14,6 +14,7 @@ else the one the server saved from its first live requests
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
@@ -82,7 +83,7 @@ def _since(text: str | None) -> float:
     if relative:
         return time.time() - float(relative.group(1)) * _UNITS[relative.group(2)]
     try:
-        return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        return _utc(text)
     except ValueError:
         raise ConfigError(f"--since {text!r}: a time such as 2026-12-06T08:00:00 or 2h") from None
 
@@ -102,9 +103,15 @@ def _records(folder: Path, since: float) -> list[dict[str, Any]]:
 
 def _epoch(stamp: str) -> float:
     try:
-        return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        return _utc(stamp)
     except ValueError:
         return 0.0
+
+
+def _utc(stamp: str) -> float:
+    """Seconds since the epoch of a UTC time written 2026-12-06T08:00:00 (what follows
+    the seconds is ignored). UTC whatever the machine's zone and its summer time."""
+    return float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
 
 
 def _tensors(records: list[dict[str, Any]], part: str) -> dict[str, np.ndarray]:

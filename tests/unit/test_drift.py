@@ -5,6 +5,7 @@ folder: the features that moved first, exit 1 past the threshold."""
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import math
 import time
@@ -259,3 +260,18 @@ def test_ks_of_samples_apart_and_alike() -> None:
     assert statistic == 0.0 and p_value == 1.0
     statistic, _ = drift_cli.ks_2samp(np.arange(4.0), np.arange(2.0, 6.0))
     assert statistic == 0.5
+
+
+def test_times_are_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sydney keeps summer time in December: a local-time conversion would be an hour
+    off there."""
+    monkeypatch.setenv("TZ", "Australia/Sydney")
+    time.tzset()
+    try:
+        expected = calendar.timegm((2026, 12, 6, 8, 0, 0, 0, 0, 0))
+        assert drift_cli._epoch("2026-12-06T08:00:00.123Z") == expected
+        assert drift_cli._since("2026-12-06T08:00:00") == expected
+        assert drift_cli._epoch("yesterday") == 0.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
