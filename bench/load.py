@@ -166,6 +166,7 @@ def wrk(
     cores: str = "1",
     pid: int | None = None,
     delay_ms: int = 0,
+    timeout_s: int = 2,
 ) -> Load:
     """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections
     (each waiting ``delay_ms`` between an answer and its next request: a set rate).
@@ -191,6 +192,7 @@ def wrk(
                 "-t1",
                 f"-c{connections}",
                 f"-d{max(1, round(seconds))}s",
+                f"--timeout={timeout_s}s",
                 "--latency",
                 "-s",
                 script.name,
@@ -283,3 +285,50 @@ def paired(
         for server in servers:
             server.stop()
     return Pair(first.name, second.name, model, rows, *rates, *costs)
+
+
+def serve_pinned(
+    repo: Path, env: dict[str, str], core: str = "0", ready_s: float = 180
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`mlapi serve` of ``repo`` with one worker and one intra-op thread, pinned to
+    ``core``, in a session of its own (``stop_served`` ends it), ``env`` over the
+    defaults; its URL once /health answers 200. Its stderr goes to a file of its own in
+    the temporary folder, whose end is in the error when it does not become ready."""
+    from targets import MLAPI
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MODEL_PATH": str(repo),
+        "WORKERS": "1",
+        "MLAPI_INTRA_OP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "LOG_LEVEL": "warning",
+        "API_GRPC_PORT": str(free_port()),
+        **env,
+    }
+    handle, name = tempfile.mkstemp(prefix="mlapi-bench-", suffix=".log")
+    log = Path(name)
+    with os.fdopen(handle, "wb") as stderr:
+        process = subprocess.Popen(
+            ["taskset", "-c", core, str(MLAPI), "serve", "--port", str(port)],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_s
+    while get_status(url + "/health") != 200:
+        if time.monotonic() > deadline or process.poll() is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # (its own session: nothing else)
+            process.wait(timeout=30)
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the server of {repo} did not become ready:\n{tail}")
+        time.sleep(0.1)
+    return process, url
+
+
+def stop_served(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)

@@ -226,6 +226,58 @@ def test_a_small_token_budget_encodes_in_several_passes_alike(text_models: Path)
         runtime.close()
 
 
+def test_mixed_lengths_are_cut_by_padding_and_answer_alike(text_models: Path) -> None:  # noqa: F811
+    """Texts of 1 to 60 words: the default bound cuts the batch into passes (padded
+    within 1.1x of the real tokens past 4 rows); the embeddings equal one pass's."""
+    from mlapi.repository import config as model_config
+    from mlapi.runtimes.base import LoadContext
+    from mlapi.runtimes.text import TextRuntime
+
+    folder = text_models / "minilm" / "1"
+    config = model_config.parse(model_config.read_raw(folder / "model.toml"))
+    runtimes = []
+    for bound in (1000, None):
+        table = {**(config.text or {}), **({"max_padding": bound} if bound else {})}
+        ctx = LoadContext(folder, folder / "model.onnx", replace(config, text=table), False, 1)
+        runtimes.append(TextRuntime(ctx))
+    one_pass, cut = runtimes
+    shapes: list[tuple[int, int]] = []
+    encode = cut._encode
+
+    def counted(rows: Any, options: Any = None) -> Any:
+        shapes.append((len(rows), max(len(r) for r in rows)))
+        return encode(rows, options)
+
+    cut._encode = counted  # type: ignore[method-assign]
+    words = [
+        "serve",
+        "the",
+        "model",
+        "on",
+        "your",
+        "own",
+        "machine",
+        "with",
+        "one",
+        "command",
+        "and",
+        "keep",
+        "it",
+    ]
+    texts = [" ".join(words[j % len(words)] for j in range(1 + (i * 7) % 60)) for i in range(40)]
+    rows = np.array(texts, dtype=object)
+    expected = one_pass.predict({"text": rows}, ["embedding"])["embedding"]
+    got = cut.predict({"text": rows}, ["embedding"])["embedding"]
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    real = sum(len(r) for r in cut.token_ids(rows))
+    padded = sum(n * longest for n, longest in shapes)
+    assert len(shapes) > 3 and sum(n for n, _ in shapes) == len(rows)
+    one_pass_padded = len(rows) * max(longest for _, longest in shapes)
+    assert padded < 1.25 * real and padded < 0.8 * one_pass_padded
+    for runtime in runtimes:
+        runtime.close()
+
+
 def test_a_request_over_the_token_budget_is_refused_before_it_runs(
     serve_app: Start,
     text_models: Path,  # noqa: F811
