@@ -13,56 +13,21 @@ each against off, and the records written and dropped.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import get_status, wrk
+from load import serve_pinned, stop_served, wrk
 from models import N_FEATURES, make_models
-from targets import MLAPI, free_port
 
 CASES = {"off": "0", "0.05 + drift": "0.05", "1.0 + drift": "1"}
-
-
-def _serve(repo: Path, logs: Path, sample: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_PATH": str(repo),
-        "WORKERS": "1",
-        "MLAPI_INTRA_OP_THREADS": "1",
-        "LOG_LEVEL": "warning",
-        "API_GRPC_PORT": str(free_port()),
-        "MLAPI_LOG_DIR": str(logs),
-        "MLAPI_PAYLOAD_SAMPLE": sample,
-        "OMP_NUM_THREADS": "1",
-    }
-    process = subprocess.Popen(
-        ["taskset", "-c", "0", str(MLAPI), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while get_status(url + "/health") != 200:
-        if time.monotonic() > deadline or process.poll() is not None:
-            os.killpg(process.pid, signal.SIGKILL)  # (its own session: nothing else)
-            process.wait(timeout=30)
-            raise RuntimeError(f"the server ({sample}) did not become ready")
-        time.sleep(0.1)
-    return process, url
 
 
 def _counter(url: str, name: str) -> float:
@@ -91,7 +56,9 @@ def main() -> None:
         servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
             for n, (name, sample) in enumerate(CASES.items()):
-                servers[name] = _serve(repo, work / f"logs-{n}", sample)
+                servers[name] = serve_pinned(
+                    repo, {"MLAPI_LOG_DIR": str(work / f"logs-{n}"), "MLAPI_PAYLOAD_SAMPLE": sample}
+                )
             for _ in range(args.rounds):
                 for name, (process, url) in servers.items():
                     load = wrk(
@@ -111,8 +78,7 @@ def main() -> None:
                 )
         finally:
             for process, _ in servers.values():
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+                stop_served(process)
     base = statistics.median(runs["off"])
     print(f"{args.rounds} alternating rounds of {args.seconds:g} s, V2 JSON 1 row, one core each")
     print("| payload log | requests per CPU second | against off | records written | dropped |")

@@ -17,9 +17,7 @@ and drops, and shadow / plain.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,9 +30,8 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import Load, cpu_s, get_status, wrk
+from load import Load, cpu_s, serve_pinned, stop_served, wrk
 from models import N_FEATURES, make_models
-from targets import MLAPI, free_port
 
 DELAY_MS = 5  # a set rate with plain wrk: connections x 1000 / (5 ms + latency)
 SHADOW_FOREVER = """[rollout]
@@ -43,36 +40,6 @@ shadow_fraction = 1.0
 min_compared = 1000000
 max_shadow_s = 604800
 """
-
-
-def _serve(repo: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_PATH": str(repo),
-        "WORKERS": "1",
-        "MLAPI_INTRA_OP_THREADS": "1",
-        "LOG_LEVEL": "warning",
-        "API_GRPC_PORT": str(free_port()),
-        "MLAPI_REPOSITORY_POLL_S": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    process = subprocess.Popen(
-        ["taskset", "-c", "0", str(MLAPI), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while get_status(url + "/health") != 200:
-        if time.monotonic() > deadline or process.poll() is not None:
-            os.killpg(process.pid, signal.SIGKILL)  # (its own session: nothing else)
-            process.wait(timeout=30)
-            raise RuntimeError(f"{repo} did not become ready")
-        time.sleep(0.1)
-    return process, url
 
 
 def _trial(url: str) -> dict[str, object]:
@@ -120,7 +87,7 @@ def main() -> None:
         servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
             for name, repo in (("plain", plain), ("shadow", shadowed)):
-                servers[name] = _serve(repo)
+                servers[name] = serve_pinned(repo, {"MLAPI_REPOSITORY_POLL_S": "1"})
             deadline = time.monotonic() + 60  # ready once v1 is: the trial may still load
             while _trial(servers["shadow"][1]).get("strategy") != "shadow":
                 assert time.monotonic() < deadline, "the shadow trial did not start"
@@ -153,8 +120,7 @@ def main() -> None:
                     runs[name].append(run)
         finally:
             for process, _ in servers.values():
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+                stop_served(process)
     median = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
     print(
         "| server | p50 ms | p99 ms | answers/s | errors | CPU (cores) "
