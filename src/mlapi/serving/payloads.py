@@ -3,11 +3,10 @@ as JSON lines under ``MLAPI_LOG_DIR/payloads/<model>/`` (``pandas.read_json(path
 lines=True)`` reads a file). What a model is asked stays on the host.
 
 Off the request path: a request that is sampled costs the event loop one append to
-a bounded buffer; a thread of its own wakes every GATHER_S (or when the buffer
-fills up), turns the records into JSON, writes them and counts them into drift a
-batch at a time. When
-it falls behind (a slow or full disk), records are dropped and counted, never a
-request delayed or failed. Every worker writes files of its own (a line is never
+a bounded buffer; a thread of its own wakes every GATHER_S (or once WAKE_AT records
+wait), turns the records into JSON, writes them and counts them into drift a batch
+at a time. When it falls behind (a slow or full disk), records are dropped and
+counted, never a request delayed or failed. Every worker writes files of its own (a line is never
 interleaved with another worker's) and holds a shared lock on the file it writes;
 each model's folder is kept under ``MLAPI_PAYLOAD_MAX_BYTES``: before a worker
 starts a new file, the oldest files nobody holds go until the rest, with room for
