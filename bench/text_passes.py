@@ -8,6 +8,10 @@ of 5 to 40 words (and of 1 sentence) over 16 connections, to each server in turn
 padded/real tokens of a request's rows cut the one way and the other.
 
     .venv/bin/python bench/text_passes.py [--rounds 3] [--seconds 6]
+
+``--sweep`` instead measures, in-process on core 0, how the bound and the shortest cut
+pass trade off (how the default was chosen): the same encoder through onnxruntime
+(one thread) on batches of 64 such sentences, cut by ``passes`` with each setting.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
@@ -47,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--sweep", action="store_true", help="in-process bounds, no server")
     args = parser.parse_args()
     from tests.fixtures.text import build
     from tokenizers import Tokenizer
@@ -75,6 +83,9 @@ def main() -> None:
         words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 2)
         sentences = _sentences(words, 32)
         lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(sentences))
+        if args.sweep:
+            _sweep(source / "1", tokenizer, _sentences(words, 2000), args.rounds)
+            return
         bodies = {
             32: json.dumps({"model": "minilm", "input": sentences, "encoding_format": "base64"}),
             1: json.dumps({"model": "minilm", "input": sentences[0], "encoding_format": "base64"}),
@@ -145,6 +156,57 @@ def main() -> None:
         print(
             f"{32 * merged} rows ({merged} request(s)): padded/real {padded / (real * merged):.3f} "
             f"in {len(cut)} passes; one pass {rows[-1] * len(rows) / (real * merged):.3f}"
+        )
+
+
+def _sweep(folder: Path, tokenizer: Any, sentences: list[str], rounds: int) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from mlapi.runtimes import text
+
+    os.sched_setaffinity(0, {0})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "model.onnx"), options)
+    names = {i.name for i in session.get_inputs()}
+    ids = [e.ids for e in tokenizer.encode_batch(sentences)]
+
+    def encode(rows: list[list[int]]) -> None:
+        longest = max(len(r) for r in rows)
+        tokens = np.zeros((len(rows), longest), np.int64)
+        mask = np.zeros_like(tokens)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)], mask[i, : len(row)] = row, 1
+        feeds = {"input_ids": tokens, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(tokens)
+        session.run(None, feeds)
+
+    settings = [(1e9, 4), (1.05, 4), (1.1, 2), (1.1, 4), (1.1, 8), (1.15, 4), (1.35, 4)]
+    rates: dict[tuple[float, int], list[float]] = {c: [] for c in settings}
+    padding: dict[tuple[float, int], list[float]] = {c: [] for c in settings}
+    rng = random.Random(1)
+    for _ in range(rounds * 2):
+        batches = [sorted(rng.sample(ids, 64), key=len) for _ in range(4)]
+        for bound, shortest in settings:
+            text.MIN_PASS_ROWS = shortest
+            started, padded, real = time.perf_counter(), 0, 0
+            for rows in batches:
+                lengths = [len(r) for r in rows]
+                for start, end in passes(lengths, DEFAULT_TOKEN_BUDGET, bound):
+                    encode(rows[start:end])
+                    padded += (end - start) * lengths[end - 1]
+                real += sum(lengths)
+            rates[(bound, shortest)].append(256 / (time.perf_counter() - started))
+            padding[(bound, shortest)].append(padded / real)
+    print("| bound | shortest cut pass | sentences/s (one core) | padded/real |")
+    print("|---|---|---|---|")
+    for bound, shortest in settings:
+        shown = "off (one pass)" if bound > 100 else f"{bound:g}"
+        print(
+            f"| {shown} | {shortest} | {statistics.median(rates[(bound, shortest)]):.0f} | "
+            f"{statistics.median(padding[(bound, shortest)]):.3f} |"
         )
 
 

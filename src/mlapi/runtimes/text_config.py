@@ -25,9 +25,9 @@ _KEYS = {
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_TOKEN_BUDGET = 16384
 # A pass pads to at most 1.1x its real tokens: all-MiniLM-L6-v2 on one core, batches of
-# 64 sentences of 5 to 40 words, encoded 1.69x faster than in one pass (padded 1.69x
-# the real tokens); 1.05 to 1.15 and 2 to 8 rows a pass within noise of each other
-# (README, "Text embeddings").
+# 64 sentences of 5 to 40 words, encoded 1.7x faster than in one pass (padded 1.7x the
+# real tokens); 1.05 to 1.15 and 2 to 8 rows a pass within noise of each other
+# (bench/text_passes.py --sweep; README, "Text embeddings").
 DEFAULT_MAX_PADDING = 1.1
 
 
