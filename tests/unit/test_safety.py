@@ -39,3 +39,18 @@ def test_folder_check_refuses_and_names_the_setting(tmp_path: Path) -> None:
     assert "MLAPI_ALLOW_PICKLE" in caught.value.message
     assert str(tmp_path) not in caught.value.message  # no host path leaks
     safety.check_folder(tmp_path, allow_pickle=True)  # the operator said: trusted
+
+
+def test_a_zip_its_reader_refuses_is_no_pickle_and_no_crash(tmp_path: Path) -> None:
+    """zipfile.is_zipfile raises (not returns False) on a zip64 end record that names
+    several disks: the fuzzer's find (fuzz/corpus/tar/zip64-several-disks)."""
+    import struct
+
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, 0, 2)  # zip64 locator: 2 disks
+    end = b"PK\x05\x06" + bytes(18)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"PK" + locator + end)
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.is_zipfile(path)  # (what the check called before)
+    assert not safety.looks_like_pickle(path)
+    safety.check_folder(tmp_path, allow_pickle=False)  # neither refused nor raised

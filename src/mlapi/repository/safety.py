@@ -23,11 +23,13 @@ def looks_like_pickle(path: Path) -> bool:
         return False
     if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return True
-    if head == b"PK" and zipfile.is_zipfile(path):
+    if head == b"PK":
+        # a zip this reader cannot open (zipfile.is_zipfile itself raises on some, such
+        # as a zip64 end record naming several disks) is no archive a loader here opens
         try:
             with zipfile.ZipFile(path) as archive:
                 return any(Path(n).suffix in PICKLE_SUFFIXES for n in archive.namelist())
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
             return False
     return False
 
