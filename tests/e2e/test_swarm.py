@@ -287,15 +287,18 @@ def _model_versions(url: str, key: str, count: int) -> Counter[str]:
         )
 
 
+# run inside a replica: prints its mlapi_requests_total{outcome="ok"}
+SERVED_OK = (
+    "import urllib.request as u; "
+    "t = u.urlopen('http://127.0.0.1:8000/metrics').read().decode(); "
+    "print(sum(float(l.rsplit(' ', 1)[1]) for l in t.splitlines() "
+    "if l.startswith('mlapi_requests_total{') and 'outcome=\"ok\"' in l))"
+)
+
+
 def _served_ok(container_id: str) -> float:
     """mlapi_requests_total{outcome="ok"} of one replica, read inside it."""
-    script = (
-        "import urllib.request as u; "
-        "t = u.urlopen('http://127.0.0.1:8000/metrics').read().decode(); "
-        "print(sum(float(l.rsplit(' ', 1)[1]) for l in t.splitlines() "
-        "if l.startswith('mlapi_requests_total{') and 'outcome=\"ok\"' in l))"
-    )
-    return float(docker("exec", container_id, "python", "-c", script).stdout)
+    return float(docker("exec", container_id, "python", "-c", SERVED_OK).stdout)
 
 
 def _loopback_only(swarm: Swarm) -> None:

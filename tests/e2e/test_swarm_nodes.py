@@ -28,6 +28,7 @@ import pytest
 from tests.e2e.conftest import ROOT, copy_project, docker, wait_until
 from tests.e2e.test_swarm import (
     IRIS,
+    SERVED_OK,
     SERVICE,
     Swarm,
     Traffic,
@@ -120,16 +121,10 @@ def two_nodes(engine: None, tmp_path: Path) -> Iterator[TwoNodes]:
 
 def _both_serve(nodes: TwoNodes) -> bool:
     """Each node's replica answered some of the traffic (its own ok counter)."""
-    script = (
-        "import urllib.request as u; "
-        "t = u.urlopen('http://127.0.0.1:8000/metrics').read().decode(); "
-        "print(sum(float(l.rsplit(' ', 1)[1]) for l in t.splitlines() "
-        "if l.startswith('mlapi_requests_total{') and 'outcome=\"ok\"' in l))"
-    )
     served = []
     for engine in (_host, _worker):
         ids = engine("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={SERVICE}")
-        served += [float(engine("exec", i, "python", "-c", script) or 0) for i in ids.split()]
+        served += [float(engine("exec", i, "python", "-c", SERVED_OK) or 0) for i in ids.split()]
     return len(served) == 2 and min(served) > 0
 
 
