@@ -102,7 +102,8 @@ def asgi_app(
         registry.scan()
         loading = asyncio.create_task(registry.load_all(), name="mlapi-load-models")
         refresher = asyncio.create_task(refresh_every(1.0), name="mlapi-metrics")
-        tasks = [loading, refresher]
+        tending = asyncio.create_task(registry.tend(), name="mlapi-cache")
+        tasks = [loading, refresher, tending]
         if settings.repository_poll_s > 0:
 
             async def watch() -> None:

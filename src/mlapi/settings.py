@@ -14,7 +14,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlapi.errors import ConfigError
@@ -63,7 +70,17 @@ class Settings(BaseSettings):
     log_dir: Path | None = Field(None, alias="MLAPI_LOG_DIR")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="MLAPI_DEVICE")
     allow_pickle: bool = Field(False, alias="MLAPI_ALLOW_PICKLE")
-    load_concurrency: int = Field(2, alias="MLAPI_LOAD_CONCURRENCY", ge=1, le=64)
+    load_concurrency: int = Field(
+        2,
+        alias="MLAPI_MAX_CONCURRENT_LOADS",
+        validation_alias=AliasChoices("MLAPI_MAX_CONCURRENT_LOADS", "MLAPI_LOAD_CONCURRENCY"),
+        ge=1,
+        le=64,
+    )
+    # on-demand models (README "More models than memory")
+    model_loading: Literal["eager", "on_demand"] = Field("eager", alias="MLAPI_MODEL_LOADING")
+    min_resident_s: float = Field(30.0, alias="MLAPI_MIN_RESIDENT_S", ge=0, le=86400)
+    idle_unload_s: float = Field(0.0, alias="MLAPI_IDLE_UNLOAD_S", ge=0, le=7 * 86400)
     intra_op_threads: int = Field(0, alias="MLAPI_INTRA_OP_THREADS", ge=0, le=256)
     shutdown_timeout_s: float = Field(30.0, alias="MLAPI_SHUTDOWN_TIMEOUT_S", gt=0, le=3600)
     drain_grace_s: float = Field(2.0, alias="MLAPI_DRAIN_GRACE_S", ge=0, le=600)

@@ -192,9 +192,7 @@ def test_publishing_versions_into_the_production_deployment(
         # each read of the index is answered by one of a replica's two workers, and each
         # worker looks at the folder on its own: wait for the words, not for one look
         wait_until(lambda: refused("5", "needs about"), 30, "version 5 refused on both")
-        wait_until(
-            lambda: refused("5", "memory limit of 1,024 MiB"), 30, "the limit named on both"
-        )
+        wait_until(lambda: refused("5", "memory limit of 1,024 MiB"), 30, "the limit named on both")
         assert httpx.get(stack.url + "/health", timeout=10).status_code == 200
         count = len(answers)
         wait_until(lambda: len(answers) > count + 50, 30, "traffic after the refusals")

@@ -156,8 +156,10 @@ def test_the_checked_in_files_have_no_fail(files: list[str]) -> None:
         "warmup_seconds",
         "peak_rss_bytes",
         "steady_rss_bytes",
+        "load",
         "latency_ms",
     }
+    assert iris["load"] == "eager"
     assert (iris["name"], iris["version"]) == ("iris", "1")
     assert set(iris["latency_ms"]) == {"batch_1", "batch_max"}
     assert set(report["suggested"]) == {

@@ -136,6 +136,12 @@ def test_every_dashboard_and_alert_query_has_data_on_a_live_prometheus(
         for version in ("1", "2"):
             shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", repo / name / version)
         (repo / name / "model.toml").write_text(rollout)
+    # and an on-demand model, loaded by the first request, unloaded a second after its
+    # last: the model cache's panels have their series
+    shutil.copytree(DEFAULT_MODEL_PATH / "iris" / "1", repo / "cold" / "1")
+    (repo / "cold" / "model.toml").write_text(
+        'load = "on_demand"\n[on_demand]\nidle_unload_s = 1\nmin_resident_s = 0\n'
+    )
     server = start_server(MODEL_PATH=str(repo), WORKERS="2", MLAPI_LOG_DIR=str(tmp_path / "logs"))
     wait_for(lambda: "mlapi_canary_percent{" in httpx.get(server.url + "/metrics").text)
     scrape = httpx.get(server.url + "/metrics").text
@@ -145,6 +151,7 @@ def test_every_dashboard_and_alert_query_has_data_on_a_live_prometheus(
     bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     deadline = time.monotonic() + 8  # bounded: about 8 s of traffic while it scrapes every 1 s
     with httpx.Client(base_url=server.url) as client:
+        assert client.post("/v2/models/cold/infer", json=IRIS).status_code == 200
         while time.monotonic() < deadline:
             for _ in range(20):
                 assert client.post("/v2/models/iris/infer", json=IRIS).status_code == 200

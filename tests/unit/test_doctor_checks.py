@@ -104,3 +104,47 @@ def test_the_health_window_is_start_period_plus_interval_times_retries(
         f"start_period 12s + interval {interval} x retries {retries} = {window}s; "
         "measured start 10.7s under 2 CPUs"
     )
+
+
+def test_on_demand_models_count_the_hot_set_and_the_largest_beside_it(tmp_path: Path) -> None:
+    """One eager model (80 MiB) and ten on-demand ones of 50 to 140 MiB, one of them
+    pinned (100 MiB): a worker holds the server (60), the hot set (80 + 100) and the
+    largest evictable one (140) with the largest transient (10) = 390 MiB; on two
+    workers with the supervisor (70): 850 MiB. Their loads are not in the start."""
+    from dataclasses import replace
+
+    from mlapi.doctor import sizing
+
+    MIB = 1 << 20
+
+    base = measured()
+    eager = base.models[0]
+    on_demand = [
+        replace(
+            eager,
+            name=f"od{i}",
+            steady_rss_bytes=(60 + 50 + 10 * i) * MIB,
+            peak_rss_bytes=(60 + 50 + 10 * i) * MIB,
+            load_seconds=100.0,
+            on_demand=True,
+            pinned=i == 5,
+        )
+        for i in range(10)
+    ]
+    many = replace(base, models=[eager, *on_demand])
+    assert sizing.hot_bytes(many) == (80 + 100) * MIB
+    assert sizing.need_bytes(many, 2) == 850 * MIB
+    assert sizing.start_seconds(many, 2, 2.0) == sizing.start_seconds(base, 2, 2.0)
+    # a worker's share of 2 GiB (less 102 MiB kept free) is 973 MiB: 973 - 60 - 180 - 10
+    # = 723 MiB for the cache; the median evictable model is 90 MiB: 8 at once
+    assert sizing.cache_capacity(many, 2, 2 << 30) == 8
+    assert sizing.cache_capacity(base, 2, 2 << 30) == 0  # no on-demand model
+    case = CASES[0]
+    files = write_project(tmp_path, case, broken=False)
+    deployment, merged_by = doctor.read(doctor.Options(files=tuple(files), use_compose=False), ENV)
+    report = doctor.audit(deployment, merged_by, many, host_bytes=HOST_BYTES)
+    (fit,) = [f for f in report.findings if f.id.startswith("memory.limit")]
+    assert "hot set (eager and pinned) 180 MiB + the largest on-demand model 140 MiB" in (
+        fit.message
+    )
+    assert "on-demand models at once" in fit.message

@@ -20,7 +20,7 @@ from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
 from mlapi.api.responses import client_of, error_headers, json_response, route
 from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
-from mlapi.registry.versions import ModelVersion
+from mlapi.registry.versions import Cold, ModelVersion
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
 from mlapi.serving.plane import Wire
@@ -69,6 +69,20 @@ def embedding_model(version: ModelVersion) -> Any:
     return None
 
 
+def _embeds(version: ModelVersion) -> bool:
+    """Whether a model not loaded here is an embedding model: the text runtime would
+    load its files, and its model.toml does not make it a classifier."""
+    from mlapi.runtimes import catalog
+
+    config = version.config
+    if config is None or (config.text or {}).get("task") == "classification":
+        return False
+    try:
+        return catalog.choose(version.path, config)[0] == "text"
+    except (MlapiError, OSError):
+        return False
+
+
 def routes(ctx: ServingContext) -> list[Route]:
     registry, max_body, plane = ctx.registry, ctx.settings.max_body_bytes, ctx.plane
 
@@ -86,6 +100,12 @@ def routes(ctx: ServingContext) -> list[Route]:
                 continue
             try:
                 version = registry.get(record.name)
+            except Cold:  # on demand, not loaded here: what its model.toml says
+                if any(_embeds(v) for v in record.versions.values()):
+                    listed.append(
+                        {"id": record.name, "object": "model", "created": 0, "owned_by": "ml-api"}
+                    )
+                continue
             except (NotFound, NotReady):
                 continue
             if embedding_model(version) is not None:

@@ -18,7 +18,7 @@ from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
 from mlapi.api.responses import client_of, json_response, route
 from mlapi.errors import BadRequest, NotReady
-from mlapi.registry import ModelVersion
+from mlapi.registry import Cold, ModelVersion
 from mlapi.serving import codec as serving_codec
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
@@ -39,6 +39,8 @@ def routes(ctx: ServingContext) -> list[Route]:
         ctx.access.check_model(client_of(request), name)
         try:
             registry.get(name)
+        except Cold:  # on demand: a request loads it
+            return json_response({"name": name, "ready": True, "state": "LOADABLE"})
         except NotReady:
             return json_response({"name": name, "ready": False}, 503)
         return json_response({"name": name, "ready": True})

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from mlapi import __version__
 from mlapi.api.responses import client_of, json_response, route
 from mlapi.errors import NotReady
+from mlapi.registry import Cold, State
 from mlapi.serving.context import ServingContext
 from mlapi.serving.metadata import EXTENSIONS, metadata_of
 
@@ -23,16 +24,18 @@ def routes(ctx: ServingContext) -> list[Route]:
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
         access.check_model(client_of(request), params["model"])
-        return json_response(metadata_of(registry, params["model"], params.get("version")))
+        return json_response(await metadata_of(registry, params["model"], params.get("version")))
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
         access.check_model(client_of(request), params["model"])
         try:
             registry.get(params["model"], params.get("version"))
+        except Cold:  # on demand: a request loads it
+            return json_response({"ready": True, "state": State.LOADABLE.value})
         except NotReady as exc:
             return json_response({"ready": False, "error": exc.message}, 503)
-        return json_response({"ready": True})
+        return json_response({"ready": True, "state": State.READY.value})
 
     guarded = ctx.access
     base = "/v2/models/{model}"

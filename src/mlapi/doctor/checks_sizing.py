@@ -142,18 +142,35 @@ def _fit(
     workers = workers_of(service)
     need = sizing.need_bytes(measured, workers)
     wanted = sizing.suggested_bytes(measured, workers)
+    on_demand = sizing.cached(measured)
+    if on_demand:
+        largest = max(m.own_bytes for m in on_demand)
+        models = (
+            f"hot set (eager and pinned) {mib(sizing.hot_bytes(measured))} + the largest "
+            f"on-demand model {mib(largest)}"
+        )
+    else:
+        models = f"models {mib(sum(m.own_bytes for m in measured.loaded))}"
     numbers = (
         f"limit {mib(limit)}; {workers} worker(s) x (server {mib(measured.base_rss_bytes)}"
-        f" + models {mib(sum(m.own_bytes for m in measured.loaded))} + largest load or batch"
+        f" + {models} + largest load or batch"
         f" {mib(max((m.transient_bytes for m in measured.loaded), default=0))})"
         f"{' + supervisor' if workers > 1 else ''} = {mib(need)}"
     )
+    if on_demand:
+        held = sizing.cache_capacity(measured, workers, limit)
+        numbers += (
+            f"; each worker's cache holds about {held} of the {len(on_demand)} on-demand "
+            f"models at once"
+        )
     if limit < need:
         return Finding(
             "memory.limit_low",
             "fail",
             service.name,
-            f"{numbers}: the container would be OOM-killed",
+            f"{numbers}: the hot set and the largest on-demand model's load do not fit"
+            if on_demand
+            else f"{numbers}: the container would be OOM-killed",
             fix,
             where,
         )

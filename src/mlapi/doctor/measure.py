@@ -46,6 +46,13 @@ class ModelMeasure:
     max_batch_size: int = 1
     error: str | None = None
     ran_code: bool = False  # a Python model: measuring it ran its model.py
+    on_demand: bool = False  # loaded by its first request, evictable (registry.cache)
+    pinned: bool = False  # on demand, but never evicted once loaded
+
+    @property
+    def stays(self) -> bool:
+        """Whether it stays resident in every worker: eager, or on demand and pinned."""
+        return not self.on_demand or self.pinned
 
     @property
     def own_bytes(self) -> int:
@@ -65,6 +72,7 @@ class ModelMeasure:
             "warmup_seconds": round(self.warmup_seconds, 4),
             "peak_rss_bytes": self.peak_rss_bytes,
             "steady_rss_bytes": self.steady_rss_bytes,
+            "load": "on_demand" if self.on_demand else "eager",
             "latency_ms": {
                 "batch_1": _rounded(self.batch_1_ms),
                 "batch_max": _rounded(self.batch_max_ms),
@@ -143,7 +151,15 @@ def measure(
                 continue
             report = _probe({**spec, "folder": str(item.path.resolve())}, env, timeout_s)
             measured = _model(item.name, str(item.version), report)
-            result.models.append(replace(measured, ran_code=_runs_code(item)))
+            mode = item.config.load or service_env.get("MLAPI_MODEL_LOADING") or "eager"
+            result.models.append(
+                replace(
+                    measured,
+                    ran_code=_runs_code(item),
+                    on_demand=mode == "on_demand",
+                    pinned=item.config.on_demand.pin,
+                )
+            )
     return result
 
 

@@ -13,6 +13,10 @@
 - memory suggested: the need plus 15 % (the margin Kubernetes' VPA adds) plus room, in
   every worker, to load the largest model's next version beside it (a rollout loads the
   candidate before it retires the old one), rounded up to 64 MiB, at least 256 MiB.
+- on-demand models (``load = "on_demand"``): only those pinned stay in every worker
+  with the eager ones (the hot set); of the rest, the need counts the largest one
+  loaded beside them, which is what the cache needs to load any of them. How many
+  fit at once is said beside it (the cache's capacity).
 - CPUs: what the service is given (doctor cannot know the traffic); WORKERS: one per
   CPU while the memory suggested for them fits on this host, at least one."""
 
@@ -22,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from mlapi.doctor.measure import Measurements
+from mlapi.doctor.measure import Measurements, ModelMeasure
 
 MIB = 1 << 20
 MARGIN = 1.15
@@ -56,16 +60,26 @@ def memory_text(value: int) -> str:
 
 
 def start_seconds(measured: Measurements, workers: int, cpus: float) -> float:
-    loads = sum(m.load_seconds + m.warmup_seconds for m in measured.loaded)
+    loads = sum(m.load_seconds + m.warmup_seconds for m in measured.loaded if not m.on_demand)
     contention = max(1.0, workers / cpus) if cpus > 0 else 1.0
     fraction = 1.0 / cpus if 0 < cpus < 1 else 1.0
     imports = measured.import_seconds * (2 if workers > 1 else 1)
     return (imports + loads) * contention * fraction
 
 
+def hot_bytes(measured: Measurements) -> int:
+    """What stays in each worker: the eager models and the pinned on-demand ones."""
+    return sum(m.own_bytes for m in measured.loaded if m.stays)
+
+
+def cached(measured: Measurements) -> list[ModelMeasure]:
+    """The on-demand models the cache may evict."""
+    return [m for m in measured.loaded if not m.stays]
+
+
 def need_bytes(measured: Measurements, workers: int) -> int:
     models = measured.loaded
-    own = sum(m.own_bytes for m in models)
+    own = hot_bytes(measured) + max((m.own_bytes for m in cached(measured)), default=0)
     transient = max((m.transient_bytes for m in models), default=0)
     supervisor = measured.base_rss_bytes + measured.interpreter_rss_bytes if workers > 1 else 0
     return workers * (measured.base_rss_bytes + own + transient) + supervisor
@@ -75,6 +89,21 @@ def suggested_bytes(measured: Measurements, workers: int) -> int:
     largest = max((m.own_bytes + m.transient_bytes for m in measured.loaded), default=0)
     raw = need_bytes(measured, workers) * MARGIN + workers * largest
     return max(MIN_MEMORY, math.ceil(raw / (64 * MIB)) * 64 * MIB)
+
+
+def cache_capacity(measured: Measurements, workers: int, limit: int) -> int:
+    """How many on-demand models of the median size one worker's cache holds at once
+    under ``limit`` (registry.memory: each worker's share, less its hot set and the
+    largest load's transient)."""
+    models = cached(measured)
+    if not models:
+        return 0
+    sizes = sorted(max(m.own_bytes, 1) for m in models)
+    median = sizes[len(sizes) // 2]
+    headroom = max(64 * MIB, limit // 20)
+    transient = max((m.transient_bytes for m in measured.loaded), default=0)
+    room = (limit - headroom) // workers - measured.base_rss_bytes - hot_bytes(measured)
+    return max(0, min(len(models), (room - transient) // median))
 
 
 def host_memory_bytes() -> int:

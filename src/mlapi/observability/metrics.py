@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN_MODEL = ("", "")  # labels of a request whose model could not be resolved
 ANONYMOUS = "anonymous"  # the client of every request on a server with no key
-STATES = ("loading", "warming", "ready", "failed", "unloading", "unavailable")
+STATES = ("loading", "warming", "ready", "failed", "unloading", "unavailable", "loadable")
 
 # Outcome label of mlapi_requests_total for each error code.
 OUTCOMES = {
@@ -133,6 +133,35 @@ class Metrics:
             "Time the model's warm-up inference took.",
             ["model", "version"],
             multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "mlapi_model_loads",
+            "Model loads by reason: start (an eager model as the server starts), demand "
+            "(an on-demand model's request), rollout (a new version, or a load through "
+            "the repository API).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "mlapi_model_evictions",
+            "On-demand models unloaded by a worker's cache: for room (memory) or after "
+            "idle_unload_s with no request (idle).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_resident = Gauge(
+            "mlapi_model_resident",
+            "Workers that hold an on-demand model loaded now (summed over workers).",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.cold_start = Histogram(
+            "mlapi_model_cold_start_seconds",
+            "What a request to an on-demand model that was not loaded waited for its load.",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
         self.rollouts = Counter(

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
-from mlapi.errors import MlapiError, NotFound
+from mlapi.errors import GatewayTimeout, MlapiError, NotFound, NotReady
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.core import RegistryCore, log
 from mlapi.registry.loading import settle_garbage_collector
 from mlapi.registry.rollout import Rollouts
-from mlapi.registry.versions import ModelRecord, ModelVersion, State
+from mlapi.registry.versions import Cold, ModelRecord, ModelVersion, State
 from mlapi.repository import scan as repo_scan
 from mlapi.settings import Settings
+from mlapi.tensors import Signature
 
-__all__ = ["ModelRecord", "ModelRegistry", "ModelVersion", "State"]
+__all__ = ["Cold", "ModelRecord", "ModelRegistry", "ModelVersion", "State"]
 
 
 class ModelRegistry:
@@ -47,10 +49,74 @@ class ModelRegistry:
 
     # ----- queries -------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The READY version to serve; NotFound for unknown names, NotReady otherwise."""
+        """The READY version to serve; NotFound for unknown names, NotReady otherwise
+        (Cold, a NotReady, for an on-demand model not loaded in this worker)."""
         record = self._core.records.get(name)
         if record is None or record.unloaded:
             raise NotFound(f"unknown model '{name[:128]}'")
+        return self._version_of(record, version)
+
+    def serve(self, name: str, version: str | None = None) -> ModelVersion:
+        """``get`` for a request that will run the model: an on-demand model's last
+        use moves to now (its place in the cache's least-recently-used order)."""
+        record = self._core.records.get(name)
+        if record is None or record.unloaded:
+            raise NotFound(f"unknown model '{name[:128]}'")
+        if record.cache is not None:
+            record.cache.used()
+        return self._version_of(record, version)
+
+    async def demand(self, name: str, version: str | None, started: float) -> ModelVersion:
+        """Load a cold on-demand model for a request that began at ``started``
+        (time.perf_counter()) and return the version to serve. Requests that come
+        while it loads share the load; each waits until its own deadline
+        (MLAPI_REQUEST_TIMEOUT_S), and the load goes on for the others."""
+        settings = self._core.settings
+        metrics = self._core.metrics
+        for _ in range(3):  # evicted again before this request could hold it: rare
+            record = self.record(name)
+            left = settings.request_timeout_s - (time.perf_counter() - started)
+            waited = time.perf_counter()
+            try:
+                await asyncio.wait_for(
+                    self._core.cache.demand(record, self._start_trial), max(left, 0.0)
+                )
+            except TimeoutError:
+                raise GatewayTimeout(
+                    f"model '{name}' was still loading after {settings.request_timeout_s:g}s "
+                    f"(MLAPI_REQUEST_TIMEOUT_S); its load goes on: retry shortly",
+                    queued=True,
+                ) from None
+            finally:
+                metrics.cold_start.labels(name).observe(time.perf_counter() - waited)
+            try:
+                return self.serve(name, version)
+            except Cold:
+                continue
+        raise NotReady(f"model '{name}' was evicted as soon as it loaded; retry shortly")
+
+    def cold_signature(
+        self, name: str, version: str | None
+    ) -> tuple[ModelVersion, Signature, str] | None:
+        """(the version, its signature, its platform) of an on-demand model that is not
+        loaded here, from what its last load here showed (same files) or from the
+        inputs and outputs its model.toml declares; None when neither says."""
+        record = self.record(name)
+        numbers = [int(version)] if version and version.isdigit() else sorted(record.versions)
+        if not numbers or numbers[-1] not in record.versions:
+            return None
+        cold = record.versions[numbers[-1]]
+        known = record.cache.described.get(cold.version) if record.cache else None
+        if known is not None and known[0] == cold.fingerprint:
+            return cold, known[1], known[2]
+        config = cold.config
+        if config is not None and config.inputs and config.outputs:
+            platform = config.platform or config.runtime or ""
+            return cold, Signature(config.inputs, config.outputs), platform
+        return None
+
+    def _version_of(self, record: ModelRecord, version: str | None) -> ModelVersion:
+        name = record.name
         wanted = None
         if version is not None:
             if not repo_scan.VERSION.fullmatch(version):
@@ -99,8 +165,13 @@ class ModelRegistry:
         """Load every scanned model; returns when all have settled."""
 
         async def first_load(record: ModelRecord) -> None:
+            if record.cache is not None:  # on demand: checked now, loaded by a request
+                record.trial = None  # a gated rollout waits for a load (cache module)
+                await self._core.cache.check(list(record.versions.values()))
+                return
             # without the model's lock: an unload meanwhile withdraws what loads
             await self._core.load_versions(list(record.versions.values()))
+            self._core.count_loads(record, list(record.versions.values()), "start")
             self._core.publish_serving(record)
             await self._start_trial(record)
 
@@ -121,8 +192,11 @@ class ModelRegistry:
             )
             old = self._core.records.get(name)
             if old is None or old.unloaded or not old.serves():
-                fresh = self._core.record_for(entry)
+                fresh = self._core.record_for(entry, quiet=changed_only)
+                if fresh.cache is not None:
+                    return await self._stay_cold(old, fresh)
                 await self._core.load_versions(list(fresh.versions.values()))
+                self._core.count_loads(fresh, list(fresh.versions.values()), "rollout")
                 self._core.records[name] = fresh
                 if old is not None and not old.unloaded:
                     self._core.retire(old.versions.values())
@@ -133,6 +207,30 @@ class ModelRegistry:
                 return fresh
             await self._rollouts.roll_forward(old, entry, changed_only)
             return old
+
+    async def _stay_cold(self, old: ModelRecord | None, fresh: ModelRecord) -> ModelRecord:
+        """An on-demand model that is not loaded here: its record follows the folder
+        (checked, not loaded), so that its next request loads the newest version.
+        Files unchanged since the last look: nothing is checked again."""
+        core = self._core
+        if old is not None and not old.unloaded and old.cache is not None:
+            if old.error == fresh.error and {n: v.fingerprint for n, v in old.versions.items()} == {
+                n: v.fingerprint for n, v in fresh.versions.items()
+            }:
+                return old
+            fresh.cache = old.cache  # its counts and last use carry over
+        fresh.trial = None  # a gated rollout of a cold model starts at its load
+        await core.cache.check(list(fresh.versions.values()))
+        core.records[fresh.name] = fresh
+        if old is not None and not old.unloaded:
+            core.retire(old.versions.values())
+            self._rollouts.trials.end(old)
+        core.publish_serving(fresh)
+        return fresh
+
+    async def tend(self) -> None:
+        """Evict the on-demand models idle past their ``idle_unload_s`` (a task)."""
+        await self._core.cache.tend()
 
     async def _start_trial(self, record: ModelRecord) -> None:
         """Load the trial the scan named beside what now serves, and start its gate."""
@@ -188,6 +286,9 @@ class ModelRegistry:
             record.candidates.clear()
             record.previous.clear()
             self.metrics.serving_version.labels(name).set(0)
+            if record.cache is not None:
+                record.cache.loaded_at = 0.0
+                self.metrics.model_resident.labels(name).set(0)
             settle_garbage_collector()
 
     async def close(self) -> None:

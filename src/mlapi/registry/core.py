@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from mlapi.errors import InsufficientMemory, MlapiError, without_host_paths
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.loading import Loader, settle_garbage_collector
-from mlapi.registry.versions import ModelRecord, ModelVersion, State
+from mlapi.registry.versions import ModelRecord, ModelVersion, Residence, State
 from mlapi.repository import scan as repo_scan
 from mlapi.settings import Settings, available_cpus
 
@@ -37,6 +37,9 @@ class RegistryCore:
             threads = max(1, int(available_cpus() // settings.workers))
         self.intra_op_threads = threads
         self.loader = Loader(settings, self.metrics, threads)
+        from mlapi.registry.cache import Cache  # the cache works on this core
+
+        self.cache = Cache(self)
 
     def retire(self, versions: object) -> None:
         """Let each version answer what it holds, then free it, in the background."""
@@ -55,6 +58,15 @@ class RegistryCore:
     def count(self, name: str, outcome: str) -> None:
         self.metrics.rollouts.labels(name, outcome).inc()
 
+    def count_loads(self, record: ModelRecord, versions: list[ModelVersion], reason: str) -> None:
+        """mlapi_model_loads_total, when some of ``versions`` loaded (for ``reason``:
+        start, demand or rollout); an on-demand model's cache counts it resident."""
+        if any(v.state is State.READY for v in versions):
+            if record.cache is not None:
+                self.cache.resident(record, versions, reason)
+            else:
+                self.metrics.model_loads.labels(record.name, reason).inc()
+
     def publish_serving(self, record: ModelRecord) -> None:
         ready = [v.version for v in record.versions.values() if v.state is State.READY]
         self.metrics.serving_version.labels(record.name).set(max(ready, default=0))
@@ -65,24 +77,48 @@ class RegistryCore:
     def record_for(self, entry: repo_scan.ModelEntry, quiet: bool = False) -> ModelRecord:
         model_error = without_host_paths(entry.error, entry.path) if entry.error else None
         record = ModelRecord(entry.name, error=model_error)
+        record.cache = self.residence_for(entry)
         for outcome in ROLLOUT_OUTCOMES:  # every outcome is exposed, from 0
             self.metrics.rollouts.labels(entry.name, outcome)
         if not quiet:
             for note in entry.notes:
                 log.warning("model %s: %s", entry.name, note)
         for item in entry.versions:
-            version = self._version_of(item)
+            version = self._version_of(item, record.cache is not None)
             if item.error:
                 version.fail(without_host_paths(item.error, item.path))
             record.versions[item.version] = version
         if entry.trial is not None:
-            record.trial = self._version_of(entry.trial)
+            record.trial = self._version_of(entry.trial, record.cache is not None)
         record.refused = dict(entry.refused)
         if model_error and not quiet:
             log.error("model %s cannot be served: %s", entry.name, model_error)
         return record
 
-    def _version_of(self, item: repo_scan.VersionEntry) -> ModelVersion:
+    def residence_for(self, entry: repo_scan.ModelEntry) -> Residence | None:
+        """A Residence when the model loads on demand (its model.toml's ``load``, else
+        MLAPI_MODEL_LOADING), with its cache settings; None for an eager model."""
+        configs = [item.config for item in entry.versions if item.config is not None]
+        modes = [config.load for config in configs if config.load is not None]
+        if (modes[-1] if modes else self.settings.model_loading) != "on_demand":
+            return None
+        settings = self.settings
+        own = configs[-1].on_demand if configs else None
+        return Residence(
+            pin=bool(own and own.pin),
+            min_resident_s=(
+                own.min_resident_s
+                if own is not None and own.min_resident_s is not None
+                else settings.min_resident_s
+            ),
+            idle_unload_s=(
+                own.idle_unload_s
+                if own is not None and own.idle_unload_s is not None
+                else settings.idle_unload_s
+            ),
+        )
+
+    def _version_of(self, item: repo_scan.VersionEntry, on_demand: bool = False) -> ModelVersion:
         return ModelVersion(
             item.name,
             item.version,
@@ -90,15 +126,18 @@ class RegistryCore:
             item.config,
             timeout_s=self.settings.request_timeout_s,
             fingerprint=item.fingerprint,
+            on_demand=on_demand,
         )
 
-    async def load_versions(self, versions: list[ModelVersion]) -> None:
-        await asyncio.gather(*(self._load_one(v) for v in versions if v.state is State.LOADING))
+    async def load_versions(self, versions: list[ModelVersion], reserved: int = 0) -> None:
+        await asyncio.gather(
+            *(self._load_one(v, reserved) for v in versions if v.state is State.LOADING)
+        )
 
-    async def _load_one(self, version: ModelVersion) -> None:
+    async def _load_one(self, version: ModelVersion, reserved: int = 0) -> None:
         async with self._load_slots:
             try:
-                await asyncio.to_thread(self.loader.load_and_warm, version)
+                await asyncio.to_thread(self.loader.load_and_warm, version, reserved)
             except MlapiError as exc:
                 version.fail(
                     without_host_paths(exc.message, version.path),

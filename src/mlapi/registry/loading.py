@@ -36,13 +36,33 @@ class Loader:
     def publish_state(self, version: ModelVersion) -> None:
         self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
 
-    def load_and_warm(self, version: ModelVersion) -> None:
-        """On a loading thread: verify, load, warm up, and make ``version`` READY."""
+    def need(self, version: ModelVersion) -> int:
+        """The bytes one copy of ``version`` needs (registry.memory)."""
+        assert version.config is not None
+        return self.budget.need(version.path, version.config, version.fingerprint)[0]
+
+    def check_loadable(self, version: ModelVersion, evictable: int) -> None:
+        """On a loading thread: what a load would check first, without loading: its
+        files (manifest, no pickle, a runtime for them) and its need against this
+        worker's share with ``evictable`` bytes of other models evicted."""
+        assert version.config is not None
+        manifest.verify(version.path)
+        safety.check_folder(version.path, self._settings.allow_pickle)
+        catalog.choose(version.path, version.config)
+        self.budget.check_share(version.path, version.config, version.fingerprint, -evictable)
+
+    def load_and_warm(self, version: ModelVersion, reserved: int = 0) -> None:
+        """On a loading thread: verify, load, warm up, and make ``version`` READY. An
+        on-demand version is checked against this worker's share, less ``reserved``
+        (other loads under way here); any other against the whole limit."""
         assert version.config is not None
         started = time.perf_counter()
         manifest.verify(version.path)
         safety.check_folder(version.path, self._settings.allow_pickle)
-        self.budget.check(version.path, version.config, version.fingerprint)
+        if version.on_demand:
+            self.budget.check_share(version.path, version.config, version.fingerprint, reserved)
+        else:
+            self.budget.check(version.path, version.config, version.fingerprint)
         resident_before = resident_bytes()
         runtime_name, model_file = catalog.choose(version.path, version.config)
         ctx = LoadContext(
@@ -61,7 +81,8 @@ class Loader:
         started = time.perf_counter()
         warm_up(version.name, runtime, version.config)
         warmup_seconds = time.perf_counter() - started
-        self.budget.remember(version.fingerprint, resident_bytes() - resident_before)
+        version.measured = max(0, resident_bytes() - resident_before)
+        self.budget.remember(version.fingerprint, version.measured)
         executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )

@@ -8,10 +8,21 @@ container's cgroup limit, v2 or v1, else the host's memory) less what is in use
 (against MLAPI_MEMORY_LIMIT, this process's resident memory times WORKERS; against
 a cgroup limit, the cgroup's memory without reclaimable page cache; on a bare host,
 what the kernel says is not available) less a headroom. Each worker loads its own copy,
-so a version needs its size times WORKERS."""
+so a version needs its size times WORKERS.
+
+An on-demand model is loaded by one worker at a time, into that worker's cache: it
+is checked against the worker's share, (limit - headroom) / WORKERS, less the
+worker's own resident memory and what its other loads in progress will take (and,
+under a container's limit, against what the whole container has left too). An equal
+split needs no talk between workers and keeps their sum under the limit whatever
+each one caches; the kernel spreads connections over the workers, so their hot sets
+are alike and the split wastes little."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import os
 import re
@@ -97,6 +108,7 @@ class MemoryBudget:
         self._cgroup, self._meminfo = cgroup, meminfo
         self._measured_path = cache_dir / _MEASURED_FILE if cache_dir else None
         self._lock = threading.Lock()
+        self._seen: dict[str, int] = {}  # measured by this process (with no cache dir too)
 
     def limit_and_used(self) -> tuple[int, int]:
         """(limit, in use). MLAPI_MEMORY_LIMIT is a budget for this server alone, so
@@ -114,7 +126,7 @@ class MemoryBudget:
         if config.memory_mb is not None:
             return int(config.memory_mb * MIB), "memory_mb in model.toml"
         size = sum(path.stat().st_size for path in manifest.files_of(folder))
-        measured = self._measured().get(fingerprint)
+        measured = self._seen.get(fingerprint) or self._measured().get(fingerprint)
         if isinstance(measured, int) and measured > 0:
             # A load can reuse memory the allocator kept from an earlier one, so its
             # growth may read low; a model holds at least what its files hold.
@@ -126,7 +138,7 @@ class MemoryBudget:
         one, source = self.need(folder, config, fingerprint)
         needed = one * self._workers
         limit, used = self.limit_and_used()
-        headroom = max(64 * MIB, limit // 20)
+        headroom = headroom_of(limit)
         left = limit - used - headroom
         if needed > left:
             per_worker = f" ({self._workers} workers x {_mib(one)})" if self._workers > 1 else ""
@@ -137,9 +149,48 @@ class MemoryBudget:
                 f"container's) or unload a model"
             )
 
+    def share(self) -> tuple[int, int]:
+        """(this worker's share of the limit, the bytes it has left in it now)."""
+        limit, _ = self.limit_and_used()
+        share = (limit - headroom_of(limit)) // self._workers
+        return share, share - resident_bytes()
+
+    def check_share(
+        self, folder: Path, config: ModelConfig, fingerprint: str, reserved: int = 0
+    ) -> None:
+        """InsufficientMemory, with the numbers, when an on-demand version does not fit
+        in this worker's share (less ``reserved``: other loads under way here)."""
+        one, source = self.need(folder, config, fingerprint)
+        limit, used = self.limit_and_used()
+        headroom = headroom_of(limit)
+        share = (limit - headroom) // self._workers
+        left = share - resident_bytes() - reserved
+        if one > left:
+            raise InsufficientMemory(
+                f"needs about {_mib(one)}, from {source}; {_mib(max(left, 0))} is left of "
+                f"this worker's share of the memory limit ({_mib(share)}: the limit of "
+                f"{_mib(limit)} less {_mib(headroom)} kept free, over {self._workers} "
+                f"worker(s)) with every idle model that may go evicted. Raise the limit "
+                f"(MLAPI_MEMORY_LIMIT or the container's) or lower WORKERS"
+            )
+        container_left = limit - used - headroom - reserved
+        if self._override is None and one > container_left:
+            raise InsufficientMemory(
+                f"needs about {_mib(one)}, from {source}; {_mib(max(container_left, 0))} "
+                f"is left under the memory limit of {_mib(limit)} ({_mib(used)} in use, "
+                f"{_mib(headroom)} kept free)"
+            )
+
+    def fits_share(self, need: int, reserved: int = 0) -> bool:
+        """Whether ``need`` more bytes fit in this worker's share now."""
+        return need <= self.share()[1] - reserved
+
     def remember(self, fingerprint: str, measured: int) -> None:
         """What one copy took when it loaded (resident memory before and after)."""
-        if self._measured_path is None or not fingerprint or measured <= 0:
+        if not fingerprint or measured <= 0:
+            return
+        self._seen[fingerprint] = measured
+        if self._measured_path is None:
             return
         with self._lock:
             known = self._measured()
@@ -159,6 +210,32 @@ class MemoryBudget:
         except (OSError, orjson.JSONDecodeError):
             return {}
         return known if isinstance(known, dict) else {}
+
+
+def headroom_of(limit: int) -> int:
+    """What is kept free under a limit: 5% of it, at least 64 MiB."""
+    return max(64 * MIB, limit // 20)
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def give_back_freed() -> None:
+    """After an unload: collect the model's cycles and hand the heap's free pages
+    back to the kernel (glibc's malloc_trim), so that resident memory, which the
+    budget reads, falls by what the model held. Elsewhere than glibc, a no-op."""
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _mib(size: int) -> str:

@@ -47,8 +47,12 @@ class Rollouts:
             if number in fresh.versions
         }
         record.candidates.update({v.version: v for v in candidates})
+        if record.cache is not None and candidates:  # on demand: room beside what serves
+            need = sum([await asyncio.to_thread(self.core.loader.need, v) for v in candidates])
+            await self.core.cache.make_room(need, keep=record)
         await self.core.load_versions(candidates)
         replaced, switched = self._switch_in(record, reused, candidates)
+        self.core.count_loads(record, switched, "rollout")
         if self._serves(record, fresh):
             # what the policy selects serves: the versions it no longer selects can go
             replaced += [record.versions.pop(number) for number in stale]

@@ -1,5 +1,7 @@
 """A model's versions and their life: LOADING -> WARMING -> READY, or FAILED with a
-reason; UNLOADING -> UNAVAILABLE when removed. A record holds the versions that
+reason; UNLOADING -> UNAVAILABLE when removed. An on-demand model's versions wait
+as LOADABLE (files verified, not loaded) until a request loads them, and go back to
+LOADABLE when the cache evicts them. A record holds the versions that
 serve and, while a rollout runs, the candidate that may replace one of them."""
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlapi.batching import Batcher, Gone, QueuedTooLong
-from mlapi.errors import GatewayTimeout, NotFound, NotReady
+from mlapi.errors import GatewayTimeout, InsufficientMemory, NotFound, NotReady
 from mlapi.observability.metrics import ModelMetrics
 from mlapi.repository.config import ModelConfig, RolloutConfig
 from mlapi.runtimes.base import Runtime
@@ -35,6 +37,19 @@ class State(StrEnum):
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
     UNAVAILABLE = "UNAVAILABLE"
+    LOADABLE = "LOADABLE"
+
+
+_COLD = (State.LOADABLE, State.LOADING, State.WARMING)  # on demand: a request waits for it
+
+
+class Cold(NotReady):
+    """An on-demand model that is not loaded in this worker: the data plane loads it
+    and waits (ModelRegistry.demand); a route that only asks says LOADABLE."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' is not loaded; its next request loads it (on demand)")
+        self.name = name
 
 
 class Bake:
@@ -98,6 +113,8 @@ class ModelVersion:
     canary: Canary | None = None
     # each request's outcome and latency, while a canary compares it (canary.Canary)
     watch: Callable[[bool, float], None] | None = None
+    on_demand: bool = False  # its model loads on demand: checked against a worker's share
+    measured: int = 0  # bytes its load added to this worker's resident memory
 
     # ----- what a request does to it: hold it while it runs, release with its outcome
     def hold(self) -> None:
@@ -126,16 +143,33 @@ class ModelVersion:
         """A FAILED record of this version for the index, holding nothing (a version
         rolled back or refused: what it held is retired), not tried again until its
         files change."""
-        copy = ModelVersion(
+        copy = self._bare_copy()
+        copy.fail(reason)
+        return copy
+
+    def loadable_copy(self) -> ModelVersion:
+        """A LOADABLE record of this version (an on-demand model evicted, or checked
+        and waiting for its first request), holding nothing."""
+        copy = self._bare_copy()
+        copy.state, copy.on_demand = State.LOADABLE, True
+        return copy
+
+    def _bare_copy(self) -> ModelVersion:
+        """The same version's record, holding nothing (LOADING until told otherwise)."""
+        return ModelVersion(
             self.name,
             self.version,
             self.path,
             self.config,
             timeout_s=self.timeout_s,
             fingerprint=self.fingerprint,
+            on_demand=self.on_demand,
         )
-        copy.fail(reason)
-        return copy
+
+    def busy(self) -> bool:
+        """Whether a request holds it (in flight, or queued in its batcher)."""
+        batcher = self.batcher
+        return self.holders > 0 or (batcher is not None and batcher.queue_depth > 0)
 
     # ----- its life: loaded, warmed and serving; withdrawn; gone -------------------
     def loaded(self, runtime: Runtime, runtime_name: str, seconds: float) -> None:
@@ -272,6 +306,7 @@ class ModelRecord:
     # a gated rollout's new version, loaded beside what serves, and its gate
     trial: ModelVersion | None = None
     gate: Shadow | Canary | None = None
+    cache: Residence | None = None  # an on-demand model: its life in this worker's cache
 
     def ready_version(self, version: int | None) -> ModelVersion:
         if version is not None:
@@ -279,12 +314,20 @@ class ModelRecord:
             if found is None:
                 raise NotFound(f"model '{self.name}' has no version {version}")
             if found.state is not State.READY:
+                if self.cache is not None and found.state in _COLD:
+                    raise Cold(self.name)
                 raise NotReady(_not_ready(found))
             return found
         ready = [v for v in self.versions.values() if v.state is State.READY]
         if not ready:
             if self.error:
                 raise NotReady(f"model '{self.name}' is not ready: {self.error}")
+            if self.cache is not None and any(v.state in _COLD for v in self.versions.values()):
+                raise Cold(self.name)  # a request loads it, or joins the load under way
+            too_big = [v for v in self.versions.values() if v.refused and self.cache is not None]
+            if too_big:  # on demand, and too big for a worker's share on its own
+                why = too_big[0].reason
+                raise InsufficientMemory(f"model '{self.name}' cannot be loaded: {why}")
             newest = max(self.versions.values(), key=lambda v: v.version, default=None)
             raise NotReady(_not_ready(newest) if newest else f"model '{self.name}' is not ready")
         return max(ready, key=lambda v: v.version)
@@ -295,10 +338,12 @@ class ModelRecord:
 
     @property
     def is_ready(self) -> bool:
+        """Every selected version serves, or (on demand) can be loaded by a request."""
+        fine = (State.READY, State.LOADABLE) if self.cache is not None else (State.READY,)
         return (
             self.error is None
             and bool(self.versions)
-            and all(v.state is State.READY for v in self.versions.values())
+            and all(v.state in fine for v in self.versions.values())
         )
 
     def describe(self, with_candidates: bool = False) -> list[dict[str, object]]:
@@ -309,6 +354,10 @@ class ModelRecord:
         if self.error:
             return [{"name": self.name, "state": State.FAILED.value, "reason": self.error}]
         items = [v.describe() for v in sorted(self.versions.values(), key=lambda v: v.version)]
+        if with_candidates and self.cache is not None:
+            shown_cache = self.cache.summary()
+            for item in items:
+                item["cache"] = shown_cache
         for item in items:  # marked rolled back by another server, not yet replaced here
             why = self.rolled_back.get(int(str(item["version"])))
             if why is not None:
@@ -340,6 +389,44 @@ class ModelRecord:
                     }
                 )
         return items
+
+
+@dataclass(eq=False)
+class Residence:
+    """An on-demand model's life in one worker's cache: when it was last asked for,
+    when it loaded, what it measured, how often it loaded and was evicted."""
+
+    pin: bool = False  # never evicted once loaded
+    min_resident_s: float = 30.0
+    idle_unload_s: float = 0.0  # 0: only evicted for room
+    last_used: float = 0.0  # time.monotonic() of its last request (0: none yet)
+    last_used_at: float = 0.0  # time.time() of the same, for the index
+    loaded_at: float = 0.0  # time.monotonic() when it became READY (0: not loaded)
+    measured: int = 0  # bytes its last load added to this worker's resident memory
+    loads: dict[str, int] = field(default_factory=dict)  # reason -> count
+    evictions: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # what each version's last load here showed, for metadata while it is not loaded:
+    # version -> (its files' fingerprint, its signature, its platform)
+    described: dict[int, tuple[str, Signature, str]] = field(default_factory=dict)
+
+    def used(self) -> None:
+        now = time.monotonic()
+        if now - self.last_used > 0.5:  # the wall time only when it moves: a cheap hot path
+            self.last_used_at = time.time()
+        self.last_used = now
+
+    def summary(self) -> dict[str, object]:
+        shown: dict[str, object] = {
+            "pinned": self.pin,
+            "resident": self.loaded_at > 0,
+            "loads": dict(self.loads),
+            "evictions": dict(self.evictions),
+        }
+        if self.last_used_at:
+            shown["last_used"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_used_at))
+        if self.measured:
+            shown["memory_mb"] = round(self.measured / (1 << 20), 1)
+        return shown
 
 
 def _not_ready(version: ModelVersion) -> str:

@@ -39,7 +39,10 @@ _TOP_KEYS = {
     "rollout",
     "text",
     "logging",
+    "load",
+    "on_demand",
 }
+LOAD_MODES = ("eager", "on_demand")
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class OnDemandConfig:
+    """How an on-demand model (``load = "on_demand"``) lives in a worker's cache
+    (README "More models than memory"). None: the server's default."""
+
+    pin: bool = False  # once loaded, never evicted
+    min_resident_s: float | None = None  # not evicted sooner after it loaded (no thrash)
+    idle_unload_s: float | None = None  # unloaded after this long with no request (0: never)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     runtime: str | None = None
     file: str | None = None
@@ -146,6 +159,8 @@ class ModelConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     text: dict[str, Any] | None = None  # the text runtime's table (runtimes/text_config.py)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    load: str | None = None  # "eager" or "on_demand"; None: MLAPI_MODEL_LOADING
+    on_demand: OnDemandConfig = field(default_factory=OnDemandConfig)
 
 
 def read_raw(path: Path) -> dict[str, Any]:
@@ -194,7 +209,28 @@ def parse(raw: dict[str, Any]) -> ModelConfig:
         rollout=_rollout(raw.get("rollout", {})),
         text=_opt_table(raw, "text"),
         logging=_logging(raw.get("logging", {})),
+        load=_load_mode(raw),
+        on_demand=_on_demand(raw.get("on_demand", {})),
     )
+
+
+def _load_mode(raw: dict[str, Any]) -> str | None:
+    value = raw.get("load")
+    if value is not None and value not in LOAD_MODES:
+        raise ModelLoadError(f"model.toml: 'load' must be one of {list(LOAD_MODES)}")
+    return value
+
+
+def _on_demand(value: Any) -> OnDemandConfig:
+    table = _table(value, "on_demand", {"pin", "min_resident_s", "idle_unload_s"})
+    pin = table.get("pin", False)
+    if not isinstance(pin, bool):
+        raise ModelLoadError("model.toml: [on_demand] pin must be true or false")
+    seconds = {
+        key: _number(table, key, "on_demand", 0, 0, MAX_SECONDS) if key in table else None
+        for key in ("min_resident_s", "idle_unload_s")
+    }
+    return OnDemandConfig(pin=pin, **seconds)
 
 
 def _opt_table(raw: dict[str, Any], key: str) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from mlapi import __version__
 from mlapi.errors import BadRequest, NotReady
-from mlapi.registry import ModelVersion
+from mlapi.registry import Cold, ModelVersion
 from mlapi.rpc import codec, messages
 from mlapi.serving import repository
 from mlapi.serving.access import Access
@@ -105,13 +105,15 @@ class InferenceService:
         Access.check_model(client, request.name)
         try:
             self.registry.get(request.name, request.version or None)
+        except Cold:  # on demand: a request loads it
+            return messages.ModelReadyResponse(ready=True)
         except NotReady:
             return messages.ModelReadyResponse(ready=False)
         return messages.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: Any, context: Context, client: Client) -> Any:
         Access.check_model(client, request.name)
-        body = metadata_of(self.registry, request.name, request.version or None)
+        body = await metadata_of(self.registry, request.name, request.version or None)
         body.pop("parameters", None)  # labels: the gRPC message has no place for them
         return messages.ModelMetadataResponse(**body)
 

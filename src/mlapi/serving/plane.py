@@ -1,7 +1,8 @@
 """One infer path under every front. A request's life, written once:
 
     begin tracking -> the key (its client, its rate) -> the client may call the model
-    -> resolve the model -> admit (queue room, in-flight room) -> read the body ->
+    -> resolve the model (an on-demand model not loaded here: load it and wait)
+    -> admit (queue room, in-flight room) -> read the body ->
     enter (in flight) -> decode -> infer -> encode -> done
 
 Every front (V2 JSON and binary on the fast path, KServe V1, OpenAI, gRPC) hands
@@ -25,7 +26,7 @@ import numpy as np
 
 from mlapi.batching import Gone
 from mlapi.errors import BadRequest, InternalError, MlapiError
-from mlapi.registry import ModelRegistry, ModelVersion
+from mlapi.registry import Cold, ModelRegistry, ModelVersion
 from mlapi.serving.access import Access
 from mlapi.serving.keys import Client
 from mlapi.serving.lane import OFFLOAD_BYTES, off_loop
@@ -151,7 +152,10 @@ class Plane:
             access.limit(client)
             if call.model is not None:
                 access.check_model(client, call.model)
-                model = self.registry.get(call.model, call.version)
+                try:
+                    model = self.registry.serve(call.model, call.version)
+                except Cold:  # on demand, not loaded here: load it, within the deadline
+                    model = await self.registry.demand(call.model, call.version, tracked.started)
                 if model.canary is not None and call.version is None:
                     model = _canary(model, call)
                 tracked.resolved(model)
@@ -167,7 +171,10 @@ class Plane:
                 )
                 tracked.name = name
                 access.check_model(client, name)
-                model = self.registry.get(name, version)
+                try:
+                    model = self.registry.serve(name, version)
+                except Cold:
+                    model = await self.registry.demand(name, version, tracked.started)
                 if model.canary is not None and version is None:
                     model = _canary(model, call)
                 tracked.resolved(model)
