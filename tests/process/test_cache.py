@@ -8,6 +8,7 @@ memory budget read from the server's own resident memory."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 import time
@@ -128,6 +129,10 @@ def test_a_cold_model_loads_at_its_first_request_and_fifty_share_one_load(
     got = [a.json()["outputs"][0]["data"][0] for a in answers]
     assert got == [expected_label(path, row) for row in rows]
     assert _loads(server, "wide") == 1  # fifty first requests, one load
+    # those that waited for the load say how long (Server-Timing); a warm one does not
+    timed = [a.headers["server-timing"] for a in answers if "server-timing" in a.headers]
+    assert 1 <= len(timed) <= 50 and all(re.fullmatch(r"load;dur=\d+\.\d", t) for t in timed)
+    assert "server-timing" not in first(rows[0]).headers
     waited = metric(server, 'mlapi_model_cold_start_seconds_count{model="wide"')
     assert 1 <= waited <= 50
     assert httpx.get(server.url + "/v2/models/wide/ready", timeout=5).json()["state"] == "READY"
@@ -276,7 +281,9 @@ def test_an_idle_model_is_unloaded_and_its_next_request_loads_it_again(
     assert _evictions(server, "kept", "idle") == 0
     # what it held went back to the kernel (malloc_trim after the unload)
     assert _resident(server) < before - HOLD_MB * MIB // 2
-    assert _infer(server, "idle").status_code == 200
+    again = httpx.post(server.url + "/v1/models/idle:predict", json={"instances": [0.0]})
+    assert again.status_code == 200, again.text
+    assert again.json() == {"predictions": [0.0]} and "load;dur=" in again.headers["server-timing"]
     assert _loads(server, "idle") == 2
 
 

@@ -19,7 +19,7 @@ from mlapi.api import codec
 from mlapi.api.body import receive_body
 from mlapi.api.calls import disconnect_probe
 from mlapi.api.guard import HeaderRules
-from mlapi.api.responses import error_headers
+from mlapi.api.responses import error_headers, server_timing
 from mlapi.errors import ClientGone, MlapiError
 from mlapi.registry import ModelVersion
 from mlapi.serving.codec import InferRequest
@@ -108,6 +108,9 @@ class FastInfer:
                 (b"content-length", str(len(content)).encode()),
                 (b"inference-header-content-length", str(binary_header).encode()),
             ]
+        if wire.loaded_s is not None:  # it waited for an on-demand model's load
+            timing = server_timing(wire.loaded_s)["server-timing"]
+            headers.append((b"server-timing", timing.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 

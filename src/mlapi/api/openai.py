@@ -18,7 +18,7 @@ from starlette.routing import Route
 from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
-from mlapi.api.responses import client_of, error_headers, json_response, route
+from mlapi.api.responses import client_of, error_headers, json_response, route, server_timing
 from mlapi.errors import BadRequest, MlapiError, NotFound, NotReady
 from mlapi.registry.versions import Cold, ModelVersion
 from mlapi.serving.context import ServingContext
@@ -163,13 +163,15 @@ class _EmbeddingsWire(Wire):
     def encode(
         self, model: ModelVersion, decoded: _Texts, results: dict[str, np.ndarray]
     ) -> Response:
-        return _encode(
+        response = _encode(
             results,
             model.name,
             self.document.get("encoding_format") or "float",
             decoded.dimensions,
             decoded.normalize,
         )
+        response.headers.update(server_timing(self.loaded_s))
+        return response
 
 
 def _token_rows(runtime: Any, rows: np.ndarray, limits: Limits) -> np.ndarray:

@@ -105,3 +105,8 @@ def client_of(request: Request) -> Client:
     """The client whose key the route checked (anonymous on an open route)."""
     client: Client = request.scope.get("mlapi.client", ANONYMOUS)
     return client
+
+
+def server_timing(loaded_s: float | None) -> dict[str, str]:
+    """The Server-Timing header of a request that waited for its model to load."""
+    return {} if loaded_s is None else {"server-timing": f"load;dur={loaded_s * 1000:.1f}"}

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from mlapi.api import codec
 from mlapi.api.body import read_body
 from mlapi.api.calls import call_of, disconnect_probe
-from mlapi.api.responses import client_of, json_response, route
+from mlapi.api.responses import client_of, json_response, route, server_timing
 from mlapi.errors import BadRequest, NotReady
 from mlapi.registry import Cold, ModelVersion
 from mlapi.serving import codec as serving_codec
@@ -79,7 +79,9 @@ class _V1Wire(Wire):
     def encode(
         self, model: ModelVersion, decoded: _Instances, results: dict[str, np.ndarray]
     ) -> Response:
-        return _encode(results, decoded.count)
+        response = _encode(results, decoded.count)
+        response.headers.update(server_timing(self.loaded_s))
+        return response
 
 
 def _decode(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int]:

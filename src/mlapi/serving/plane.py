@@ -96,6 +96,9 @@ class Wire:
     bodies and on the decode lane for large ones."""
 
     gone: Gone | None = None  # "has the client left?", checked before a queued run
+    # seconds this request waited for its on-demand model to load (None: it was loaded);
+    # the HTTP fronts say it in a Server-Timing header ("load;dur=<ms>")
+    loaded_s: float | None = None
 
     def read(self) -> Awaitable[Any]:
         """The body (an awaitable: a front may hand back its reader's own coroutine)."""
@@ -155,7 +158,7 @@ class Plane:
                 try:
                     model = self.registry.serve(call.model, call.version)
                 except Cold:  # on demand, not loaded here: load it, within the deadline
-                    model = await self.registry.demand(call.model, call.version, tracked.started)
+                    model = await self._demand(call.model, call.version, tracked, wire)
                 if model.canary is not None and call.version is None:
                     model = _canary(model, call)
                 tracked.resolved(model)
@@ -174,7 +177,7 @@ class Plane:
                 try:
                     model = self.registry.serve(name, version)
                 except Cold:
-                    model = await self.registry.demand(name, version, tracked.started)
+                    model = await self._demand(name, version, tracked, wire)
                 if model.canary is not None and version is None:
                     model = _canary(model, call)
                 tracked.resolved(model)
@@ -222,6 +225,14 @@ class Plane:
             self._log_payload(model, tracked, 200, decoded.inputs, results)
         tracked.done(200, "ok")
         return answer
+
+    async def _demand(
+        self, name: str, version: str | None, tracked: Tracked, wire: Wire
+    ) -> ModelVersion:
+        waited = time.perf_counter()
+        model = await self.registry.demand(name, version, tracked.started)
+        wire.loaded_s = time.perf_counter() - waited
+        return model
 
     def _log_payload(
         self,
