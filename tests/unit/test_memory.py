@@ -83,12 +83,12 @@ def test_what_a_version_needs_memory_mb_then_the_last_measurement_then_its_files
     cache = tmp_path / "cache"
     cache.mkdir()
     budget = MemoryBudget(None, workers=1, cache_dir=cache)
-    assert budget.need(folder, ModelConfig(), "abc") == (6 * MIB, "twice its files")
+    assert budget.need(folder, ModelConfig(), "abc") == (9 * MIB, "estimated from its files")
     budget.remember("abc", 10 * MIB)
     # the measurement is kept in the cache folder: a restarted server reads it
     again = MemoryBudget(None, workers=1, cache_dir=cache)
     assert again.need(folder, ModelConfig(), "abc") == (10 * MIB, "measured at its last load")
-    assert again.need(folder, ModelConfig(), "other files")[1] == "twice its files"
+    assert again.need(folder, ModelConfig(), "other files")[1] == "estimated from its files"
     # a load that reused freed memory reads low: never less than the files
     again.remember("abc", 1 * MIB)
     assert again.need(folder, ModelConfig(), "abc") == (3 * MIB, "measured at its last load")
@@ -186,11 +186,11 @@ def test_a_refusal_from_one_worker_and_a_measurement_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(memory, "resident_bytes", lambda: 100 * MIB)
-    folder = _version(tmp_path, 2 * MIB)  # twice its files: 4 MiB
+    folder = _version(tmp_path, 2 * MIB)  # an ONNX file: three times, 6 MiB
     cache = tmp_path / "cache"
     cache.mkdir()
     budget = MemoryBudget(4 << 30, workers=1, cache_dir=cache)
-    budget.check(folder, ModelConfig(), "")  # 4 MiB fits in 4 GiB
+    budget.check(folder, ModelConfig(), "")  # 6 MiB fits in 4 GiB
     budget.remember("fp", 4000 * MIB)
     with pytest.raises(InsufficientMemory) as refused:
         budget.check(folder, ModelConfig(), "fp")
@@ -221,7 +221,7 @@ def test_a_measurement_is_kept_only_when_it_means_something_and_the_newest_500(
     for index in range(501):
         budget.remember(f"fp{index}", MIB)
     kept = MemoryBudget(None, 1, cache)
-    assert kept.need(folder, ModelConfig(), "fp0")[1] == "twice its files"  # the oldest went
+    assert kept.need(folder, ModelConfig(), "fp0")[1] == "estimated from its files"  # gone
     assert kept.need(folder, ModelConfig(), "fp1")[1] == "measured at its last load"
     import shutil
 
@@ -231,3 +231,52 @@ def test_a_measurement_is_kept_only_when_it_means_something_and_the_newest_500(
     assert [r.getMessage() for r in caplog.records] == [
         "memory measurements not kept: FileNotFoundError"
     ]
+
+
+def test_an_unmeasured_version_is_estimated_by_what_its_files_hold(tmp_path: Path) -> None:
+    """Tree ensembles grow sixteen times in onnxruntime; other graphs three times; other
+    files twice; the op's name found across the 1 MiB reads too."""
+    budget = MemoryBudget(None, workers=1, cache_dir=None)
+    plain = _version(tmp_path / "plain", MIB)
+    assert budget.need(plain, ModelConfig(), "plain") == (3 * MIB, "estimated from its files")
+    trees = _version(tmp_path / "trees", 0)
+    blob = bytearray(2 * MIB)
+    blob[MIB - 5 : MIB + 7] = b"TreeEnsemble"  # split between two reads
+    (trees / "model.onnx").write_bytes(bytes(blob))
+    assert budget.need(trees, ModelConfig(), "trees")[0] == 32 * MIB
+    other = _version(tmp_path / "other", 0)
+    (other / "model.onnx").unlink()
+    (other / "model.skops").write_bytes(b"\0" * MIB)
+    assert budget.need(other, ModelConfig(), "other")[0] == 2 * MIB
+    # an estimate is read once per fingerprint: the same files are not read again
+    (trees / "model.onnx").write_bytes(bytes(2 * MIB))
+    assert budget.need(trees, ModelConfig(), "trees")[0] == 32 * MIB
+
+
+def test_an_on_demand_load_is_held_to_the_worker_share_and_what_the_container_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers under a 1 GiB cgroup limit: each has (1,024 - 64) / 2 = 480 MiB,
+    less its own resident memory; the container's page cache (files read a moment
+    ago) does not count against it, what it holds (anon, tmpfs) does."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 200 * MIB)
+    root = _files(
+        tmp_path / "cg",
+        {
+            "memory.max": str(1024 * MIB),
+            "memory.current": str(1000 * MIB),
+            "memory.stat": f"anon {500 * MIB}\nshmem {100 * MIB}\nactive_file {400 * MIB}\n",
+        },
+    )
+    budget = MemoryBudget(None, workers=2, cache_dir=None, cgroup=root)
+    assert budget.share() == (480 * MIB, 280 * MIB)
+    assert memory.cgroup_held(root) == 600 * MIB
+    folder = _version(tmp_path / "v", 0)
+    budget.check_share(folder, parse({"memory_mb": 280}), "")  # 280 of 280 left
+    with pytest.raises(InsufficientMemory, match="10 MiB is left of this worker's share"):
+        budget.check_share(folder, parse({"memory_mb": 280}), "", reserved=270 * MIB)
+    # the container: 1,024 - 600 held - 64 kept free = 360 MiB, whatever the share says
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+    with pytest.raises(InsufficientMemory, match="360 MiB is left under the memory limit"):
+        budget.check_share(folder, parse({"memory_mb": 400}), "")
+    assert memory.cgroup_held(tmp_path / "none") is None

@@ -37,6 +37,11 @@ class Cache:
         self.core = core
         self.loading: dict[str, asyncio.Task[None]] = {}
         self.reserved = 0  # bytes the loads under way here will take
+        # a load whose need is only estimated (never measured here) runs alone, so an
+        # estimate that is short is not made worse by other loads beside it
+        self._running = 0
+        self._alone = False
+        self._gate = asyncio.Condition()
 
     def records(self) -> list[ModelRecord]:
         return [r for r in self.core.records.values() if r.cache is not None and not r.unloaded]
@@ -71,25 +76,57 @@ class Cache:
             versions = [v for v in record.versions.values() if v.state is State.LOADABLE]
             if record.serves() or not versions:
                 return  # loaded meanwhile, or failed (its request is told why)
-            need = sum([await asyncio.to_thread(core.loader.need, version) for version in versions])
-            await self.make_room(need, keep=record)
-            for version in versions:
-                version.state = State.LOADING
-                core.loader.publish_state(version)
-            self.reserved += need
-            try:
-                await core.load_versions(versions, reserved=self.reserved - need)
-            finally:
-                self.reserved -= need
-            refused = [v for v in versions if v.state is State.FAILED and v.refused]
-            for version in refused:  # may fit later: loadable again, this request a 507
-                record.versions[version.version] = version.loadable_copy()
-                core.loader.publish_state(record.versions[version.version])
+            sized = [await asyncio.to_thread(core.loader.need, v) for v in versions]
+            need = sum(size for size, _ in sized)
+            # never measured here: alone, so that a short estimate is not made worse
+            alone = any(source.startswith("estimated") for _, source in sized)
+            for _ in range(2):
+                await self._enter(alone)
+                try:
+                    await self._load_once(record, versions, need)
+                finally:
+                    await self._leave()
+                refused = [v for v in versions if v.state is State.FAILED and v.refused]
+                for version in refused:  # may fit later: loadable again
+                    record.versions[version.version] = version.loadable_copy()
+                    core.loader.publish_state(record.versions[version.version])
+                if record.serves() or not refused or alone:
+                    break
+                # refused while other loads grew beside it: once more, alone, with room
+                # made against what is resident then
+                versions = [record.versions[v.version] for v in versions]
+                alone = True
             if record.serves():
                 self.resident(record, versions, "demand")
                 await start_trial(record)
-            elif refused:
+            elif refused:  # this request a 507
                 raise InsufficientMemory(refused[0].reason or "not enough memory")
+
+    async def _load_once(
+        self, record: ModelRecord, versions: list[ModelVersion], need: int
+    ) -> None:
+        """Make room for ``need`` bytes, reserve them and load ``versions``."""
+        await self.make_room(need, keep=record)
+        for version in versions:
+            version.state = State.LOADING
+            self.core.loader.publish_state(version)
+        self.reserved += need
+        try:
+            await self.core.load_versions(versions, reserved=self.reserved - need)
+        finally:
+            self.reserved -= need
+
+    async def _enter(self, alone: bool) -> None:
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._alone and (not alone or self._running == 0))
+            self._running += 1
+            self._alone = alone
+
+    async def _leave(self) -> None:
+        async with self._gate:
+            self._running -= 1
+            self._alone = False
+            self._gate.notify_all()
 
     def resident(self, record: ModelRecord, versions: list[ModelVersion], reason: str) -> None:
         """``versions`` of an on-demand model loaded (for ``reason``): counted."""
@@ -153,7 +190,7 @@ class Cache:
                 continue
             now = time.monotonic()
             soon = [r for r in self.records() if r is not keep and self._soon(r, deadline)]
-            if now >= deadline or not soon:
+            if now >= deadline or not (soon or self.reserved):  # others' loads end soon too
                 return
             await asyncio.sleep(0.02)
 

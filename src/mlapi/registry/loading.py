@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,10 +37,10 @@ class Loader:
     def publish_state(self, version: ModelVersion) -> None:
         self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
 
-    def need(self, version: ModelVersion) -> int:
-        """The bytes one copy of ``version`` needs (registry.memory)."""
+    def need(self, version: ModelVersion) -> tuple[int, str]:
+        """(the bytes one copy of ``version`` needs, where the figure comes from)."""
         assert version.config is not None
-        return self.budget.need(version.path, version.config, version.fingerprint)[0]
+        return self.budget.need(version.path, version.config, version.fingerprint)
 
     def check_loadable(self, version: ModelVersion, evictable: int) -> None:
         """On a loading thread: what a load would check first, without loading: its
@@ -74,15 +75,19 @@ class Loader:
             cache_dir=self._settings.cache_dir,
             device=self._settings.device,
         )
-        runtime = catalog.factory(runtime_name)(ctx)
-        load_seconds = time.perf_counter() - started
-        version.loaded(runtime, runtime_name, load_seconds)
-        self.publish_state(version)
-        started = time.perf_counter()
-        warm_up(version.name, runtime, version.config)
-        warmup_seconds = time.perf_counter() - started
+        with PeakResident() as peak:
+            runtime = catalog.factory(runtime_name)(ctx)
+            load_seconds = time.perf_counter() - started
+            version.loaded(runtime, runtime_name, load_seconds)
+            self.publish_state(version)
+            started = time.perf_counter()
+            warm_up(version.name, runtime, version.config)
+            warmup_seconds = time.perf_counter() - started
         version.measured = max(0, resident_bytes() - resident_before)
-        self.budget.remember(version.fingerprint, version.measured)
+        # what the next load of the same files needs: the peak, not what stays
+        self.budget.remember(
+            version.fingerprint, max(peak.bytes - resident_before, version.measured)
+        )
         executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )
@@ -104,6 +109,31 @@ class Loader:
         )
         if version.serving(warmup_seconds, executor, metrics, batcher):
             self.publish_state(version)
+
+
+class PeakResident:
+    """The highest resident memory of this process while the block runs, sampled
+    every 2 ms on a thread of its own: a load's peak (the file read, the tensors
+    made from it, a runtime's packed copies) is above what stays after it."""
+
+    def __init__(self, every_s: float = 0.002) -> None:
+        self.bytes = resident_bytes()
+        self._every_s = every_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="mlapi-peak", daemon=True)
+
+    def __enter__(self) -> PeakResident:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.bytes = max(self.bytes, resident_bytes())
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._every_s):
+            self.bytes = max(self.bytes, resident_bytes())
 
 
 def warm_up(name: str, runtime: Runtime, config: ModelConfig) -> None:

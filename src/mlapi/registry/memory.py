@@ -2,8 +2,11 @@
 gets the container OOM-killed (which would drop every request in flight).
 
 What a version needs: its ``memory_mb`` in model.toml when given, else what the
-same files measured when they last loaded here (kept in MLAPI_CACHE_DIR), else
-twice the size of its files. What is left: the limit (MLAPI_MEMORY_LIMIT, else the
+same files took at the peak of their last load here (kept in MLAPI_CACHE_DIR), else
+an estimate from its files: an ONNX graph three times its size (the file read, the
+tensors made from it, onnxruntime's packed copy), sixteen times when it holds tree
+ensembles (onnxruntime's nodes are far larger than their encoding), any other
+file twice. What is left: the limit (MLAPI_MEMORY_LIMIT, else the
 container's cgroup limit, v2 or v1, else the host's memory) less what is in use
 (against MLAPI_MEMORY_LIMIT, this process's resident memory times WORKERS; against
 a cgroup limit, the cgroup's memory without reclaimable page cache; on a bare host,
@@ -84,6 +87,26 @@ def cgroup_used(root: Path = CGROUP) -> int | None:
     return None
 
 
+def cgroup_held(root: Path = CGROUP) -> int | None:
+    """Memory this cgroup holds that the kernel cannot reclaim without swap: anonymous
+    pages and shared memory (tmpfs), v2 (``anon``, ``shmem``) or v1 (``total_rss``,
+    ``total_shmem``). Page cache, active or not, is left out: the files of models
+    read a moment ago fill it, and the kernel drops it before it kills anything."""
+    for stat, fields in (
+        ("memory.stat", ("anon", "shmem")),
+        ("memory/memory.stat", ("total_rss", "total_shmem")),
+    ):
+        try:
+            stats = dict(
+                line.split() for line in (root / stat).read_text().splitlines() if " " in line
+            )
+        except (OSError, ValueError):
+            continue
+        if fields[0] in stats:
+            return sum(int(stats.get(name, 0)) for name in fields)
+    return None
+
+
 def host_memory(meminfo: Path = MEMINFO) -> tuple[int, int]:
     """(total, in use) of the host: MemTotal, and MemTotal less MemAvailable."""
     fields = {}
@@ -109,6 +132,7 @@ class MemoryBudget:
         self._measured_path = cache_dir / _MEASURED_FILE if cache_dir else None
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}  # measured by this process (with no cache dir too)
+        self._estimates: dict[str, int] = {}  # by fingerprint: a file is read once
 
     def limit_and_used(self) -> tuple[int, int]:
         """(limit, in use). MLAPI_MEMORY_LIMIT is a budget for this server alone, so
@@ -125,13 +149,19 @@ class MemoryBudget:
         """(bytes one copy needs, where that figure comes from)."""
         if config.memory_mb is not None:
             return int(config.memory_mb * MIB), "memory_mb in model.toml"
-        size = sum(path.stat().st_size for path in manifest.files_of(folder))
+        files = manifest.files_of(folder)
+        size = sum(path.stat().st_size for path in files)
         measured = self._seen.get(fingerprint) or self._measured().get(fingerprint)
         if isinstance(measured, int) and measured > 0:
             # A load can reuse memory the allocator kept from an earlier one, so its
             # growth may read low; a model holds at least what its files hold.
             return max(measured, size), "measured at its last load"
-        return max(2 * size, MIB), "twice its files"
+        estimate = self._estimates.get(fingerprint) if fingerprint else None
+        if estimate is None:
+            estimate = max(sum(_estimate(path) for path in files), MIB)
+            if fingerprint:
+                self._estimates[fingerprint] = estimate
+        return estimate, "estimated from its files"
 
     def check(self, folder: Path, config: ModelConfig, fingerprint: str) -> None:
         """InsufficientMemory, with the numbers, when the version does not fit."""
@@ -149,9 +179,15 @@ class MemoryBudget:
                 f"container's) or unload a model"
             )
 
+    def limit(self) -> int:
+        """MLAPI_MEMORY_LIMIT, else the container's, else the host's memory."""
+        if self._override is not None:
+            return self._override
+        return cgroup_limit(self._cgroup) or host_memory(self._meminfo)[0]
+
     def share(self) -> tuple[int, int]:
         """(this worker's share of the limit, the bytes it has left in it now)."""
-        limit, _ = self.limit_and_used()
+        limit = self.limit()
         share = (limit - headroom_of(limit)) // self._workers
         return share, share - resident_bytes()
 
@@ -161,7 +197,7 @@ class MemoryBudget:
         """InsufficientMemory, with the numbers, when an on-demand version does not fit
         in this worker's share (less ``reserved``: other loads under way here)."""
         one, source = self.need(folder, config, fingerprint)
-        limit, used = self.limit_and_used()
+        limit = self.limit()
         headroom = headroom_of(limit)
         share = (limit - headroom) // self._workers
         left = share - resident_bytes() - reserved
@@ -173,13 +209,16 @@ class MemoryBudget:
                 f"worker(s)) with every idle model that may go evicted. Raise the limit "
                 f"(MLAPI_MEMORY_LIMIT or the container's) or lower WORKERS"
             )
-        container_left = limit - used - headroom - reserved
-        if self._override is None and one > container_left:
-            raise InsufficientMemory(
-                f"needs about {_mib(one)}, from {source}; {_mib(max(container_left, 0))} "
-                f"is left under the memory limit of {_mib(limit)} ({_mib(used)} in use, "
-                f"{_mib(headroom)} kept free)"
-            )
+        held = cgroup_held(self._cgroup) if self._override is None else None
+        if held is not None and cgroup_limit(self._cgroup) is not None:
+            # the container as a whole (other processes, tmpfs), page cache left out
+            container_left = limit - held - headroom - reserved
+            if one > container_left:
+                raise InsufficientMemory(
+                    f"needs about {_mib(one)}, from {source}; {_mib(max(container_left, 0))} "
+                    f"is left under the memory limit of {_mib(limit)} ({_mib(held)} held "
+                    f"in the container, {_mib(headroom)} kept free)"
+                )
 
     def fits_share(self, need: int, reserved: int = 0) -> bool:
         """Whether ``need`` more bytes fit in this worker's share now."""
@@ -210,6 +249,26 @@ class MemoryBudget:
         except (OSError, orjson.JSONDecodeError):
             return {}
         return known if isinstance(known, dict) else {}
+
+
+_TREES = b"TreeEnsemble"  # the op types TreeEnsembleClassifier, -Regressor and TreeEnsemble
+
+
+def _estimate(path: Path) -> int:
+    """What loading one file takes at its peak, before it was ever measured."""
+    size = path.stat().st_size
+    if path.suffix != ".onnx":
+        return 2 * size
+    try:
+        with path.open("rb") as handle:
+            tail = b""
+            while chunk := handle.read(1 << 20):
+                if _TREES in tail + chunk:
+                    return 16 * size
+                tail = chunk[-len(_TREES) :]
+    except OSError:
+        pass
+    return 3 * size
 
 
 def headroom_of(limit: int) -> int:

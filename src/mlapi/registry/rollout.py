@@ -48,7 +48,8 @@ class Rollouts:
         }
         record.candidates.update({v.version: v for v in candidates})
         if record.cache is not None and candidates:  # on demand: room beside what serves
-            need = sum([await asyncio.to_thread(self.core.loader.need, v) for v in candidates])
+            sized = [await asyncio.to_thread(self.core.loader.need, v) for v in candidates]
+            need = sum(size for size, _ in sized)
             await self.core.cache.make_room(need, keep=record)
         await self.core.load_versions(candidates)
         replaced, switched = self._switch_in(record, reused, candidates)
