@@ -135,9 +135,11 @@ def test_on_demand_models_count_the_hot_set_and_the_largest_beside_it(tmp_path: 
     assert sizing.hot_bytes(many) == (80 + 100) * MIB
     assert sizing.need_bytes(many, 2) == 850 * MIB
     assert sizing.start_seconds(many, 2, 2.0) == sizing.start_seconds(base, 2, 2.0)
-    # a worker's share of 2 GiB (less 102 MiB kept free) is 973 MiB: 973 - 60 - 180 - 10
-    # = 723 MiB for the cache; the median evictable model is 90 MiB: 8 at once
-    assert sizing.cache_capacity(many, 2, 2 << 30) == 8
+    # a worker's share of 2 GiB less 102 MiB kept free and the 70 MiB supervisor is
+    # 938 MiB: 938 - 60 - 180 - 10 = 688 MiB for the cache; the median evictable model
+    # is 90 MiB: 7 at once (one worker: 1,946 - 60 - 180 - 10 = 1,696: all nine)
+    assert sizing.cache_capacity(many, 2, 2 << 30) == 7
+    assert sizing.cache_capacity(many, 1, 2 << 30) == 9
     assert sizing.cache_capacity(base, 2, 2 << 30) == 0  # no on-demand model
     case = CASES[0]
     files = write_project(tmp_path, case, broken=False)
@@ -148,3 +150,18 @@ def test_on_demand_models_count_the_hot_set_and_the_largest_beside_it(tmp_path: 
         fit.message
     )
     assert "on-demand models at once" in fit.message
+    # 950 MiB: over the need (850), but each worker's cache holds one model: warned
+    # ((950 - 64 - 70) / 2 = 408; 408 - 60 - 180 - 10 = 158 for the cache)
+    from dataclasses import replace as changed
+
+    from mlapi.doctor import checks_sizing
+    from mlapi.doctor.findings import Sources
+
+    (service,) = [s for s in deployment.services.values() if s.name == fit.service]
+    small = checks_sizing.memory(
+        changed(service, memory=950 * MIB), Sources(deployment.files), many, HOST_BYTES, 0
+    )
+    assert [(f.id, f.severity) for f in small if f.id.startswith("memory.")] == [
+        ("memory.cache_small", "warn")
+    ]
+    assert "holds about 1 of the 9" in small[-1].message

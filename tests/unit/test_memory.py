@@ -256,10 +256,12 @@ def test_an_unmeasured_version_is_estimated_by_what_its_files_hold(tmp_path: Pat
 def test_an_on_demand_load_is_held_to_the_worker_share_and_what_the_container_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers under a 1 GiB cgroup limit: each has (1,024 - 64) / 2 = 480 MiB,
-    less its own resident memory; the container's page cache (files read a moment
-    ago) does not count against it, what it holds (anon, tmpfs) does."""
-    monkeypatch.setattr(memory, "resident_bytes", lambda: 200 * MIB)
+    """Two workers under a 1 GiB cgroup limit beside a 60 MiB supervisor: each has
+    (1,024 - 64 - 60) / 2 = 450 MiB, less its own resident memory; the container's
+    page cache (files read a moment ago) does not count against it, what it holds
+    (anon, tmpfs) does."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 170 * MIB)
+    monkeypatch.setattr(memory, "parent_resident_bytes", lambda: 60 * MIB)
     root = _files(
         tmp_path / "cg",
         {
@@ -269,11 +271,12 @@ def test_an_on_demand_load_is_held_to_the_worker_share_and_what_the_container_ho
         },
     )
     budget = MemoryBudget(None, workers=2, cache_dir=None, cgroup=root)
-    assert budget.share() == (480 * MIB, 280 * MIB)
+    assert budget.share() == (450 * MIB, 280 * MIB)
+    assert MemoryBudget(None, workers=1, cache_dir=None, cgroup=root).share()[0] == 960 * MIB
     assert memory.cgroup_held(root) == 600 * MIB
     folder = _version(tmp_path / "v", 0)
     budget.check_share(folder, parse({"memory_mb": 280}), "")  # 280 of 280 left
-    with pytest.raises(InsufficientMemory, match="10 MiB is left of this worker's share"):
+    with pytest.raises(InsufficientMemory, match="10 MiB is left of this worker's share.*450"):
         budget.check_share(folder, parse({"memory_mb": 280}), "", reserved=270 * MIB)
     # the container: 1,024 - 600 held - 64 kept free = 360 MiB, whatever the share says
     monkeypatch.setattr(memory, "resident_bytes", lambda: 0)

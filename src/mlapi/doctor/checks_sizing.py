@@ -157,8 +157,8 @@ def _fit(
         f" {mib(max((m.transient_bytes for m in measured.loaded), default=0))})"
         f"{' + supervisor' if workers > 1 else ''} = {mib(need)}"
     )
+    held = sizing.cache_capacity(measured, workers, limit) if on_demand else 0
     if on_demand:
-        held = sizing.cache_capacity(measured, workers, limit)
         numbers += (
             f"; each worker's cache holds about {held} of the {len(on_demand)} on-demand "
             f"models at once"
@@ -171,6 +171,17 @@ def _fit(
             f"{numbers}: the hot set and the largest on-demand model's load do not fit"
             if on_demand
             else f"{numbers}: the container would be OOM-killed",
+            fix,
+            where,
+        )
+    if on_demand and held < min(2, len(on_demand)):
+        return Finding(
+            "memory.cache_small",
+            "warn",
+            service.name,
+            f"{numbers}: a model in constant use keeps the next one from loading beside it "
+            f"(its requests wait, then get 507); give each worker room for two or more, "
+            f"or fewer WORKERS",
             fix,
             where,
         )

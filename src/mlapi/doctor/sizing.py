@@ -93,8 +93,8 @@ def suggested_bytes(measured: Measurements, workers: int) -> int:
 
 def cache_capacity(measured: Measurements, workers: int, limit: int) -> int:
     """How many on-demand models of the median size one worker's cache holds at once
-    under ``limit`` (registry.memory: each worker's share, less its hot set and the
-    largest load's transient)."""
+    under ``limit`` (registry.memory: each worker's share of what the headroom and the
+    supervisor leave, less its server, its hot set and the largest load's transient)."""
     models = cached(measured)
     if not models:
         return 0
@@ -102,7 +102,9 @@ def cache_capacity(measured: Measurements, workers: int, limit: int) -> int:
     median = sizes[len(sizes) // 2]
     headroom = max(64 * MIB, limit // 20)
     transient = max((m.transient_bytes for m in measured.loaded), default=0)
-    room = (limit - headroom) // workers - measured.base_rss_bytes - hot_bytes(measured)
+    supervisor = measured.base_rss_bytes + measured.interpreter_rss_bytes if workers > 1 else 0
+    room = (limit - headroom - supervisor) // workers - measured.base_rss_bytes
+    room -= hot_bytes(measured)
     return max(0, min(len(models), (room - transient) // median))
 
 

@@ -62,8 +62,11 @@ class ModelRegistry:
         record = self._core.records.get(name)
         if record is None or record.unloaded:
             raise NotFound(f"unknown model '{name[:128]}'")
-        if record.cache is not None:
-            record.cache.used()
+        cache = record.cache
+        if cache is not None:
+            if cache.draining:  # to be evicted for room: this request waits for a load
+                raise Cold(name)
+            cache.used()
         return self._version_of(record, version)
 
     async def demand(self, name: str, version: str | None, started: float) -> ModelVersion:

@@ -70,6 +70,13 @@ class Cache:
         core = self.core
         cache = record.cache
         assert cache is not None
+        while cache.draining and cache.loaded_at:  # it goes first, then loads again
+            if not self.core.lock(record.name).locked() and not any(
+                v.busy() for v in record.versions.values()
+            ):
+                await self.evict(record, "memory")
+                break
+            await asyncio.sleep(0.02)
         async with core.lock(record.name):
             if record.unloaded or core.records.get(record.name) is not record:
                 raise NotFound(f"unknown model '{record.name}'")
@@ -80,22 +87,24 @@ class Cache:
             need = sum(size for size, _ in sized)
             # never measured here: alone, so that a short estimate is not made worse
             alone = any(source.startswith("estimated") for _, source in sized)
-            for _ in range(2):
+            deadline = time.monotonic() + core.settings.request_timeout_s
+            while True:
                 await self._enter(alone)
                 try:
-                    await self._load_once(record, versions, need)
+                    room = await self._load_once(record, versions, need)
                 finally:
                     await self._leave()
                 refused = [v for v in versions if v.state is State.FAILED and v.refused]
                 for version in refused:  # may fit later: loadable again
                     record.versions[version.version] = version.loadable_copy()
                     core.loader.publish_state(record.versions[version.version])
-                if record.serves() or not refused or alone:
+                if record.serves() or not refused or not room or time.monotonic() > deadline:
                     break
-                # refused while other loads grew beside it: once more, alone, with room
-                # made against what is resident then
+                # there was room, and then not: other loads, or requests' own memory,
+                # grew meanwhile. Again, alone, with room made against what is there then
                 versions = [record.versions[v.version] for v in versions]
                 alone = True
+                await asyncio.sleep(0.05)
             if record.serves():
                 self.resident(record, versions, "demand")
                 await start_trial(record)
@@ -104,9 +113,10 @@ class Cache:
 
     async def _load_once(
         self, record: ModelRecord, versions: list[ModelVersion], need: int
-    ) -> None:
-        """Make room for ``need`` bytes, reserve them and load ``versions``."""
-        await self.make_room(need, keep=record)
+    ) -> bool:
+        """Make room for ``need`` bytes, reserve them and load ``versions``; whether
+        there was room (else its load said what is missing)."""
+        room = await self.make_room(need, keep=record)
         for version in versions:
             version.state = State.LOADING
             self.core.loader.publish_state(version)
@@ -115,6 +125,7 @@ class Cache:
             await self.core.load_versions(versions, reserved=self.reserved - need)
         finally:
             self.reserved -= need
+        return room
 
     async def _enter(self, alone: bool) -> None:
         async with self._gate:
@@ -175,12 +186,13 @@ class Cache:
         found = [r for r in self.records() if r is not keep and self.evictable(r, now)]
         return sorted(found, key=lambda r: r.cache.last_used if r.cache else 0.0)
 
-    async def make_room(self, need: int, keep: ModelRecord | None = None) -> None:
+    async def make_room(self, need: int, keep: ModelRecord | None = None) -> bool:
         """Evict idle models, least recently used first, until ``need`` bytes fit in
         this worker's share. While none may go now but one will within a request's
         time (its requests are answered, its ``min_resident_s`` runs out), it waits for
         that one: a busy cache makes a cold request slower, not failed. When none
-        will, the load's own check says what is missing (507 with both numbers)."""
+        will, the load's own check says what is missing (507 with both numbers).
+        Whether it fits."""
         budget = self.core.loader.budget
         deadline = time.monotonic() + self.core.settings.request_timeout_s
         while not budget.fits_share(need, self.reserved):
@@ -191,8 +203,28 @@ class Cache:
             now = time.monotonic()
             soon = [r for r in self.records() if r is not keep and self._soon(r, deadline)]
             if now >= deadline or not (soon or self.reserved):  # others' loads end soon too
-                return
+                return False
+            self._drain(soon, now)
             await asyncio.sleep(0.02)
+        return True
+
+    def _drain(self, soon: list[ModelRecord], now: float) -> None:
+        """A model in constant use would never be idle: the least recently used one
+        that is past its ``min_resident_s`` takes no new request (they wait for its
+        next load, as for a cold model) until those it holds are answered; then it
+        goes. One at a time."""
+        if any(r.cache is not None and r.cache.draining for r in self.records()):
+            return
+        ripe = [
+            r
+            for r in soon
+            if r.cache is not None and now - r.cache.loaded_at >= r.cache.min_resident_s
+        ]
+        if ripe:
+            victim = min(ripe, key=lambda r: r.cache.last_used if r.cache else 0.0)
+            assert victim.cache is not None
+            victim.cache.draining = True
+            log.info("model %s drains: no new request until it is evicted", victim.name)
 
     def _soon(self, record: ModelRecord, deadline: float) -> bool:
         """Whether ``record``, resident and not evictable now, may become so before
@@ -219,6 +251,7 @@ class Cache:
             old = list(record.versions.values())
             record.versions = {v.version: v.loadable_copy() for v in old}
             cache.loaded_at = 0.0
+            cache.draining = False  # its waiting requests load it again
             cache.evictions[reason] = cache.evictions.get(reason, 0) + 1
             core.metrics.model_evictions.labels(record.name, reason).inc()
             core.metrics.model_resident.labels(record.name).set(0)

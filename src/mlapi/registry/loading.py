@@ -33,6 +33,11 @@ class Loader:
         self.metrics = metrics
         self.intra_op_threads = intra_op_threads
         self.budget = MemoryBudget(settings.memory_limit, settings.workers, settings.cache_dir)
+        # loads under way in this process, and loads started: a load that overlapped
+        # another cannot tell its own peak from the other's growth
+        self._counting = threading.Lock()
+        self._active = 0
+        self._started = 0
 
     def publish_state(self, version: ModelVersion) -> None:
         self.metrics.set_state(version.name, str(version.version), version.state.value.lower())
@@ -64,6 +69,38 @@ class Loader:
             self.budget.check_share(version.path, version.config, version.fingerprint, reserved)
         else:
             self.budget.check(version.path, version.config, version.fingerprint)
+        with self._counting:
+            self._active += 1
+            self._started += 1
+            first = self._started
+            overlapped = self._active > 1
+        try:
+            self._load(version, started)
+        finally:
+            with self._counting:
+                self._active -= 1
+                overlapped = overlapped or self._started != first
+            if version.measured_peak:
+                self._remember(version, overlapped)
+
+    def _remember(self, version: ModelVersion, overlapped: bool) -> None:
+        """What the next load of the same files needs: the peak of this one, not what
+        stayed. Another load beside it adds its growth to the peak seen: then what
+        was known before stands (or what stayed, if more), and with nothing known the
+        peak is taken no higher than the estimate from the files."""
+        assert version.config is not None
+        peak = max(version.measured_peak, version.measured)
+        if overlapped:
+            known = self.budget.known(version.fingerprint)
+            if known:
+                peak = max(version.measured, known)
+            else:
+                estimate = self.budget.estimate(version.path, version.fingerprint)
+                peak = max(version.measured, min(peak, estimate))
+        self.budget.remember(version.fingerprint, peak)
+
+    def _load(self, version: ModelVersion, started: float) -> None:
+        assert version.config is not None
         resident_before = resident_bytes()
         runtime_name, model_file = catalog.choose(version.path, version.config)
         ctx = LoadContext(
@@ -84,10 +121,7 @@ class Loader:
             warm_up(version.name, runtime, version.config)
             warmup_seconds = time.perf_counter() - started
         version.measured = max(0, resident_bytes() - resident_before)
-        # what the next load of the same files needs: the peak, not what stays
-        self.budget.remember(
-            version.fingerprint, max(peak.bytes - resident_before, version.measured)
-        )
+        version.measured_peak = max(0, peak.bytes - resident_before)
         executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"model-{version.name}-{version.version}"
         )

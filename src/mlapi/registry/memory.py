@@ -56,6 +56,17 @@ def resident_bytes() -> int:
         return 0
 
 
+def parent_resident_bytes() -> int:
+    """The resident memory of this process's parent: with WORKERS > 1, the
+    supervisor, which the container's limit holds besides the workers."""
+    try:
+        status = Path(f"/proc/{os.getppid()}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+)\s+kB", status)
+        return int(match.group(1)) * 1024 if match else 0
+    except OSError:
+        return 0
+
+
 def cgroup_limit(root: Path = CGROUP) -> int | None:
     """The memory limit of this process's cgroup (v2 ``memory.max``, v1
     ``memory.limit_in_bytes``); None when there is none."""
@@ -156,12 +167,17 @@ class MemoryBudget:
             # A load can reuse memory the allocator kept from an earlier one, so its
             # growth may read low; a model holds at least what its files hold.
             return max(measured, size), "measured at its last load"
+        return self.estimate(folder, fingerprint, files), "estimated from its files"
+
+    def estimate(self, folder: Path, fingerprint: str, files: list[Path] | None = None) -> int:
+        """What loading the version's files takes at its peak, by what they hold."""
         estimate = self._estimates.get(fingerprint) if fingerprint else None
         if estimate is None:
-            estimate = max(sum(_estimate(path) for path in files), MIB)
+            found = manifest.files_of(folder) if files is None else files
+            estimate = max(sum(_estimate(path) for path in found), MIB)
             if fingerprint:
                 self._estimates[fingerprint] = estimate
-        return estimate, "estimated from its files"
+        return estimate
 
     def check(self, folder: Path, config: ModelConfig, fingerprint: str) -> None:
         """InsufficientMemory, with the numbers, when the version does not fit."""
@@ -185,10 +201,15 @@ class MemoryBudget:
             return self._override
         return cgroup_limit(self._cgroup) or host_memory(self._meminfo)[0]
 
+    def worker_share(self, limit: int) -> int:
+        """A worker's share of ``limit``: less the headroom and, with WORKERS > 1, the
+        supervisor's memory, split evenly."""
+        supervisor = parent_resident_bytes() if self._workers > 1 else 0
+        return (limit - headroom_of(limit) - supervisor) // self._workers
+
     def share(self) -> tuple[int, int]:
         """(this worker's share of the limit, the bytes it has left in it now)."""
-        limit = self.limit()
-        share = (limit - headroom_of(limit)) // self._workers
+        share = self.worker_share(self.limit())
         return share, share - resident_bytes()
 
     def check_share(
@@ -199,15 +220,16 @@ class MemoryBudget:
         one, source = self.need(folder, config, fingerprint)
         limit = self.limit()
         headroom = headroom_of(limit)
-        share = (limit - headroom) // self._workers
+        share = self.worker_share(limit)
         left = share - resident_bytes() - reserved
         if one > left:
+            supervisor = " and the supervisor's memory" if self._workers > 1 else ""
             raise InsufficientMemory(
                 f"needs about {_mib(one)}, from {source}; {_mib(max(left, 0))} is left of "
                 f"this worker's share of the memory limit ({_mib(share)}: the limit of "
-                f"{_mib(limit)} less {_mib(headroom)} kept free, over {self._workers} "
-                f"worker(s)) with every idle model that may go evicted. Raise the limit "
-                f"(MLAPI_MEMORY_LIMIT or the container's) or lower WORKERS"
+                f"{_mib(limit)} less {_mib(headroom)} kept free{supervisor}, over "
+                f"{self._workers} worker(s)) with every idle model that may go evicted. "
+                f"Raise the limit (MLAPI_MEMORY_LIMIT or the container's) or lower WORKERS"
             )
         held = cgroup_held(self._cgroup) if self._override is None else None
         if held is not None and cgroup_limit(self._cgroup) is not None:
@@ -223,6 +245,11 @@ class MemoryBudget:
     def fits_share(self, need: int, reserved: int = 0) -> bool:
         """Whether ``need`` more bytes fit in this worker's share now."""
         return need <= self.share()[1] - reserved
+
+    def known(self, fingerprint: str) -> int:
+        """What the same files measured before (0: nothing known)."""
+        measured = self._seen.get(fingerprint) or self._measured().get(fingerprint)
+        return measured if isinstance(measured, int) and measured > 0 else 0
 
     def remember(self, fingerprint: str, measured: int) -> None:
         """What one copy took when it loaded (resident memory before and after)."""

@@ -115,6 +115,7 @@ class ModelVersion:
     watch: Callable[[bool, float], None] | None = None
     on_demand: bool = False  # its model loads on demand: checked against a worker's share
     measured: int = 0  # bytes its load added to this worker's resident memory
+    measured_peak: int = 0  # the most its load added for a while (the next load's need)
 
     # ----- what a request does to it: hold it while it runs, release with its outcome
     def hold(self) -> None:
@@ -403,6 +404,7 @@ class Residence:
     last_used_at: float = 0.0  # time.time() of the same, for the index
     loaded_at: float = 0.0  # time.monotonic() when it became READY (0: not loaded)
     measured: int = 0  # bytes its last load added to this worker's resident memory
+    draining: bool = False  # to be evicted once idle: new requests wait for its next load
     loads: dict[str, int] = field(default_factory=dict)  # reason -> count
     evictions: dict[str, int] = field(default_factory=dict)  # reason -> count
     # what each version's last load here showed, for metadata while it is not loaded:
