@@ -26,6 +26,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "unsupported Content-Encoding; on the repository routes a body that is not JSON",
         431: "headers over MLAPI_MAX_HEADER_BYTES",
         503: "model not ready, or the server at a limit (queue, requests, connections)",
+        504: "the request's deadline passed (MLAPI_REQUEST_TIMEOUT_S): queued, running, or "
+        "waiting for its on-demand model to load",
+        507: "its on-demand model does not fit in memory now, or ever (both numbers in the body)",
     }
     return {str(code): _json(_ERROR, text[code]) for code in statuses}
 
@@ -33,6 +36,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+_LOAD_TIMING = {
+    "Server-Timing": {
+        "description": "load;dur=<ms>: what the request waited for its on-demand model to load",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def _health(summary: str, ok: str) -> dict[str, Any]:
@@ -68,8 +77,11 @@ def _infer_op(params: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             },
             "responses": {
-                "200": _json({"$ref": "#/components/schemas/InferResponse"}, "inference result"),
-                **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503),
+                "200": {
+                    **_json({"$ref": "#/components/schemas/InferResponse"}, "inference result"),
+                    "headers": _LOAD_TIMING,
+                },
+                **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503, 504, 507),
             },
         }
     }
@@ -83,7 +95,7 @@ def _metadata_op(params: list[dict[str, Any]]) -> dict[str, Any]:
             "security": _SECURED,
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/ModelMetadata"}, "metadata"),
-                **_errors(401, 403, 404, 503),
+                **_errors(401, 403, 404, 503, 507),
             },
         }
     }
@@ -96,9 +108,9 @@ def _ready_op(params: list[dict[str, Any]]) -> dict[str, Any]:
             "parameters": params,
             "security": _SECURED,
             "responses": {
-                "200": _json({"type": "object"}, "ready"),
+                "200": _json({"type": "object"}, "ready (state READY, or LOADABLE: on demand)"),
                 "503": _json({"type": "object"}, "not ready"),
-                **_errors(401, 403, 404),
+                **_errors(401, 403, 404, 507),
             },
         }
     }
@@ -173,8 +185,11 @@ def _embeddings_op() -> dict[str, Any]:
             "security": _SECURED,
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": {
-                "200": _json({"type": "object"}, "embeddings and token usage"),
-                **_openai_errors(400, 401, 404, 408, 413, 415, 503),
+                "200": {
+                    **_json({"type": "object"}, "embeddings and token usage"),
+                    "headers": _LOAD_TIMING,
+                },
+                **_openai_errors(400, 401, 404, 408, 413, 415, 503, 504, 507),
                 **_errors(403, 431),
             },
         }
@@ -231,8 +246,11 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json({"type": "object"}, "predictions"),
-                        **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503),
+                        "200": {
+                            **_json({"type": "object"}, "predictions"),
+                            "headers": _LOAD_TIMING,
+                        },
+                        **_errors(400, 401, 403, 404, 408, 413, 415, 431, 503, 504, 507),
                     },
                 }
             },

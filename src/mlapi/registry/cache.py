@@ -203,7 +203,9 @@ class Cache:
             now = time.monotonic()
             soon = [r for r in self.records() if r is not keep and self._soon(r, deadline)]
             if now >= deadline or not (soon or self.reserved):  # others' loads end soon too
-                return False
+                # last: what was freed and not handed back yet (a collection, a trim)
+                await asyncio.to_thread(give_back_freed)
+                return budget.fits_share(need, self.reserved)
             self._drain(soon, now)
             await asyncio.sleep(0.02)
         return True
