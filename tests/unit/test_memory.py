@@ -276,10 +276,58 @@ def test_an_on_demand_load_is_held_to_the_worker_share_and_what_the_container_ho
     assert memory.cgroup_held(root) == 600 * MIB
     folder = _version(tmp_path / "v", 0)
     budget.check_share(folder, parse({"memory_mb": 280}), "")  # 280 of 280 left
-    with pytest.raises(InsufficientMemory, match="10 MiB is left of this worker's share.*450"):
+    with pytest.raises(InsufficientMemory, match=r"10 MiB is left of this worker.s share.*450"):
         budget.check_share(folder, parse({"memory_mb": 280}), "", reserved=270 * MIB)
     # the container: 1,024 - 600 held - 64 kept free = 360 MiB, whatever the share says
     monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
     with pytest.raises(InsufficientMemory, match="360 MiB is left under the memory limit"):
         budget.check_share(folder, parse({"memory_mb": 400}), "")
     assert memory.cgroup_held(tmp_path / "none") is None
+
+
+def test_held_memory_on_cgroup_v1_and_a_share_on_the_bare_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cgroup v1 counts rss and shmem under total_*; a v2 stat without anon is not
+    taken for v1's; with no cgroup limit the share is of the host's memory."""
+    root = _files(
+        tmp_path / "v1",
+        {"memory/memory.stat": f"total_cache {MIB}\ntotal_rss {30 * MIB}\ntotal_shmem {MIB}\n"},
+    )
+    assert memory.cgroup_held(root) == 31 * MIB
+    both = _files(
+        tmp_path / "both",
+        {"memory.stat": "file 5\n", "memory/memory.stat": f"total_rss {7 * MIB}\n"},
+    )
+    assert memory.cgroup_held(both) == 7 * MIB
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 2097152 kB\nMemAvailable: 1048576 kB\n")
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 100 * MIB)
+    bare = MemoryBudget(None, workers=1, cache_dir=None, cgroup=tmp_path / "none", meminfo=meminfo)
+    assert bare.limit() == 2048 * MIB
+    whole = 2048 * MIB - 2048 * MIB // 20  # less 5% kept free: 1,945.6 MiB, whole bytes
+    share, left = bare.share()
+    assert (share, left) == (whole, whole - 100 * MIB)
+    assert isinstance(share, int)
+    # one worker: no supervisor in the words; two: said, and its memory taken off
+    folder = _version(tmp_path / "v", 0)
+    with pytest.raises(InsufficientMemory) as one:
+        bare.check_share(folder, parse({"memory_mb": 4000}), "")
+    assert "supervisor" not in str(one.value) and "over 1 worker(s)" in str(one.value)
+    monkeypatch.setattr(memory, "parent_resident_bytes", lambda: 45 * MIB)
+    two = MemoryBudget(None, workers=2, cache_dir=None, cgroup=tmp_path / "none", meminfo=meminfo)
+    assert two.share()[0] == (whole - 45 * MIB) // 2
+    with pytest.raises(InsufficientMemory, match="kept free and the supervisor's memory, over 2"):
+        two.check_share(folder, parse({"memory_mb": 4000}), "")
+
+
+def test_a_measurement_without_a_cache_folder_is_still_used_by_this_process(
+    tmp_path: Path,
+) -> None:
+    budget = MemoryBudget(None, workers=1, cache_dir=None)
+    folder = _version(tmp_path, MIB)
+    assert budget.known("fp") == 0
+    budget.remember("fp", 40 * MIB)
+    assert budget.known("fp") == 40 * MIB
+    assert budget.need(folder, ModelConfig(), "fp") == (40 * MIB, "measured at its last load")
+    assert budget.need(folder, ModelConfig(), "other")[1] == "estimated from its files"
