@@ -27,9 +27,9 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
@@ -224,7 +224,7 @@ def container_state() -> dict[str, object]:
     }
 
 
-def wait_settled(url: str, timeout_s: float = 300) -> list[dict[str, object]]:
+def wait_settled(url: str, timeout_s: float = 300) -> list[dict[str, Any]]:
     """The repository index once no model is LOADING or WARMING any more."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -371,4 +371,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
