@@ -328,3 +328,27 @@ def test_a_rollout_reaches_on_demand_models_warm_and_cold(
     assert _loads(server, "cold") == 1
     meta = httpx.get(server.url + "/v2/models/cold", timeout=5).json()
     assert meta["versions"] == ["2"] and meta["inputs"][0]["name"] == "x"
+
+
+def test_a_gated_rollout_of_a_cold_model_starts_at_its_first_load(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Version 2 as a shadow trial of version 1, the model on demand, no repository
+    poll: nothing loads at start; the first request loads version 1 and starts the
+    trial beside it, which the index shows."""
+    repo, release = tmp_path / "repo", tmp_path / "release"
+    shadow = '\n[rollout]\nstrategy = "shadow"\nmin_compared = 1000000\n'
+    _holder(repo, "gated", release, version=1, extra=shadow)
+    _holder(repo, "gated", release, version=2, extra=shadow)
+    server = start_server(MODEL_PATH=str(repo))
+    items = httpx.post(f"{server.url}/v2/repository/index", json={}, timeout=10).json()
+    assert [(i["version"], i["state"]) for i in items] == [("1", "LOADABLE")]
+    assert _infer(server, "gated").json()["model_version"] == "1"
+
+    def trial() -> list[dict[str, Any]]:
+        found = httpx.post(f"{server.url}/v2/repository/index", json={}, timeout=10).json()
+        return [i for i in found if "trial" in i]
+
+    wait_for(lambda: bool(trial()) and trial()[0]["state"] == "READY", 20, "the trial")
+    assert trial()[0]["version"] == "2"
+    assert _infer(server, "gated").json()["model_version"] == "1"  # v1 answers clients

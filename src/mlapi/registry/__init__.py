@@ -169,7 +169,7 @@ class ModelRegistry:
 
         async def first_load(record: ModelRecord) -> None:
             if record.cache is not None:  # on demand: checked now, loaded by a request
-                record.trial = None  # a gated rollout waits for a load (cache module)
+                record.cache.pending_trial, record.trial = record.trial, None  # at its load
                 await self._core.cache.check(list(record.versions.values()))
                 return
             # without the model's lock: an unload meanwhile withdraws what loads
@@ -222,7 +222,8 @@ class ModelRegistry:
             }:
                 return old
             fresh.cache = old.cache  # its counts and last use carry over
-        fresh.trial = None  # a gated rollout of a cold model starts at its load
+        assert fresh.cache is not None
+        fresh.cache.pending_trial, fresh.trial = fresh.trial, None  # started at its load
         await core.cache.check(list(fresh.versions.values()))
         core.records[fresh.name] = fresh
         if old is not None and not old.unloaded:

@@ -107,6 +107,7 @@ class Cache:
                 await asyncio.sleep(0.05)
             if record.serves():
                 self.resident(record, versions, "demand")
+                record.trial, cache.pending_trial = cache.pending_trial, None
                 await start_trial(record)
             elif refused:  # this request a 507
                 raise InsufficientMemory(refused[0].reason or "not enough memory")
@@ -250,6 +251,8 @@ class Cache:
         assert cache is not None
         core = self.core
         async with core.lock(record.name):  # free (evictable said so): taken at once
+            if not cache.loaded_at:  # a drained one, evicted by its own waiters meanwhile
+                return
             old = list(record.versions.values())
             record.versions = {v.version: v.loadable_copy() for v in old}
             cache.loaded_at = 0.0

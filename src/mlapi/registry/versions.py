@@ -405,6 +405,8 @@ class Residence:
     loaded_at: float = 0.0  # time.monotonic() when it became READY (0: not loaded)
     measured: int = 0  # bytes its last load added to this worker's resident memory
     draining: bool = False  # to be evicted once idle: new requests wait for its next load
+    # a gated rollout's trial version the folder names, started at the model's next load
+    pending_trial: ModelVersion | None = None
     loads: dict[str, int] = field(default_factory=dict)  # reason -> count
     evictions: dict[str, int] = field(default_factory=dict)  # reason -> count
     # what each version's last load here showed, for metadata while it is not loaded:
