@@ -146,7 +146,13 @@ class RegistryCore:
             except Exception as exc:  # a runtime bug must not kill the other models
                 version.fail(f"unexpected {type(exc).__name__} while loading")
                 log.exception("model %s v%d: unexpected error", version.name, version.version)
-        if version.state is State.FAILED:
+        if version.state is State.FAILED and version.on_demand and version.refused:
+            # the cache makes room and tries again, or the request gets a 507: routine
+            log.info(
+                "model %s v%d not loaded now: %s", version.name, version.version, version.reason
+            )
+            version.close()
+        elif version.state is State.FAILED:
             log.error("model %s v%d FAILED: %s", version.name, version.version, version.reason)
             version.close()
         elif version.state is State.UNAVAILABLE:
