@@ -41,6 +41,7 @@ class Cache:
         # estimate that is short is not made worse by other loads beside it
         self._running = 0
         self._alone = False
+        self._queued_alone = 0  # loads waiting to run alone: the others wait behind them
         self._gate = asyncio.Condition()
 
     def records(self) -> list[ModelRecord]:
@@ -129,8 +130,20 @@ class Cache:
         return room
 
     async def _enter(self, alone: bool) -> None:
+        """Start a load: one that must run alone waits for those running to end, and
+        while it waits no other starts (else under steady churn it would wait for
+        ever); the others run side by side."""
         async with self._gate:
-            await self._gate.wait_for(lambda: not self._alone and (not alone or self._running == 0))
+            self._queued_alone += alone
+            try:
+                await self._gate.wait_for(
+                    lambda: (
+                        not self._alone
+                        and (self._running == 0 if alone else self._queued_alone == 0)
+                    )
+                )
+            finally:
+                self._queued_alone -= alone
             self._running += 1
             self._alone = alone
 
