@@ -48,8 +48,12 @@ _MEASURED_FILE = "memory.json"
 
 def resident_bytes() -> int:
     """This process's resident memory."""
+    return _resident_of("self")
+
+
+def _resident_of(pid: str) -> int:
     try:
-        status = Path("/proc/self/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
         match = re.search(r"VmRSS:\s+(\d+)\s+kB", status)
         return int(match.group(1)) * 1024 if match else 0
     except OSError:
@@ -59,12 +63,7 @@ def resident_bytes() -> int:
 def parent_resident_bytes() -> int:
     """The resident memory of this process's parent: with WORKERS > 1, the
     supervisor, which the container's limit holds besides the workers."""
-    try:
-        status = Path(f"/proc/{os.getppid()}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+)\s+kB", status)
-        return int(match.group(1)) * 1024 if match else 0
-    except OSError:
-        return 0
+    return _resident_of(str(os.getppid()))
 
 
 def cgroup_limit(root: Path = CGROUP) -> int | None:
@@ -162,8 +161,8 @@ class MemoryBudget:
             return int(config.memory_mb * MIB), "memory_mb in model.toml"
         files = manifest.files_of(folder)
         size = sum(path.stat().st_size for path in files)
-        measured = self._seen.get(fingerprint) or self._measured().get(fingerprint)
-        if isinstance(measured, int) and measured > 0:
+        measured = self.known(fingerprint)
+        if measured:
             # A load can reuse memory the allocator kept from an earlier one, so its
             # growth may read low; a model holds at least what its files hold.
             return max(measured, size), "measured at its last load"
