@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlapi import logs
-from mlapi.api import health, openai, openapi, repository, v1, v2
+from mlapi.api import health, openai, openapi, repository, scoring, v1, v2
 from mlapi.api.fastpath import FastInfer
 from mlapi.api.guard import HeaderRules, RequestGuard
 from mlapi.api.responses import json_response, route
@@ -137,6 +137,7 @@ def asgi_app(
             *v2.routes(ctx),
             *repository.routes(ctx),
             *openai.routes(ctx),
+            *scoring.routes(ctx),
             *v1.routes(ctx),
             Route("/openapi.json", route(openapi_json), methods=["GET"]),
             Route("/metrics", route(metrics_text), methods=["GET"]),

@@ -163,9 +163,75 @@ def test_import_refuses_what_it_cannot_convert_safely(tmp_path: Path) -> None:
         ([str(tmp_path), "--name", "m"], "neither a sentence-transformers"),
         ([str(minilm_source()), "--name", "../escape"], "not a model name"),
         ([str(minilm_source()), "--name", "m", "--max-length", "0"], "--max-length"),
+        ([str(pickled / "config.json"), "--name", "m", "--quantize", "int8"], "text models"),
     ]
     for args, message in cases:
         done = run_import(*args, "--model-path", str(repository))
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
     assert list(repository.iterdir()) == []
+
+
+def test_int8_import_is_held_to_the_original_and_serves(
+    start_server: Callable[..., Server], tmp_path: Path, reference: np.ndarray
+) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    done = run_import(
+        str(minilm_source()),
+        "--name",
+        "small",
+        "--quantize",
+        "int8",
+        "--model-path",
+        str(repository),
+    )
+    assert done.returncode == 0, done.stderr
+    assert ", int8;" in done.stdout and "lowest cosine 0.9" in done.stdout, done.stdout
+    lowest = float(done.stdout.split("lowest cosine ")[1].split()[0])
+    assert 0.97 <= lowest < 0.9999  # int8 differs from fp32, within the bound
+    folder = repository / "small" / "1"
+    assert "quantized to int8" in (folder / "model.toml").read_text()
+    assert (folder / "model.onnx").stat().st_size < (
+        minilm_source() / "model.safetensors"
+    ).stat().st_size
+    server = start_server(MODEL_PATH=str(repository))
+    answer = httpx.post(server.url + "/v1/embeddings", json={"model": "small", "input": SENTENCES})
+    got = np.array([d["embedding"] for d in answer.json()["data"]], dtype=np.float32)
+    assert 0.95 <= cosine(got, reference).min() < 0.9999
+
+
+def test_int8_import_is_refused_when_the_quantization_strays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quantization that moves the weights (four int8 scales of one layer tripled):
+    refused, both tries' lowest cosines named, nothing left in the staging folder's
+    place for publishing."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mlapi.errors import ConfigError
+    from mlapi.importers import text as text_import
+
+    real = text_import.quantize_int8
+
+    def tampered(path: Path, keep: tuple[str, ...] = ()) -> None:
+        real(path, keep)
+        model = onnx.load(str(path))
+        scales = [t for t in model.graph.initializer if t.name.endswith("_scale")]
+        for tensor in scales[:4]:  # the first layer's query, key, value and output
+            tripled = numpy_helper.to_array(tensor) * 3
+            tensor.CopyFrom(numpy_helper.from_array(tripled, tensor.name))
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(text_import, "quantize_int8", tampered)
+    with pytest.raises(ConfigError) as refused:
+        text_import.export(minilm_source(), tmp_path / "staging", quantize="int8")
+    message = refused.value.args[0]
+    assert message.startswith("int8 refused: the int8 encoder differs from the original")
+    values = [float(v.split()[0]) for v in message.split("lowest cosine ")[1:]]
+    assert len(values) == 2 and all(v < 0.97 for v in values), message
+    # untampered, the same import passes: the refusal was the tampering's
+    monkeypatch.setattr(text_import, "quantize_int8", real)
+    passed = text_import.export(minilm_source(), tmp_path / "again", quantize="int8")
+    assert passed.quantized == "int8" and passed.worst >= 0.97

@@ -245,7 +245,7 @@ def test_mixed_lengths_are_cut_by_padding_and_answer_alike(text_models: Path) ->
     encode = cut._encode
 
     def counted(rows: Any, options: Any = None) -> Any:
-        shapes.append((len(rows), max(len(r) for r in rows)))
+        shapes.append((len(rows), max(len(ids) for ids, _ in rows)))
         return encode(rows, options)
 
     cut._encode = counted  # type: ignore[method-assign]

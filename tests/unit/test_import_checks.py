@@ -145,7 +145,15 @@ def test_an_encoder_is_held_to_the_cosine_of_its_worst_sentence() -> None:
     with pytest.raises(ConfigError) as refused:
         checks.compare_embeddings(off, expected)
     assert refused.value.args[0] == (
-        "the exported encoder differs from the original (cosine 0.99875)"
+        "the exported encoder differs from the original: lowest cosine 0.99875 (bound 0.999)"
+    )
+    # an int8 encoder is held to its own, looser bound, and says which failed
+    assert checks.compare_embeddings(off, expected, int8=True) == pytest.approx(0.99875, abs=1e-5)
+    far = _unit([[1, 0.26, 0], [0, 1, 0]])  # cosine 0.96782
+    with pytest.raises(ConfigError) as refused:
+        checks.compare_embeddings(far, expected, int8=True)
+    assert refused.value.args[0] == (
+        "the int8 encoder differs from the original: lowest cosine 0.96782 (bound 0.97)"
     )
 
 
@@ -157,12 +165,15 @@ def test_a_text_classifier_is_held_to_its_top_class_and_its_scores() -> None:
     with pytest.raises(ConfigError) as refused:
         checks.compare_scores(expected + 2e-4, expected)
     assert refused.value.args[0] == (
-        "the exported classifier differs from the original (scores by 2.00e-04)"
+        "the exported model differs from the original: scores by 2.00e-04 (bound 0.0001)"
     )
+    assert checks.compare_scores(expected + 0.019, expected, int8=True) == pytest.approx(0.019)
+    with pytest.raises(ConfigError, match=r"int8 model .* scores by 2\.10e-02 \(bound 0\.02\)"):
+        checks.compare_scores(expected + 0.021, expected, int8=True)
     swapped = np.array([[0.7, 0.3], [0.6, 0.4]])
     with pytest.raises(ConfigError, match=r"scores by 2\.00e-01"):
         checks.compare_scores(swapped, expected)
     tiny_swap = np.array([[0.7, 0.3], [0.50001, 0.49999]])
     near = np.array([[0.7, 0.3], [0.49999, 0.50001]])
-    with pytest.raises(ConfigError):  # within the tolerance, but the top class changed
+    with pytest.raises(ConfigError, match="top classes differ"):  # within the tolerance
         checks.compare_scores(tiny_swap, near)

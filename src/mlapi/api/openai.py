@@ -71,14 +71,16 @@ def embedding_model(version: ModelVersion) -> Any:
 
 def _embeds(version: ModelVersion) -> bool:
     """Whether a model not loaded here is an embedding model: the text runtime would
-    load its files, and its model.toml does not make it a classifier."""
-    from mlapi.runtimes import catalog
+    load its files, and its settings (model.toml, the folder's config) say embedding."""
+    from mlapi.runtimes import catalog, text_config
 
     config = version.config
-    if config is None or (config.text or {}).get("task") == "classification":
+    if config is None:
         return False
     try:
-        return catalog.choose(version.path, config)[0] == "text"
+        if catalog.choose(version.path, config)[0] != "text":
+            return False
+        return text_config.read(version.path, config.text, config.labels).task == "embedding"
     except (MlapiError, OSError):
         return False
 
@@ -129,8 +131,8 @@ class _Texts:
     normalize: bool
 
 
-class _EmbeddingsWire(Wire):
-    """OpenAI's embeddings request: the model is named in the body, so the plane
+class TextWire(Wire):
+    """A JSON request to a text route: the model is named in the body, so the plane
     asks ``model_of`` once the body is read (the in-flight room was checked before)."""
 
     __slots__ = ("document", "gone", "limits", "max_body", "request")
@@ -144,6 +146,18 @@ class _EmbeddingsWire(Wire):
         return read_body(self.request, self.max_body)
 
     cost_per_byte = 8  # tokenizing costs more than parsing: off the loop sooner
+
+    def answer(self, body: dict[str, Any], tokens: np.ndarray) -> Response:
+        """The JSON answer with its token usage (and load timing, where it waited)."""
+        used = int(tokens.sum())
+        body["usage"] = {"prompt_tokens": used, "total_tokens": used}
+        response = json_response(body)
+        response.headers.update(server_timing(self.loaded_s))
+        return response
+
+
+class _EmbeddingsWire(TextWire):
+    """OpenAI's embeddings request."""
 
     def model_of(self, body: bytes) -> tuple[str, str | None]:
         self.document = _document(body, self.limits)
@@ -163,15 +177,13 @@ class _EmbeddingsWire(Wire):
     def encode(
         self, model: ModelVersion, decoded: _Texts, results: dict[str, np.ndarray]
     ) -> Response:
-        response = _encode(
-            results,
-            model.name,
+        data = _encode(
+            results["embedding"],
             self.document.get("encoding_format") or "float",
             decoded.dimensions,
             decoded.normalize,
         )
-        response.headers.update(server_timing(self.loaded_s))
-        return response
+        return self.answer({"object": "list", "data": data, "model": model.name}, results["tokens"])
 
 
 def _token_rows(runtime: Any, rows: np.ndarray, limits: Limits) -> np.ndarray:
@@ -272,13 +284,8 @@ def _dimensions(value: Any, runtime: Any) -> int | None:
 
 
 def _encode(
-    results: dict[str, np.ndarray],
-    name: str,
-    encoding: str,
-    dimensions: int | None,
-    normalize: bool,
-) -> Response:
-    vectors = results["embedding"]
+    vectors: np.ndarray, encoding: str, dimensions: int | None, normalize: bool
+) -> list[dict[str, Any]]:
     if dimensions is not None:
         vectors = np.ascontiguousarray(vectors[:, :dimensions])
         if normalize:
@@ -290,12 +297,4 @@ def _encode(
             base64.b64encode(vector.tobytes()).decode("ascii") if encoding == "base64" else vector
         )
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    tokens = int(results["tokens"].sum())
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "model": name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    return data

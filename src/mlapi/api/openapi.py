@@ -155,11 +155,12 @@ def _openai_errors(*statuses: int) -> dict[str, Any]:
     }
 
 
-def _embeddings_op() -> dict[str, Any]:
+def _text_or_ids() -> dict[str, Any]:
+    """A text input of the OpenAI family: a string, strings, token ids, lists of them."""
     text = {"type": "string", "minLength": 1}
     ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     many = {"minItems": 1, "maxItems": 2048}
-    text_or_ids = {
+    return {
         "oneOf": [
             text,
             {"type": "array", "items": text, **many},
@@ -167,33 +168,82 @@ def _embeddings_op() -> dict[str, Any]:
             {"type": "array", "items": ids, **many},
         ]
     }
-    body = {
+
+
+def _embeddings_op() -> dict[str, Any]:
+    body = _text_body(
+        ["input"],
+        input=_text_or_ids(),
+        encoding_format={"enum": ["float", "base64"]},
+        dimensions={"type": "integer", "minimum": 1},
+    )
+    return _text_op("Embeddings of texts (OpenAI-compatible)", body, "embeddings and token usage")
+
+
+def _text_body(required: list[str], **fields: Any) -> dict[str, Any]:
+    """A text route's JSON body: ``model``, ``user`` and the route's own fields."""
+    return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["model", "input"],
+        "required": ["model", *required],
         "properties": {
             "model": {"type": "string", "minLength": 1},
-            "input": text_or_ids,
-            "encoding_format": {"enum": ["float", "base64"]},
-            "dimensions": {"type": "integer", "minimum": 1},
+            **fields,
             "user": {"type": "string"},
         },
     }
+
+
+def _text_op(summary: str, body: dict[str, Any], answer: str) -> dict[str, Any]:
+    """A text route of the OpenAI family (embeddings, rerank, classify)."""
     return {
         "post": {
-            "summary": "Embeddings of texts (OpenAI-compatible)",
+            "summary": summary,
             "security": _SECURED,
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
             "responses": {
-                "200": {
-                    **_json({"type": "object"}, "embeddings and token usage"),
-                    "headers": _LOAD_TIMING,
-                },
+                "200": {**_json({"type": "object"}, answer), "headers": _LOAD_TIMING},
                 **_openai_errors(400, 401, 404, 408, 413, 415, 503, 504, 507),
                 **_errors(403, 431),
             },
         }
     }
+
+
+def _rerank_op() -> dict[str, Any]:
+    text = {"type": "string"}
+    wrapped = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["text"],
+        "properties": {"text": text},
+    }
+    body = _text_body(
+        ["query", "documents"],
+        query={"type": "string", "minLength": 1},
+        documents={
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 2048,
+            "items": {"oneOf": [text, wrapped]},
+        },
+        top_n={"type": "integer", "minimum": 1},
+        return_documents={"type": "boolean"},
+    )
+    return _text_op(
+        "Documents ranked by a cross-encoder's relevance to a query",
+        body,
+        "results (index, relevance_score, document when asked), best first, and token usage",
+    )
+
+
+def _classify_op() -> dict[str, Any]:
+    body = _text_body(["input"], input=_text_or_ids(), top_k={"type": "integer", "minimum": 1})
+    return _text_op(
+        "Labels and scores of texts from a sequence classifier",
+        body,
+        "each input's best label and score and its labels best first (top_k), and token usage",
+    )
 
 
 def document() -> dict[str, Any]:
@@ -256,6 +306,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/models/{model}": _ready_op([_MODEL]),
             "/v1/embeddings": _embeddings_op(),
+            "/v1/rerank": _rerank_op(),
+            "/v1/classify": _classify_op(),
             "/v1/models": {
                 "get": {
                     "summary": "The embedding models (OpenAI-compatible)",

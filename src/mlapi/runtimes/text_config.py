@@ -33,7 +33,7 @@ DEFAULT_MAX_PADDING = 1.1
 
 @dataclass(frozen=True)
 class TextSettings:
-    task: Literal["embedding", "classification"]
+    task: Literal["embedding", "classification", "rerank"]
     pooling: Literal["mean", "cls"]
     normalize: bool
     max_length: int
@@ -73,14 +73,19 @@ def read(
     classifier = any(
         str(a).endswith("ForSequenceClassification") for a in hf.get("architectures", [])
     )
-    task = given.get("task", "classification" if classifier else "embedding")
+    # a sequence classifier of one output is a cross-encoder: it scores pairs
+    classes = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
+    default_task = "embedding" if not classifier else "rerank" if classes == 1 else "classification"
+    task = given.get("task", default_task)
     pooling = given.get("pooling", "cls" if pooling_file.get("pooling_mode_cls_token") else "mean")
     max_length = given.get(
         "max_length",
         bert.get("max_seq_length") or hf.get("max_position_embeddings") or DEFAULT_MAX_LENGTH,
     )
-    if task not in ("embedding", "classification"):
-        raise ModelLoadError("model.toml [text] task must be 'embedding' or 'classification'")
+    if task not in ("embedding", "classification", "rerank"):
+        raise ModelLoadError(
+            "model.toml [text] task must be 'embedding', 'classification' or 'rerank'"
+        )
     if pooling not in ("mean", "cls"):
         raise ModelLoadError("model.toml [text] pooling must be 'mean' or 'cls'")
     dimensions = given.get("dimensions", [])
