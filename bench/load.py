@@ -3,6 +3,7 @@ wrk from another core; resident memory of a server and its children."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -145,6 +146,15 @@ class Load:
     cpu_us: float | None = None  # the server's CPU per request, when its pid was given
 
 
+def write_results(stem: str, text: str, data: object) -> None:
+    """A bench's table (printed, and bench/results/STEM.md) and its figures (STEM.json)."""
+    print(text)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2))
+
+
 def _lua_string(data: bytes) -> str:
     """Any bytes as a Lua string literal (decimal escapes outside printable ASCII)."""
     out = []
@@ -167,12 +177,20 @@ def wrk(
     pid: int | None = None,
     delay_ms: int = 0,
     timeout_s: int = 2,
+    bodies: list[bytes] | None = None,
 ) -> Load:
     """wrk -t1 on ``cores``: the same POST over ``connections`` keep-alive connections
-    (each waiting ``delay_ms`` between an answer and its next request: a set rate).
-    With the server's ``pid``, also its CPU time per request: what a request costs,
-    which neighbours on a shared machine change far less than the rate."""
+    (each waiting ``delay_ms`` between an answer and its next request: a set rate), or
+    ``bodies`` in turn. With the server's ``pid``, also its CPU time per request: what
+    a request costs, which neighbours on a shared machine change far less than the rate."""
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
+    if bodies:
+        lines.append("bodies = {" + ",\n".join(_lua_string(b) for b in bodies) + "}")
+        lines.append("turn = 0")
+        lines.append(
+            "request = function() turn = turn % #bodies + 1; "
+            "return wrk.format(nil, nil, nil, bodies[turn]) end"
+        )
     lines += [
         f"wrk.headers[{_lua_string(k.encode())}] = {_lua_string(v.encode())}"
         for k, v in headers.items()

@@ -3,6 +3,7 @@ ONNX encoder and tokenizer called in-process, no server) and sentence-transforme
 in-process; every figure is sentences per second on one core.
 
     .venv/bin/python bench/text.py [--seconds 6] [--rounds 3]
+    .venv/bin/python bench/text.py --peers   # against Infinity and fastembed: text_peers.py
 
 The server (WORKERS=1, one intra-op thread) is pinned to core 0 and wrk drives it from
 core 1: single short sentences at 1 and 64 connections, and requests of 32 sentences.
@@ -29,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from load import wrk  # noqa: E402
+from load import write_results, wrk  # noqa: E402
+from text_peers import ORT_ENCODER  # noqa: E402
 
 SERVER_CORE, LOAD_CORE = "0", "1"
 SENTENCES = [
@@ -44,47 +46,33 @@ SENTENCES = [
 ]
 GOAL = 0.8
 
-IN_PROCESS = r"""
+IN_PROCESS = (
+    r"""
 import json, os, sys, time
+import numpy as np
 os.sched_setaffinity(0, {int(sys.argv[1])})
 kind, batch, seconds, folder = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 sentences = json.loads(sys.argv[6])
 rows = [sentences[i % len(sentences)] for i in range(batch)]
 if kind == "onnxruntime":
-    import numpy as np, onnxruntime as ort
-    from tokenizers import Tokenizer
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        folder + "/model.onnx", options, providers=["CPUExecutionProvider"]
-    )
-    tokenizer = Tokenizer.from_file(folder + "/tokenizer.json")
-    tokenizer.enable_padding()
-    tokenizer.enable_truncation(256)
-    def run():
-        encodings = tokenizer.encode_batch(rows)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        (states,) = session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                       "token_type_ids": np.zeros_like(ids)})
-        pooled = (states * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-else:
+"""
+    + ORT_ENCODER
+    + r"""else:
     import torch
     torch.set_num_threads(1)
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer(folder, device="cpu")
-    def run():
+    def run(rows):
         return model.encode(rows, batch_size=batch)
 for _ in range(3):
-    run()
+    run(rows)
 done, started = 0, time.perf_counter()
 while time.perf_counter() - started < seconds:
-    run()
+    run(rows)
     done += batch
 print(json.dumps({"per_s": done / (time.perf_counter() - started)}))
 """
+)
 
 
 def text_models() -> Path:
@@ -192,10 +180,20 @@ class Server:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, help="per run (default 6; 20 with --peers)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="against Infinity and fastembed (bench/text_peers.py; setup_text_peers.sh first)",
+    )
     args = parser.parse_args()
     models = text_models()
+    if args.peers:
+        import text_peers
+
+        return text_peers.main(args.seconds or 20.0, args.rounds, models)
+    args.seconds = args.seconds or 6.0
     folder = models / "minilm" / "1"
     scenarios = {
         "1 sentence, 1 connection": (1, 1),
@@ -273,15 +271,10 @@ def report(
         f"{ratio:.2f}x the in-process onnxruntime rate at that batch size "
         f"(goal >= {GOAL}: {'holds' if ratio >= GOAL else 'does not hold'})."
     )
-    text = "\n".join(lines)
-    print(text)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "text.md").write_text(text + "\n")
-    (out / "text.json").write_text(
-        json.dumps(
-            {"served": served, "limits": limits, "formed": formed, "ratio_64": ratio}, indent=2
-        )
+    write_results(
+        "text",
+        "\n".join(lines),
+        {"served": served, "limits": limits, "formed": formed, "ratio_64": ratio},
     )
     return 0
 

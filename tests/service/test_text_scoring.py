@@ -6,7 +6,7 @@ says, and the V2 infer route answers the same models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from mlapi.app import asgi_app
+from tests.conftest import make_settings, wait_for
 from tests.fixtures.text import text_models  # noqa: F401  (the session fixture)
 
 Start = Callable[..., TestClient]
@@ -28,9 +30,16 @@ DOCUMENTS = [
 TEXTS = ["A man is eating food.", "ok", "Two dogs play in the snow with a very long stick."]
 
 
-@pytest.fixture
-def client(serve_app: Start, text_models: Path) -> TestClient:  # noqa: F811
-    return serve_app(text_models)
+@pytest.fixture(scope="module")
+def client(text_models: Path) -> Iterator[TestClient]:  # noqa: F811
+    """One server for the module's read-only requests (its models load once)."""
+    with TestClient(
+        asgi_app(make_settings(text_models)),
+        raise_server_exceptions=False,
+        base_url="http://127.0.0.1",
+    ) as started:
+        wait_for(lambda: started.get("/health").status_code == 200, what="readiness")
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +239,36 @@ def test_a_reranker_without_truncation_refuses_an_over_long_document(
     assert response.status_code == 400
     message = response.json()["error"]["message"]
     assert "documents[1]" in message and "maximum of 128" in message
+
+
+def test_a_key_reaches_only_its_models_and_each_call_is_counted(
+    serve_app: Start,
+    text_models: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(b"k-classify").hexdigest()
+    keys.write_text(
+        f'[[key]]\nname = "classifier-app"\nsha256 = "{digest}"\nmodels = ["sentiment"]\n'
+    )
+    client = serve_app(text_models, API_KEYS_FILE=str(keys))
+    mine = {"Authorization": "Bearer k-classify"}
+    anonymous = client.post("/v1/classify", json={"model": "sentiment", "input": "x"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+    fine = client.post("/v1/classify", json={"model": "sentiment", "input": "x"}, headers=mine)
+    assert fine.status_code == 200
+    denied = client.post(
+        "/v1/rerank",
+        json={"model": "reranker", "query": "q", "documents": ["d"]},
+        headers=mine,
+    )
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == "key 'classifier-app' may not call model 'reranker'"
+    counted = [
+        line
+        for line in client.get("/metrics", headers=mine).text.splitlines()
+        if line.startswith("mlapi_requests_total{") and 'client="classifier-app"' in line
+    ]
+    assert any('model="sentiment"' in line and 'outcome="ok"' in line for line in counted), counted
