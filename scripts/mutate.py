@@ -61,6 +61,7 @@ MODULES: dict[str, list[str]] = {
     "src/mlapi/serving/rates.py": ["tests/unit/test_rates.py"],
     "src/mlapi/rpc/status.py": ["tests/unit/test_grpc_status.py"],
     "src/mlapi/importers/checks.py": ["tests/unit/test_import_checks.py"],
+    "src/mlapi/api/scoring.py": ["tests/service/test_text_scoring.py"],
     "src/mlapi/registry/versions.py": ["tests/unit/test_bake.py", "tests/unit/test_versions.py"],
 }
 _COUNTS = re.compile(r"🎉 (\d+) 🫥 (\d+)\s+⏰ (\d+)\s+🤔 (\d+)\s+🙁 (\d+)")

@@ -205,8 +205,8 @@ def test_int8_import_is_refused_when_the_quantization_strays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A quantization that moves the weights (four int8 scales of one layer tripled):
-    refused, both tries' lowest cosines named, nothing left in the staging folder's
-    place for publishing."""
+    refused, both tries' lowest cosines named (the same import untampered passes:
+    test_int8_import_is_held_to_the_original_and_serves)."""
     import onnx
     from onnx import numpy_helper
 
@@ -231,7 +231,3 @@ def test_int8_import_is_refused_when_the_quantization_strays(
     assert message.startswith("int8 refused: the int8 encoder differs from the original")
     values = [float(v.split()[0]) for v in message.split("lowest cosine ")[1:]]
     assert len(values) == 2 and all(v < 0.97 for v in values), message
-    # untampered, the same import passes: the refusal was the tampering's
-    monkeypatch.setattr(text_import, "quantize_int8", real)
-    passed = text_import.export(minilm_source(), tmp_path / "again", quantize="int8")
-    assert passed.quantized == "int8" and passed.worst >= 0.97
