@@ -26,7 +26,7 @@ from mlapi.serving.limits import Limits
 from mlapi.serving.plane import Wire
 
 MAX_INPUTS = 2048  # OpenAI's own limit on one request's inputs
-_KEYS = {"input", "model", "encoding_format", "dimensions", "user"}
+_KEYS = frozenset({"input", "model", "encoding_format", "dimensions", "user"})
 _CODES = {
     401: "invalid_api_key",
     404: "model_not_found",
@@ -192,35 +192,47 @@ def _token_rows(runtime: Any, rows: np.ndarray, limits: Limits) -> np.ndarray:
     a request that would keep the encoder busy for minutes is a 400, before it is
     queued. The model then runs on these ids, with no second tokenizing."""
     ids = runtime.token_ids(rows)
-    total = sum(map(len, ids))
-    if total > limits.max_tokens:
-        raise InvalidParameter(
-            f"'input' holds {total} tokens, over the limit of {limits.max_tokens} per request "
-            f"(MLAPI_MAX_TOKENS): send fewer or shorter inputs per request",
-            "input",
-        )
+    check_tokens(sum(map(len, ids)), limits, "input")
     tokens = np.empty(len(ids), dtype=object)
     for index, row in enumerate(ids):  # a list of ids stays one row, not a numpy axis
         tokens[index] = row
     return tokens
 
 
-def _document(body: bytes, limits: Limits) -> dict[str, Any]:
+def check_tokens(total: int, limits: Limits, param: str) -> None:
+    """A text request's tokens against MLAPI_MAX_TOKENS: a 400 naming ``param``."""
+    if total > limits.max_tokens:
+        what = "inputs" if param == "input" else param
+        raise InvalidParameter(
+            f"'{param}' holds {total} tokens, over the limit of {limits.max_tokens} per request "
+            f"(MLAPI_MAX_TOKENS): send fewer or shorter {what} per request",
+            param,
+        )
+
+
+def json_document(body: bytes, limits: Limits, keys: frozenset[str]) -> dict[str, Any]:
+    """A text route's JSON body: an object of ``keys`` only, naming its model, with
+    ``user`` a string where given."""
     limits.check_json(body)
     document = codec.loads_json(body)
     if not isinstance(document, dict):
         raise BadRequest("the request body must be a JSON object")
-    unknown = sorted(set(document) - _KEYS)
+    unknown = sorted(set(document) - keys)
     if unknown:
         raise InvalidParameter(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
     if not isinstance(document.get("model"), str) or not document["model"]:
         raise InvalidParameter("'model' must be the name of a model", "model")
+    if not isinstance(document.get("user", ""), str):
+        raise InvalidParameter("'user' must be a string", "user")
+    return document
+
+
+def _document(body: bytes, limits: Limits) -> dict[str, Any]:
+    document = json_document(body, limits, _KEYS)
     if "input" not in document:
         raise InvalidParameter("'input' is required", "input")
     if document.get("encoding_format") not in (None, "float", "base64"):
         raise InvalidParameter("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    if not isinstance(document.get("user", ""), str):
-        raise InvalidParameter("'user' must be a string", "user")
     return document
 
 

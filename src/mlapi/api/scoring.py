@@ -18,11 +18,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlapi.api import codec
 from mlapi.api.calls import call_of
-from mlapi.api.openai import MAX_INPUTS, InvalidParameter, TextWire, _is_id, _rows, openai_error
+from mlapi.api.openai import (
+    MAX_INPUTS,
+    InvalidParameter,
+    TextWire,
+    _is_id,
+    _rows,
+    _token_rows,
+    check_tokens,
+    json_document,
+    openai_error,
+)
 from mlapi.api.responses import route
-from mlapi.errors import BadRequest
 from mlapi.registry.versions import ModelVersion
 from mlapi.serving.context import ServingContext
 from mlapi.serving.limits import Limits
@@ -79,34 +87,13 @@ class _BodyWire(TextWire):
     keys: ClassVar[frozenset[str]] = frozenset()
 
     def model_of(self, body: bytes) -> tuple[str, str | None]:
-        self.limits.check_json(body)
-        document = codec.loads_json(body)
-        if not isinstance(document, dict):
-            raise BadRequest("the request body must be a JSON object")
-        unknown = sorted(set(document) - self.keys)
-        if unknown:
-            raise InvalidParameter(
-                f"Unrecognized request argument supplied: {unknown[0]}", unknown[0]
-            )
-        if not isinstance(document.get("model"), str) or not document["model"]:
-            raise InvalidParameter("'model' must be the name of a model", "model")
-        if not isinstance(document.get("user", ""), str):
-            raise InvalidParameter("'user' must be a string", "user")
+        document = json_document(body, self.limits, self.keys)
         self.check(document)
         self.document = document
         return document["model"], None
 
     def check(self, document: dict[str, Any]) -> None:
         """The route's own fields, before the model is looked up."""
-
-    def _tokens(self, lengths: list[int], param: str) -> None:
-        total = sum(lengths)
-        if total > self.limits.max_tokens:
-            raise InvalidParameter(
-                f"'{param}' holds {total} tokens, over the limit of {self.limits.max_tokens} per "
-                f"request (MLAPI_MAX_TOKENS): send fewer or shorter texts per request",
-                param,
-            )
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -154,7 +141,7 @@ class _RerankWire(_BodyWire):
         texts = np.empty(len(documents), dtype=object)
         texts[:] = documents
         pairs = runtime.pair_ids(queries, texts, "documents")
-        self._tokens([len(ids) for ids, _ in pairs], "documents")
+        check_tokens(sum(len(ids) for ids, _ in pairs), limits, "documents")
         rows = np.empty(len(pairs), dtype=object)
         for index, pair in enumerate(pairs):  # (ids, types) stays one row
             rows[index] = pair
@@ -192,11 +179,7 @@ class _ClassifyWire(_BodyWire):
 
     def decode(self, body: bytes, model: ModelVersion, limits: Limits) -> _Scored:
         runtime = text_runtime(model, "classification")
-        ids = runtime.token_ids(_rows(self.document["input"], limits))
-        self._tokens([len(row) for row in ids], "input")
-        rows = np.empty(len(ids), dtype=object)
-        for index, row in enumerate(ids):  # a list of ids stays one row
-            rows[index] = row
+        rows = _token_rows(runtime, _rows(self.document["input"], limits), limits)
         self.document["labels"] = runtime.label_names()
         return _Scored({"text": rows}, ("scores", "tokens"))
 
