@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import numpy as np
@@ -78,7 +79,8 @@ def test_more_models_than_memory_in_the_production_deployment(
                 name = f"m{pick.randrange(4) if hot else pick.randrange(MODELS):02d}"
                 try:
                     answer = http.post(f"/v2/models/{name}/infer", json=body)
-                    label = answer.json()["outputs"][0]["data"][0] if answer.is_success else None
+                    parsed = _said(answer)
+                    label = parsed["outputs"][0]["data"][0] if answer.is_success else parsed
                     outcome = (name, answer.status_code, label)
                 except httpx.TransportError as exc:
                     outcome = (name, 0, type(exc).__name__)
@@ -95,7 +97,14 @@ def test_more_models_than_memory_in_the_production_deployment(
         logs = stack.compose("logs", "--no-color", "ml-api").stdout
         said = [line[-400:] for line in logs.splitlines() if "not loaded now" in line][-5:]
         counts = {s: sum(1 for a in answers if a[1] == s) for s in statuses}
-        raise AssertionError(f"{counts}: {said}")
+        refused = [(name, status, body) for name, status, body in answers if status != 200][:3]
+        states = [_state(str(c["Id"])) for c in replicas]  # an OOM kill, a restart
+        bad = [
+            line[-300:]
+            for line in logs.splitlines()
+            if '"level":"error"' in line or "Traceback" in line or "Killed" in line
+        ][-5:]
+        raise AssertionError(f"{counts}: {refused}: {said}: {states}: {bad}")
     assert all(label == expected[name] for name, _, label in answers)
     assert len({name for name, _, _ in answers}) > 24  # the traffic reached most models
 
@@ -109,6 +118,22 @@ def test_more_models_than_memory_in_the_production_deployment(
         assert state["State"]["OOMKilled"] is False
         assert state["RestartCount"] == 0
     assert httpx.get(f"{stack.url}/health", timeout=10).status_code == 200
+
+
+def _state(container: str) -> dict[str, object]:
+    (found,) = json.loads(docker("inspect", container).stdout)
+    state = found["State"]
+    return {"restarts": found["RestartCount"], "oom_killed": state["OOMKilled"]} | {
+        key: state[key] for key in ("Status", "ExitCode", "StartedAt")
+    }
+
+
+def _said(answer: httpx.Response) -> Any:
+    """The answer's JSON; a proxy's page (not JSON) as its first 200 characters."""
+    try:
+        return answer.json()
+    except ValueError:
+        return answer.text[:200]
 
 
 def _total(text: str, name: str) -> float:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 
-from mlapi.errors import GatewayTimeout, MlapiError, NotFound, NotReady
+from mlapi.errors import GatewayTimeout, MlapiError, NotFound
 from mlapi.observability.metrics import Metrics
 from mlapi.registry.core import RegistryCore, log
 from mlapi.registry.loading import settle_garbage_collector
@@ -56,15 +56,18 @@ class ModelRegistry:
             raise NotFound(f"unknown model '{name[:128]}'")
         return self._version_of(record, version)
 
-    def serve(self, name: str, version: str | None = None) -> ModelVersion:
+    def serve(self, name: str, version: str | None = None, waited: bool = False) -> ModelVersion:
         """``get`` for a request that will run the model: an on-demand model's last
-        use moves to now (its place in the cache's least-recently-used order)."""
+        use moves to now (its place in the cache's least-recently-used order). A
+        request that ``waited`` for this model's load is served by it even when the
+        model was told to drain meanwhile: it came before the drain, and the drain
+        waits for it as for any request in flight."""
         record = self._core.records.get(name)
         if record is None or record.unloaded:
             raise NotFound(f"unknown model '{name[:128]}'")
         cache = record.cache
         if cache is not None:
-            if cache.draining:  # to be evicted for room: this request waits for a load
+            if cache.draining and not waited:  # to be evicted for room: wait for a load
                 raise Cold(name)
             cache.used()
         return self._version_of(record, version)
@@ -76,7 +79,7 @@ class ModelRegistry:
         (MLAPI_REQUEST_TIMEOUT_S), and the load goes on for the others."""
         settings = self._core.settings
         metrics = self._core.metrics
-        for _ in range(3):  # evicted again before this request could hold it: rare
+        while True:  # evicted before this request could hold it (rare): loaded again
             record = self.record(name)
             left = settings.request_timeout_s - (time.perf_counter() - started)
             waited = time.perf_counter()
@@ -93,10 +96,9 @@ class ModelRegistry:
             finally:
                 metrics.cold_start.labels(name).observe(time.perf_counter() - waited)
             try:
-                return self.serve(name, version)
+                return self.serve(name, version, waited=True)
             except Cold:
-                continue
-        raise NotReady(f"model '{name}' was evicted as soon as it loaded; retry shortly")
+                await asyncio.sleep(0.02)  # its load again, while this request's time lasts
 
     def cold_signature(
         self, name: str, version: str | None
