@@ -60,3 +60,32 @@ def test_the_requests_that_waited_for_a_load_are_served_by_it_though_it_drains(
     assert _metric(client, loads) == 2
     assert _metric(client, 'mlapi_model_evictions_total{model="wide",reason="memory"}') == 1
     assert cache.core.records["wide"].cache.draining is False
+
+
+def test_a_request_whose_model_is_evicted_as_it_loads_loads_it_again_in_its_time(
+    serve_app: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    path = write_wide_logreg(repo, "wide", mb=1, seed=4)
+    (repo / "wide" / "model.toml").write_text('load = "on_demand"\n')
+    client = serve_app(repo)
+    cache = client.app.state.registry._core.cache  # type: ignore[attr-defined]
+    real = cache.demand
+    evicted: list[str] = []
+
+    async def load_then_evict(record: Any, start_trial: Any) -> None:
+        await real(record, start_trial)
+        if len(evicted) < 4:  # gone before its waiter could hold it, four times over
+            await cache.evict(record, "memory")
+            evicted.append(record.name)
+
+    monkeypatch.setattr(cache, "demand", load_then_evict)
+    row = np.random.default_rng(6).standard_normal(64).astype(np.float32)
+    body = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 64], "data": row.tolist()}]
+    }
+    answer = client.post("/v2/models/wide/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [expected_label(path, row)]
+    assert evicted == ["wide"] * 4
+    assert _metric(client, 'mlapi_model_loads_total{model="wide",reason="demand"}') == 5
