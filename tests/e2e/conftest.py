@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,10 +180,15 @@ def write_api_key(stack: Stack) -> str:
     return key
 
 
-def wait_until(check: object, timeout_s: float, what: str) -> None:
+def wait_until(
+    check: object, timeout_s: float, what: str, state: Callable[[], object] | None = None
+) -> None:
+    """Until ``check()`` is true; else an AssertionError that says what was awaited
+    and, with ``state``, what there was instead at the end."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    found = f"; found {state()}" if state is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{found}")
