@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,29 @@ def _psi(client: TestClient) -> dict[str, float]:
     }
 
 
+def _settled_psi(client: TestClient, requests: int) -> dict[str, float]:
+    """The drift gauges once the writer has counted ``requests`` and published them:
+    they are set once a second from what was counted, so a read while the last
+    requests are counted sees part of them. Settled: two reads, a publish apart,
+    alike, after the last request was written."""
+    wait_for(
+        lambda: value(samples(client), "mlapi_payload_records_total", model="iris") >= requests,
+        what=f"{requests} requests written",
+    )
+    last: dict[str, float] = {}
+
+    def settled() -> bool:
+        nonlocal last
+        seen, last = last, _psi(client)
+        if seen != last or len(last) < 5:
+            time.sleep(2.5)  # over PUBLISH_EVERY_S and a gather, on a busy machine too
+            return False
+        return True
+
+    wait_for(settled, timeout_s=30, what="the drift gauges settled")
+    return last
+
+
 def test_drift_stays_low_on_the_reference_and_shows_a_shifted_feature(tmp_path: Path) -> None:
     """The first 500 requests become the reference (saved); 1,000 more from the same
     distribution keep every feature's PSI under 0.1; 1,000 with petal length moved
@@ -189,14 +213,11 @@ def test_drift_stays_low_on_the_reference_and_shows_a_shifted_feature(tmp_path: 
 
     with _server(_repository(tmp_path, table), logs) as client:
         send(client, 1500)
-        wait_for(lambda: len(_psi(client)) >= 5, what="drift gauges")
-        wait_for(lambda: sum(_psi(client).values()) > 0, what="the window counted")
-        steady = _psi(client)
+        steady = _settled_psi(client, 1500)
         assert set(steady) >= {"input[0]", "input[1]", "input[2]", "input[3]", "output:label"}
         assert max(steady.values()) < 0.1, steady
         send(client, 1000, shift=2.0)
-        wait_for(lambda: _psi(client)["input[2]"] > 0.2, what="the shift seen")
-        shifted = _psi(client)
+        shifted = _settled_psi(client, 2500)  # the window: the shifted 1,000 only
     assert shifted["output:label"] > 0.2, shifted
     assert max(shifted[f"input[{i}]"] for i in (0, 1, 3)) < 0.1, shifted
     with np.load(logs / "drift" / "iris-v1.reference.npz", allow_pickle=False) as saved:
