@@ -137,9 +137,11 @@ def test_two_clients_and_a_revocation_under_traffic(
     assert int(limited[0].headers["retry-after"]) >= 1
     time.sleep(2)  # spare-app's buckets (one a replica) fill again
 
-    # iris-app revoked with the README's command while both send traffic
+    # iris-app revoked with the README's command while both send traffic; spare-app
+    # under its rate even if the proxy sends all of it to one replica (its round robin
+    # is over all requests: two clients at one pace can each meet one replica only)
     with (
-        _client(stack, spare_key, "spare", 10) as spare,
+        _client(stack, spare_key, "spare", 4) as spare,
         _client(stack, iris_key, "iris", 10) as iris,
     ):
         wait_until(lambda: iris.count(200) > 20 and spare.count(200) > 10, 60, "traffic")
@@ -148,7 +150,7 @@ def test_two_clients_and_a_revocation_under_traffic(
         wait_until(lambda: iris[-20:] == [401] * 20, 60, "iris-app refused by every replica")
         refused_at = len(iris)
         wait_until(lambda: len(iris) > refused_at + 30, 60, "more of iris-app's traffic")
-        wait_until(lambda: len(spare) > 40, 60, "more of spare-app's traffic")
+        wait_until(lambda: len(spare) > 30, 60, "more of spare-app's traffic")
     assert set(iris[refused_at:]) == {401}  # no replica let it back in
     assert set(spare) == {200}, sorted(set(spare))  # the other client: never an error
     logs = stack.compose("logs", "--no-color", "ml-api").stdout
