@@ -14,21 +14,34 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.fixtures.models import expected_label, write_wide_logreg
+from tests.service.test_metrics import samples, value
 
 
-def _metric(client: TestClient, prefix: str) -> float:
-    lines = client.get("/metrics").text.splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+def _on_demand(
+    serve_app: Callable[..., TestClient], tmp_path: Path, seed: int
+) -> tuple[TestClient, Any, dict[str, Any], int]:
+    """A server of one on-demand model, wide: (its client, its worker's cache, a
+    request's body, the label the model answers to it)."""
+    repo = tmp_path / "repo"
+    path = write_wide_logreg(repo, "wide", mb=1, seed=seed)
+    (repo / "wide" / "model.toml").write_text('load = "on_demand"\n')
+    client = serve_app(repo)
+    cache = client.app.state.registry._core.cache  # type: ignore[attr-defined]
+    row = np.random.default_rng(seed).standard_normal(64).astype(np.float32)
+    body = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 64], "data": row.tolist()}]
+    }
+    return client, cache, body, expected_label(path, row)
+
+
+def _loads(client: TestClient) -> float:
+    return value(samples(client), "mlapi_model_loads_total", model="wide", reason="demand")
 
 
 def test_the_requests_that_waited_for_a_load_are_served_by_it_though_it_drains(
     serve_app: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    path = write_wide_logreg(repo, "wide", mb=1, seed=3)
-    (repo / "wide" / "model.toml").write_text('load = "on_demand"\n')
-    client = serve_app(repo)
-    cache = client.app.state.registry._core.cache  # type: ignore[attr-defined]
+    client, cache, body, label = _on_demand(serve_app, tmp_path, seed=3)
     real = cache.demand
     drained: list[str] = []
 
@@ -40,36 +53,27 @@ def test_the_requests_that_waited_for_a_load_are_served_by_it_though_it_drains(
         drained.append(record.name)
 
     monkeypatch.setattr(cache, "demand", load_then_drain)
-    row = np.random.default_rng(5).standard_normal(64).astype(np.float32)
-    body = {
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 64], "data": row.tolist()}]
-    }
-    loads = 'mlapi_model_loads_total{model="wide",reason="demand"}'
-
     answer = client.post("/v2/models/wide/infer", json=body)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["outputs"][0]["data"] == [expected_label(path, row)]
-    assert drained == ["wide"] and _metric(client, loads) == 1  # served by its own load
-    assert _metric(client, 'mlapi_model_evictions_total{model="wide"') == 0
+    assert answer.json()["outputs"][0]["data"] == [label]
+    assert drained == ["wide"] and _loads(client) == 1  # served by its own load
+    assert not [key for key in samples(client) if key[0] == "mlapi_model_evictions_total"]
 
     # a new request meets the drain: the model goes (idle now), loads again, answers
     monkeypatch.setattr(cache, "demand", real)
     again = client.post("/v2/models/wide/infer", json=body)
     assert again.status_code == 200, again.text
-    assert again.json()["outputs"][0]["data"] == [expected_label(path, row)]
-    assert _metric(client, loads) == 2
-    assert _metric(client, 'mlapi_model_evictions_total{model="wide",reason="memory"}') == 1
+    assert again.json()["outputs"][0]["data"] == [label]
+    assert _loads(client) == 2
+    found = samples(client)
+    assert value(found, "mlapi_model_evictions_total", model="wide", reason="memory") == 1
     assert cache.core.records["wide"].cache.draining is False
 
 
 def test_a_request_whose_model_is_evicted_as_it_loads_loads_it_again_in_its_time(
     serve_app: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = tmp_path / "repo"
-    path = write_wide_logreg(repo, "wide", mb=1, seed=4)
-    (repo / "wide" / "model.toml").write_text('load = "on_demand"\n')
-    client = serve_app(repo)
-    cache = client.app.state.registry._core.cache  # type: ignore[attr-defined]
+    client, cache, body, label = _on_demand(serve_app, tmp_path, seed=4)
     real = cache.demand
     evicted: list[str] = []
 
@@ -80,12 +84,8 @@ def test_a_request_whose_model_is_evicted_as_it_loads_loads_it_again_in_its_time
             evicted.append(record.name)
 
     monkeypatch.setattr(cache, "demand", load_then_evict)
-    row = np.random.default_rng(6).standard_normal(64).astype(np.float32)
-    body = {
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 64], "data": row.tolist()}]
-    }
     answer = client.post("/v2/models/wide/infer", json=body)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["outputs"][0]["data"] == [expected_label(path, row)]
+    assert answer.json()["outputs"][0]["data"] == [label]
     assert evicted == ["wide"] * 4
-    assert _metric(client, 'mlapi_model_loads_total{model="wide",reason="demand"}') == 5
+    assert _loads(client) == 5
