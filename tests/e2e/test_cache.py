@@ -114,13 +114,14 @@ def test_more_models_than_memory_in_the_production_deployment(
     print(f"{len(answers)} requests, all 200; {loads:.0f} loads, {evictions:.0f} evictions")
     assert loads > 8 and evictions > 0  # one scrape sees one replica's workers
     for container in replicas:
-        (state,) = json.loads(docker("inspect", str(container["Id"])).stdout)
-        assert state["State"]["OOMKilled"] is False
-        assert state["RestartCount"] == 0
+        state = _state(str(container["Id"]))
+        assert state["oom_killed"] is False
+        assert state["restarts"] == 0
     assert httpx.get(f"{stack.url}/health", timeout=10).status_code == 200
 
 
 def _state(container: str) -> dict[str, object]:
+    """What says a container was OOM-killed or restarted."""
     (found,) = json.loads(docker("inspect", container).stdout)
     state = found["State"]
     return {"restarts": found["RestartCount"], "oom_killed": state["OOMKilled"]} | {
